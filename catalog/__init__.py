@@ -1,0 +1,1 @@
+"""skulens catalog package."""

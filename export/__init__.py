@@ -1,0 +1,1 @@
+"""skulens export package."""

@@ -1,0 +1,1 @@
+"""skulens server package."""
