@@ -1,1 +1,37 @@
-"""skulens catalog package."""
+"""skulens catalog: durable product store (SQLite WAL), FAISS index, product matching, unknown detection.
+
+Knows vectors, a dimension and a model fingerprint; never imports `server` or `export`.
+"""
+
+from catalog.calibrate import CalibrationReport, calibrate
+from catalog.catalog import Catalog
+from catalog.errors import (
+    AlreadyExists,
+    CatalogClosed,
+    CatalogError,
+    FingerprintMismatch,
+    InvalidArgument,
+    NotFound,
+)
+from catalog.models import (
+    AddedReference,
+    CatalogStats,
+    DroppedReference,
+    Match,
+    NewReference,
+    Product,
+    ProductDetail,
+    ReembedReport,
+    ReferenceInfo,
+    SearchResult,
+    SnapshotInfo,
+    Verdict,
+)
+from catalog.settings import CatalogSettings
+
+__all__ = [
+    "AddedReference", "AlreadyExists", "CalibrationReport", "Catalog", "CatalogClosed", "CatalogError",
+    "CatalogSettings", "CatalogStats", "DroppedReference", "FingerprintMismatch", "InvalidArgument", "Match",
+    "NewReference", "NotFound", "Product", "ProductDetail", "ReembedReport", "ReferenceInfo", "SearchResult",
+    "SnapshotInfo", "Verdict", "calibrate",
+]

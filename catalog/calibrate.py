@@ -1,0 +1,210 @@
+"""Suggest `unknown_threshold` and `ambiguity_margin` from the catalog itself (leave-one-out).
+
+Each sampled reference r of product P is a query against the catalog without r:
+- own(r): best score among P's other references (only when P has at least 2 references: a "genuine" query);
+- other(r): best score among references of other products.
+Unknown threshold t: a query of a product that is not in the catalog is simulated by r with P removed, so
+its best score is other(r); false accept(t) = share of queries with other(r) >= t. A genuine query is falsely
+rejected when own(r) < t; false reject(t) = share of genuine queries with own(r) < t.
+Ambiguity margin m (genuine queries): gap = own - other. |gap| < m is answered AMBIGUOUS; gap <= -m is a
+misidentification that the margin did not catch (a wrong KNOWN answer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class _Catalog(Protocol):  # the part of Catalog used here
+    settings: object
+
+    def sample_references(self, limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray]: ...
+    def nearest_references(self, queries: np.ndarray,
+                           k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def reference_counts(self, keys: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ThresholdRow:
+    threshold: float
+    false_accept: float
+    false_reject: float
+
+
+@dataclass(frozen=True)
+class MarginRow:
+    margin: float
+    ambiguous: float  # share of genuine queries answered AMBIGUOUS
+    misidentified: float  # share of genuine queries answered KNOWN with the wrong product
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """Leave-one-out score statistics, trade-off tables and suggested settings."""
+
+    queries: int
+    genuine: int
+    products: int
+    thresholds: list[ThresholdRow]
+    margins: list[MarginRow]
+    suggested_unknown_threshold: float
+    suggested_ambiguity_margin: float
+    current_unknown_threshold: float
+    current_ambiguity_margin: float
+    target_false_accept: float
+    target_false_reject: float
+    target_misidentified: float
+    own_percentiles: dict[int, float] = field(default_factory=dict)  # genuine best-own score p1/p5/p50
+    other_percentiles: dict[int, float] = field(default_factory=dict)  # best-other score p50/p95/p99
+    notes: list[str] = field(default_factory=list)
+
+    def format_table(self) -> str:
+        """Human-readable report (markdown tables) for `skulens calibrate`."""
+        def pct(x: float) -> str:
+            return f"{100 * x:.1f}%"
+
+        def pcts(d: dict[int, float]) -> str:
+            return "  ".join(f"p{k} {val:.3f}" for k, val in sorted(d.items())) or "n/a"
+
+        lines = [
+            f"Calibration: leave-one-out over {self.queries} references of {self.products} products "
+            f"({self.genuine} genuine queries: products with >= 2 references)",
+            f"best own-product score (genuine):  {pcts(self.own_percentiles)}",
+            f"best other-product score (all):    {pcts(self.other_percentiles)}",
+            "",
+            "| unknown_threshold | false accept (unknown item accepted) | false reject (genuine rejected) |",
+            "|---:|---:|---:|",
+        ]
+        for r in self.thresholds:
+            mark = " ←suggested" if abs(r.threshold - self.suggested_unknown_threshold) < 1e-9 else ""
+            lines.append(f"| {r.threshold:.3f}{mark} | {pct(r.false_accept)} | {pct(r.false_reject)} |")
+        lines += [
+            "",
+            "| ambiguity_margin | ambiguous (genuine) | misidentified, not flagged (genuine) |",
+            "|---:|---:|---:|",
+        ]
+        for m in self.margins:
+            mark = " ←suggested" if abs(m.margin - self.suggested_ambiguity_margin) < 1e-9 else ""
+            lines.append(f"| {m.margin:.3f}{mark} | {pct(m.ambiguous)} | {pct(m.misidentified)} |")
+        lines += [
+            "",
+            f"suggested unknown_threshold = {self.suggested_unknown_threshold:.3f} "
+            f"(targets: false accept <= {pct(self.target_false_accept)}, false reject <= "
+            f"{pct(self.target_false_reject)}; current {self.current_unknown_threshold:.3f})",
+            f"suggested ambiguity_margin  = {self.suggested_ambiguity_margin:.3f} "
+            f"(misidentified <= {pct(self.target_misidentified)}; "
+            f"current {self.current_ambiguity_margin:.3f})",
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def leave_one_out_scores(catalog: _Catalog, ids: np.ndarray, keys: np.ndarray, vectors: np.ndarray,
+                         counts: np.ndarray, start_k: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(own, other) best scores per query with the query's own reference excluded; NaN when absent."""
+    n = len(ids)
+    own = np.full(n, np.nan)
+    other = np.full(n, np.nan)
+    pending = np.arange(n)
+    k = start_k
+    while len(pending):
+        D, ids_, K = catalog.nearest_references(vectors[pending], k)
+        got = ids_.shape[1]
+        still = []
+        for j, row in enumerate(pending.tolist()):
+            valid = (ids_[j] >= 0) & (ids_[j] != ids[row])
+            mine = valid & (K[j] == keys[row])
+            theirs = valid & (K[j] != keys[row])
+            if mine.any():
+                own[row] = float(D[j][mine][0])
+            if theirs.any():
+                other[row] = float(D[j][theirs][0])
+            need_own = counts[row] >= 2 and np.isnan(own[row])
+            if (need_own or np.isnan(other[row])) and got >= k:
+                still.append(row)
+        if not still or got < k:
+            break
+        pending = np.asarray(still, dtype=np.int64)
+        k *= 4
+    return own, other
+
+
+def _lowest_within(values: np.ndarray, target: float) -> float:
+    """Smallest t on a 0.001 grid with mean(values >= t) <= target."""
+    s = np.sort(values)
+    allowed = int(np.floor(target * len(s) + 1e-9))
+    if allowed >= len(s):
+        return -1.0
+    t = (np.floor(float(s[len(s) - 1 - allowed]) * 1000.0) + 1.0) / 1000.0
+    while np.mean(values >= t) > target:  # guards float rounding at the grid step
+        t += 0.001
+    return round(float(t), 3)
+
+
+def _highest_within_below(values: np.ndarray, target: float) -> float:
+    """Largest t on a 0.001 grid with mean(values < t) <= target."""
+    s = np.sort(values)
+    allowed = int(np.floor(target * len(s) + 1e-9))
+    if allowed >= len(s):
+        return 1.0
+    t = np.floor(float(s[allowed]) * 1000.0) / 1000.0
+    while np.mean(values < t) > target:
+        t -= 0.001
+    return round(float(t), 3)
+
+
+def calibrate(catalog: _Catalog, *, max_queries: int = 2000, seed: int = 0, target_false_accept: float = 0.01,
+              target_false_reject: float = 0.05, target_misidentified: float = 0.01) -> CalibrationReport:
+    """Leave-one-out calibration of unknown_threshold and ambiguity_margin from the catalog's references."""
+    ids, keys, vectors = catalog.sample_references(max_queries, seed)
+    counts = catalog.reference_counts(keys)
+    settings = catalog.settings
+    cur_t = float(getattr(settings, "unknown_threshold", 0.0))
+    cur_m = float(getattr(settings, "ambiguity_margin", 0.0))
+    own, other = leave_one_out_scores(catalog, ids, keys, vectors, counts)
+    genuine = ~np.isnan(own)
+    imp = other[~np.isnan(other)]
+    notes: list[str] = []
+    if not genuine.any():
+        notes.append("no product has 2 references: false reject and ambiguity cannot be measured")
+    if not len(imp):
+        notes.append("the catalog has a single product: false accept cannot be measured")
+
+    g = own[genuine]
+    # unknown threshold: the lowest value whose false-accept share is within its target; when the highest value
+    # whose false-reject share is within its target lies above it, the midpoint of the two (slack both ways)
+    suggested_t = _lowest_within(imp, target_false_accept) if len(imp) else cur_t
+    if len(g) and len(imp):
+        t_fr = _highest_within_below(g, target_false_reject)
+        if t_fr > suggested_t:
+            suggested_t = round((suggested_t + t_fr) / 2, 3)
+        else:
+            notes.append(f"no threshold meets both targets (false accept <= {target_false_accept:.1%}, false "
+                         f"reject <= {target_false_reject:.1%}); the suggestion keeps false accepts in target")
+    both = genuine & ~np.isnan(other)
+    gap = own[both] - other[both]
+    lo = float(np.quantile(imp, 0.5)) if len(imp) else (float(g.min()) if len(g) else cur_t)
+    hi = float(np.quantile(g, 0.99)) if len(g) else max(lo, suggested_t)
+    grid = sorted({round(float(x), 3) for x in np.linspace(min(lo, hi), max(lo, hi), 12)} |
+                  {suggested_t, round(cur_t, 3)})
+    thresholds = [ThresholdRow(t, float(np.mean(imp >= t)) if len(imp) else 0.0,
+                               float(np.mean(g < t)) if len(g) else 0.0) for t in grid]
+
+    # ambiguity margin: the smallest margin after which misidentifications stay within the target
+    suggested_m = max(0.005, _lowest_within(-gap, target_misidentified)) if len(gap) else cur_m
+    mgrid = sorted({0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, suggested_m, round(cur_m, 3)})
+    margins = [MarginRow(m, float(np.mean(np.abs(gap) < m)) if len(gap) else 0.0,
+                         float(np.mean(gap <= -m)) if len(gap) else 0.0) for m in mgrid]
+    return CalibrationReport(
+        queries=len(ids), genuine=int(genuine.sum()), products=len(np.unique(keys)), thresholds=thresholds,
+        margins=margins, suggested_unknown_threshold=suggested_t, suggested_ambiguity_margin=suggested_m,
+        current_unknown_threshold=cur_t, current_ambiguity_margin=cur_m,
+        target_false_accept=target_false_accept, target_false_reject=target_false_reject,
+        target_misidentified=target_misidentified,
+        own_percentiles={p: float(np.percentile(g, p)) for p in (1, 5, 50)} if len(g) else {},
+        other_percentiles={p: float(np.percentile(imp, p)) for p in (50, 95, 99)} if len(imp) else {},
+        notes=notes)

@@ -1,0 +1,360 @@
+"""FAISS vector index keyed by reference_id: exact (flat), approximate (HNSW / IVF), GPU mirror, snapshots.
+
+The index is derived data: it is built from the store and can always be rebuilt. `VectorIndex` is not
+thread-safe by itself; `Catalog` guards it with a readers-writer lock (FAISS CPU searches may run concurrently
+with each other, never with add/remove).
+
+Kinds:
+- "flat": IndexIDMap(IndexFlatIP), exact; add and remove are incremental (remove compacts, O(n)).
+- "hnsw": IndexIDMap(IndexHNSWFlat, inner product). HNSW cannot remove vectors, so a removal leaves a
+  tombstone (the vector stays in the graph; `Catalog` ignores ids that are no longer live) until the next
+  rebuild, which `needs_rebuild` asks for once tombstones pass `hnsw_max_tombstone_fraction`.
+- "ivf": IndexIVFFlat (spherical k-means centroids, inner product), ids native; add and remove are
+  incremental; `needs_rebuild` asks for new centroids once the index has doubled since training.
+Filtered searches pass an IDSelectorBitmap through SearchParameters for all kinds: flat checks every id
+(exact); HNSW walks the graph through non-matching nodes and keeps only matching ones, so efSearch is raised
+with k; IVF filters inside the probed lists, so nprobe is doubled on each deeper round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from catalog.errors import CatalogError
+from catalog.settings import CatalogSettings
+
+SNAPSHOT_MAGIC = b"SKULENS-FAISS-SNAPSHOT\x00\x01"
+GPU_MAX_K = 2048  # faiss-gpu's k limit for flat search
+_IVF_TRAIN_POINTS_PER_LIST = 64
+_IVF_TRAIN_NITER = 12
+
+GpuFactory = Callable[[Any], Any]
+_faiss: Any = faiss  # faiss's type stubs lack SearchParametersHNSW/IVF keywords and PyCallbackIO*
+
+
+def gpu_available(use_gpu: str) -> bool:
+    """True when settings allow a GPU and this faiss build has GPU support and sees a GPU."""
+    if use_gpu != "auto" or not hasattr(faiss, "StandardGpuResources"):
+        return False
+    try:
+        return int(faiss.get_num_gpus()) > 0
+    except Exception:  # a faiss-gpu build without a usable driver
+        return False
+
+
+def default_gpu_factory() -> GpuFactory:
+    """Copies a CPU index to GPU 0 (faiss-gpu); kept behind a factory so tests can substitute a CPU copy."""
+    res = faiss.StandardGpuResources()
+
+    def to_gpu(cpu_index: Any) -> Any:
+        return faiss.index_cpu_to_gpu(res, 0, cpu_index)
+
+    return to_gpu
+
+
+def choose_kind(n: int, settings: CatalogSettings, current: str | None = None) -> str:
+    """Index kind for `n` vectors: approximate past the threshold, exact below half of it (hysteresis)."""
+    if n >= settings.approximate_threshold:
+        return settings.approximate_kind
+    if current == settings.approximate_kind and n >= settings.approximate_threshold // 2:
+        return current
+    return "flat"
+
+
+def ivf_nlist(n: int, settings: CatalogSettings) -> int:
+    """Number of IVF lists: the setting, or about 4*sqrt(n); at most one list per 39 training points."""
+    want = settings.ivf_nlist or round(4 * math.sqrt(max(n, 1)))
+    return max(1, min(want, 65536, max(1, n // 39)))
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _as_ids(ids: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+class VectorIndex:
+    """One FAISS index plus what is known about it (kind, measured recall, tombstones, GPU mirror)."""
+
+    def __init__(self, dim: int, kind: str, index: Any, settings: CatalogSettings, *,
+                 recall_at_10: float | None = None, build_seconds: float = 0.0, trained_size: int = 0,
+                 tombstones: int = 0, gpu_factory: GpuFactory | None = None) -> None:
+        self.dim = dim
+        self.kind = kind
+        self.settings = settings
+        self.recall_at_10 = recall_at_10
+        self.build_seconds = build_seconds
+        self.trained_size = trained_size
+        self.tombstones = tombstones
+        self._index = index
+        # Process-wide faiss knob, set from settings: batches >= this use BLAS (faiss's 128000 is too high).
+        faiss.cvar.distance_compute_blas_threshold = int(settings.blas_threshold)
+        self._gpu_factory = gpu_factory if kind == "flat" else None
+        self._gpu: Any = None  # mirror of the flat index, made again lazily after mutations
+        self._gpu_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def empty(cls, dim: int, settings: CatalogSettings, gpu_factory: GpuFactory | None = None) -> VectorIndex:
+        return cls(dim, "flat", faiss.IndexIDMap(faiss.IndexFlatIP(dim)), settings, gpu_factory=gpu_factory)
+
+    @classmethod
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, settings: CatalogSettings, kind: str, *,
+              cancel: Callable[[], bool] | None = None, gpu_factory: GpuFactory | None = None) -> VectorIndex:
+        """Build an index of `kind` over (ids, vectors); approximate kinds measure recall@10 vs exact."""
+        t0 = time.perf_counter()
+        ids, vectors = _as_ids(ids), _as_f32(vectors)
+        n = len(ids)
+        if n == 0 or kind == "flat":
+            kind = "flat"
+            index: Any = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+        elif kind == "hnsw":
+            hnsw = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = settings.hnsw_ef_construction
+            hnsw.hnsw.efSearch = settings.hnsw_ef_search
+            index = faiss.IndexIDMap(hnsw)
+        elif kind == "ivf":
+            nlist = ivf_nlist(n, settings)
+            ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            ivf.cp.spherical = True
+            ivf.cp.niter = _IVF_TRAIN_NITER
+            ivf.cp.max_points_per_centroid = _IVF_TRAIN_POINTS_PER_LIST
+            ivf.cp.seed = settings.seed
+            ivf.nprobe = settings.ivf_nprobe
+            rng = np.random.default_rng(settings.seed)
+            m = min(n, nlist * _IVF_TRAIN_POINTS_PER_LIST)
+            sample = vectors if m == n else vectors[np.sort(rng.choice(n, m, replace=False))]
+            ivf.train(sample)
+            index = ivf
+        else:
+            raise CatalogError(f"unknown index kind {kind!r}")
+        chunk = max(1, settings.build_chunk)
+        for start in range(0, n, chunk):
+            if cancel is not None and cancel():
+                raise BuildCancelled()
+            index.add_with_ids(vectors[start:start + chunk], ids[start:start + chunk])
+        out = cls(dim, kind, index, settings, trained_size=n, gpu_factory=gpu_factory)
+        if kind != "flat":
+            out.recall_at_10 = out.measure_recall(ids, vectors)
+        out.build_seconds = time.perf_counter() - t0
+        return out
+
+    def measure_recall(self, ids: np.ndarray, vectors: np.ndarray, k: int = 10) -> float:
+        """Mean recall@k of this index against exact search over (ids, vectors).
+
+        Queries are stored vectors plus gaussian noise (cosine about 0.9 to the original, like another photo
+        of the same product), seeded, so the measure is reproducible.
+        """
+        n = len(ids)
+        if n == 0:
+            return 1.0
+        k = min(k, n)
+        rng = np.random.default_rng(self.settings.seed + 1)
+        rows = rng.choice(n, min(self.settings.recall_queries, n), replace=False)
+        noise = rng.standard_normal((len(rows), self.dim)).astype(np.float32) * (0.5 / math.sqrt(self.dim))
+        q = vectors[rows] + noise
+        q = _as_f32(q / np.linalg.norm(q, axis=1, keepdims=True))
+        _, exact_pos = faiss.knn(q, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+        exact = ids[exact_pos]
+        _, approx, _ = self.search(q, k)
+        hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approx, exact, strict=True))
+        return float(hits) / float(k * len(rows))
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self._gpu_factory is not None else "cpu"
+
+    @property
+    def faiss_index(self) -> Any:
+        return self._index
+
+    def nbytes(self) -> int:
+        """Approximate memory held by the index (vectors, ids and graph links / centroids)."""
+        n, d = self.ntotal, self.dim
+        base = n * (d * 4 + 8)
+        if self.kind == "hnsw":
+            base += n * self.settings.hnsw_m * 2 * 4 + n * 16
+        elif self.kind == "ivf":
+            base += int(self._index.nlist) * d * 4
+        return base
+
+    def needs_rebuild(self, live: int) -> str | None:
+        """Why the index should be rebuilt now for `live` vectors, or None."""
+        want = choose_kind(live, self.settings, self.kind)
+        if want != self.kind:
+            return f"{live} references call for a {want} index (now {self.kind})"
+        max_dead = self.settings.hnsw_max_tombstone_fraction * max(self.ntotal, 1)
+        if self.kind == "hnsw" and self.tombstones > max_dead:
+            return f"{self.tombstones} HNSW tombstones of {self.ntotal} vectors"
+        if self.kind == "ivf" and self.ntotal >= 2 * max(self.trained_size, 1):
+            return f"IVF trained on {self.trained_size} vectors now holds {self.ntotal}"
+        return None
+
+    # ---------------------------------------------------------------- mutation (caller holds the write lock)
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self._index.add_with_ids(_as_f32(vectors), _as_ids(ids))
+            self._gpu = None
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove ids (HNSW: count them as tombstones; the caller stops treating them as live)."""
+        if not len(ids):
+            return
+        if self.kind == "hnsw":
+            self.tombstones += len(ids)
+        else:
+            self._index.remove_ids(_as_ids(ids))
+        self._gpu = None
+
+    # ---------------------------------------------------------------- search (caller holds the read lock)
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               depth: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k (scores, reference ids, exhausted-per-row) for float32 queries [N, D].
+
+        `allowed`: optional bool mask indexed by reference id; only those ids are returned. `depth` is the
+        deepening round (0, 1, ...): HNSW raises efSearch to k, IVF doubles nprobe each round. A row is
+        exhausted when no deeper search could return more ids.
+        """
+        q = _as_f32(queries)
+        n = self.ntotal
+        k = max(1, min(int(k), max(n, 1)))
+        sel = bitmap = None  # locals: the bitmap the selector points into lives until the search returns
+        if allowed is not None:
+            bitmap = np.packbits(allowed.astype(bool, copy=False), bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        params: Any = None
+        nlist = 0
+        nprobe = 0
+        if self.kind == "hnsw":
+            params = _faiss.SearchParametersHNSW(efSearch=max(self.settings.hnsw_ef_search, k))
+        elif self.kind == "ivf":
+            nlist = int(self._index.nlist)
+            nprobe = min(nlist, self.settings.ivf_nprobe << min(depth, 20))
+            params = _faiss.SearchParametersIVF(nprobe=nprobe)
+        elif sel is not None:
+            params = faiss.SearchParameters()
+        if sel is not None:
+            params.sel = sel
+        if params is None and self._gpu_factory is not None and k <= GPU_MAX_K and n:
+            scores, ids = self._gpu_search(q, k)
+        elif params is None:
+            scores, ids = self._index.search(q, k)
+        else:
+            scores, ids = self._index.search(q, k, params=params)
+        del sel, bitmap
+        ran_out = ids[:, -1] < 0
+        if self.kind == "flat":
+            exhausted = ran_out | (k >= n)
+        elif self.kind == "ivf":
+            exhausted = np.full(len(q), nprobe >= nlist) & (ran_out | (k >= n))
+        else:
+            exhausted = np.full(len(q), k >= n)
+        return scores, ids, exhausted
+
+    def _gpu_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        mirror = self._gpu
+        if mirror is None:
+            with self._gpu_lock:  # concurrent readers: one makes the mirror, the others wait for it
+                mirror = self._gpu
+                if mirror is None:
+                    assert self._gpu_factory is not None
+                    mirror = self._gpu = self._gpu_factory(self._index)
+        scores, ids = mirror.search(q, k)
+        return scores, ids
+
+    # ---------------------------------------------------------------- snapshots
+    def save(self, path: Path, stamp: dict[str, Any]) -> int:
+        """Write the index and its stamp atomically (tmp file, fsync, rename); returns bytes written."""
+        header = json.dumps({
+            "stamp": stamp, "kind": self.kind, "dim": self.dim, "recall_at_10": self.recall_at_10,
+            "build_seconds": self.build_seconds, "trained_size": self.trained_size,
+            "tombstones": self.tombstones,
+        }, sort_keys=True).encode()
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(SNAPSHOT_MAGIC)
+            f.write(struct.pack("<Q", len(header)))
+            f.write(header)
+            writer = _faiss.PyCallbackIOWriter(f.write)
+            faiss.write_index(self._index, writer)
+            del writer
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return path.stat().st_size
+
+    @staticmethod
+    def read_header(path: Path) -> dict[str, Any] | None:
+        """The snapshot's header (with its stamp), or None when there is no readable snapshot."""
+        try:
+            with open(path, "rb") as f:
+                return _read_header(f)
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def load(cls, path: Path, settings: CatalogSettings,
+             gpu_factory: GpuFactory | None = None) -> VectorIndex:
+        """Read a snapshot written by `save` (the caller has checked the stamp)."""
+        with open(path, "rb") as f:
+            header = _read_header(f)
+            reader = _faiss.PyCallbackIOReader(f.read)
+            index = faiss.read_index(reader)
+            del reader
+        if int(index.d) != int(header["dim"]):
+            raise CatalogError(f"index snapshot {path} has dimension {index.d}, header says {header['dim']}")
+        return cls(int(header["dim"]), str(header["kind"]), index, settings,
+                   recall_at_10=header.get("recall_at_10"),
+                   build_seconds=float(header.get("build_seconds", 0.0)),
+                   trained_size=int(header.get("trained_size", 0)),
+                   tombstones=int(header.get("tombstones", 0)),
+                   gpu_factory=gpu_factory)
+
+
+class BuildCancelled(Exception):
+    """An index build was cancelled (catalog closing or superseded)."""
+
+
+def _read_header(f: Any) -> dict[str, Any]:
+    if f.read(len(SNAPSHOT_MAGIC)) != SNAPSHOT_MAGIC:
+        raise ValueError("not a skulens index snapshot")
+    (size,) = struct.unpack("<Q", f.read(8))
+    if size > 1 << 24:
+        raise ValueError("snapshot header too large")
+    header = json.loads(f.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("snapshot header is not an object")
+    return header
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,168 @@
+from skulens.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class UpsertProductRequest(_message.Message):
+    __slots__ = ("product_id", "display_name", "category", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    product_id: str
+    display_name: str
+    category: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UpsertProductResponse(_message.Message):
+    __slots__ = ("product", "created")
+    PRODUCT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    product: _common_pb2.Product
+    created: bool
+    def __init__(self, product: _Optional[_Union[_common_pb2.Product, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class AddReferenceImagesRequest(_message.Message):
+    __slots__ = ("product_id", "content", "source", "region")
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    product_id: str
+    content: bytes
+    source: str
+    region: _common_pb2.Box
+    def __init__(self, product_id: _Optional[str] = ..., content: _Optional[bytes] = ..., source: _Optional[str] = ..., region: _Optional[_Union[_common_pb2.Box, _Mapping]] = ...) -> None: ...
+
+class AddedReference(_message.Message):
+    __slots__ = ("index", "product_id", "status", "reference_id", "duplicate", "content_sha256")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    product_id: str
+    status: _common_pb2.ItemStatus
+    reference_id: int
+    duplicate: bool
+    content_sha256: str
+    def __init__(self, index: _Optional[int] = ..., product_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.ItemStatus, _Mapping]] = ..., reference_id: _Optional[int] = ..., duplicate: _Optional[bool] = ..., content_sha256: _Optional[str] = ...) -> None: ...
+
+class AddReferenceImagesResponse(_message.Message):
+    __slots__ = ("results", "added", "duplicates", "failed")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[AddedReference]
+    added: int
+    duplicates: int
+    failed: int
+    def __init__(self, results: _Optional[_Iterable[_Union[AddedReference, _Mapping]]] = ..., added: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+
+class DeleteProductRequest(_message.Message):
+    __slots__ = ("product_id",)
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    product_id: str
+    def __init__(self, product_id: _Optional[str] = ...) -> None: ...
+
+class DeleteProductResponse(_message.Message):
+    __slots__ = ("deleted_references",)
+    DELETED_REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    deleted_references: int
+    def __init__(self, deleted_references: _Optional[int] = ...) -> None: ...
+
+class DeleteReferenceImageRequest(_message.Message):
+    __slots__ = ("reference_id",)
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    reference_id: int
+    def __init__(self, reference_id: _Optional[int] = ...) -> None: ...
+
+class DeleteReferenceImageResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetProductRequest(_message.Message):
+    __slots__ = ("product_id",)
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    product_id: str
+    def __init__(self, product_id: _Optional[str] = ...) -> None: ...
+
+class ReferenceImage(_message.Message):
+    __slots__ = ("reference_id", "source", "content_sha256", "has_image")
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    HAS_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    reference_id: int
+    source: str
+    content_sha256: str
+    has_image: bool
+    def __init__(self, reference_id: _Optional[int] = ..., source: _Optional[str] = ..., content_sha256: _Optional[str] = ..., has_image: _Optional[bool] = ...) -> None: ...
+
+class GetProductResponse(_message.Message):
+    __slots__ = ("product", "references")
+    PRODUCT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    product: _common_pb2.Product
+    references: _containers.RepeatedCompositeFieldContainer[ReferenceImage]
+    def __init__(self, product: _Optional[_Union[_common_pb2.Product, _Mapping]] = ..., references: _Optional[_Iterable[_Union[ReferenceImage, _Mapping]]] = ...) -> None: ...
+
+class ListProductsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "category")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    category: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., category: _Optional[str] = ...) -> None: ...
+
+class ListProductsResponse(_message.Message):
+    __slots__ = ("products", "next_page_token")
+    PRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    products: _containers.RepeatedCompositeFieldContainer[_common_pb2.Product]
+    next_page_token: str
+    def __init__(self, products: _Optional[_Iterable[_Union[_common_pb2.Product, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetCatalogStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCatalogStatsResponse(_message.Message):
+    __slots__ = ("product_count", "reference_count", "dim", "model_fingerprint", "index_type", "products_per_category")
+    class ProductsPerCategoryEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    PRODUCT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTS_PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    product_count: int
+    reference_count: int
+    dim: int
+    model_fingerprint: str
+    index_type: str
+    products_per_category: _containers.ScalarMap[str, int]
+    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., products_per_category: _Optional[_Mapping[str, int]] = ...) -> None: ...

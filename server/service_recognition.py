@@ -1,0 +1,242 @@
+"""`RecognitionService`: Recognize, RecognizeStream, SearchByText, Embed.
+
+A well-formed batch always succeeds as a call; each image (or region) carries its own status. The whole call
+fails only for request-shape errors (too many images, bad options), overload of the queue, or server state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+
+from server.calllog import call_fields
+from server.convert import (
+    SearchParams,
+    boxes_of,
+    check_images,
+    check_texts,
+    failed_recognition,
+    recognition_pb,
+    search_params,
+)
+from server.errors import InferenceError
+from server.errors_grpc import code_name, item_status
+from server.preprocess import Box
+from server.state import Runtime, deadline_of
+from skulens.v1 import common_pb2, recognition_pb2, recognition_pb2_grpc
+
+if TYPE_CHECKING:
+    from catalog.catalog import Catalog
+    from server.engine import Engine
+
+pb = recognition_pb2
+
+
+@dataclass
+class _Embedded:
+    """Per image: its boxes (None = whole image) and its vectors or errors (one per box)."""
+
+    boxes: list[Box] | None
+    outputs: list[np.ndarray | InferenceError]
+
+
+def _ms(t0: float, t1: float) -> float:
+    return round((t1 - t0) * 1000.0, 3)
+
+
+async def embed_batch(engine: Engine, images: Sequence[pb.ImageInput], boxes: Sequence[list[Box] | None],
+                      deadline: float | None) -> list[_Embedded]:
+    """Embed images (each whole, or each of its boxes); regroup the engine's flat results per image."""
+    flat = await engine.embed_images([im.content for im in images], regions=list(boxes), deadline=deadline)
+    out, k = [], 0
+    for b in boxes:
+        n = len(b) if b is not None else 1
+        out.append(_Embedded(b, list(flat[k:k + n])))
+        k += n
+    return out
+
+
+async def _search(catalog: Catalog, vectors: list[np.ndarray], params: SearchParams,
+                  unknown_threshold: float | None = None) -> list[pb.Recognition]:
+    if not vectors:
+        return []
+    results = await asyncio.to_thread(
+        catalog.search, np.stack(vectors).astype(np.float32, copy=False), top_k=params.top_k,
+        min_score=params.min_score, category=params.category, labels=params.labels,
+        unknown_threshold=unknown_threshold)
+    return [recognition_pb(r) for r in results]
+
+
+class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
+    """gRPC servicer; reads engine and catalog from the shared `Runtime` on every call."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.settings = runtime.settings
+
+    # ------------------------------------------------------------------ helpers
+    def _count(self, method: str, results: Sequence[pb.ImageResult]) -> None:
+        m = self.rt.metrics
+        if m is None:
+            return
+        for r in results:
+            statuses = [reg.recognition.status.code for reg in r.regions] or [r.recognition.status.code]
+            for code in statuses:
+                m.count_images(method, code_name(code))
+
+    async def _recognize(self, images: Sequence[pb.ImageInput], params: SearchParams, deadline: float | None,
+                         t_start: float, boxes: Sequence[list[Box] | None]) -> list[pb.ImageResult]:
+        engine, catalog = self.rt.ready()
+        t0 = time.perf_counter()
+        embedded = await embed_batch(engine, images, boxes, deadline)
+        t1 = time.perf_counter()
+        good = [o for e in embedded for o in e.outputs if isinstance(o, np.ndarray)]
+        found = iter(await _search(catalog, good, params))
+        t2 = time.perf_counter()
+        timings = common_pb2.Timings(embed_ms=_ms(t0, t1), search_ms=_ms(t1, t2), total_ms=_ms(t_start, t2))
+        results = []
+        for image, e in zip(images, embedded, strict=True):
+            recs = [next(found) if isinstance(o, np.ndarray) else failed_recognition(o) for o in e.outputs]
+            ok = [r for r in recs if r.status.code == 0]
+            status = ok[0].status if ok else recs[0].status if recs else item_status(None)
+            res = pb.ImageResult(id=image.id, status=status, timings=timings)
+            if e.boxes is None:
+                res.recognition.CopyFrom(recs[0])
+            else:
+                res.regions.extend(
+                    pb.RegionResult(index=i, box=image.regions[i], recognition=rec) for i, rec in enumerate(recs))
+            results.append(res)
+        return results
+
+    # ------------------------------------------------------------------ RPCs
+    async def Recognize(self, request: pb.RecognizeRequest, context: grpc.aio.ServicerContext
+                        ) -> pb.RecognizeResponse:
+        """See recognition.proto."""
+        t_start = time.perf_counter()
+        self.rt.ready()
+        check_images(request.images, self.settings)
+        params = search_params(request.options, self.settings)
+        boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(request.images)]
+        call_fields()["images"] = len(request.images)
+        if self.rt.metrics is not None:
+            self.rt.metrics.observe_items("Recognize", len(request.images))
+        results = await self._recognize(request.images, params, deadline_of(context), t_start, boxes)
+        self._count("Recognize", results)
+        engine = self.rt.engine
+        return pb.RecognizeResponse(results=results, model_fingerprint=self.rt.model_fingerprint,
+                                    random_weights=bool(engine is not None and engine.random_weights))
+
+    async def RecognizeStream(self, request_iterator: AsyncIterator[pb.RecognizeStreamRequest],
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RecognizeStreamResponse]:
+        """See recognition.proto: one response per image, as soon as it is ready."""
+        self.rt.ready()
+        deadline = deadline_of(context)
+        window = asyncio.Semaphore(self.settings.stream_window)
+        out: asyncio.Queue[pb.ImageResult | BaseException | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        fields = call_fields()
+        fields["images"] = 0
+
+        async def one(image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float) -> None:
+            try:
+                res = (await self._recognize([image], params, deadline, t_in, [boxes]))[0]
+            except Exception as exc:  # per-image failure (overload, draining, ...): its own status
+                res = pb.ImageResult(id=image.id, status=item_status(exc))
+            finally:
+                window.release()
+            self._count("RecognizeStream", [res])
+            await out.put(res)
+
+        async def reader() -> None:
+            params = search_params(common_pb2.SearchOptions(), self.settings)
+            try:
+                async for msg in request_iterator:
+                    t_in = time.perf_counter()
+                    check_images(msg.images, self.settings)
+                    if msg.HasField("options"):
+                        params = search_params(msg.options, self.settings)
+                    boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(msg.images)]
+                    if self.rt.metrics is not None and len(msg.images):
+                        self.rt.metrics.observe_items("RecognizeStream", len(msg.images))
+                    for image, b in zip(msg.images, boxes, strict=True):
+                        await window.acquire()
+                        fields["images"] += 1
+                        t = asyncio.create_task(one(image, params, b, t_in))
+                        tasks.add(t)
+                        t.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*list(tasks))
+                await out.put(None)
+            except BaseException as exc:
+                await out.put(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
+        read_task = asyncio.create_task(reader())
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield pb.RecognizeStreamResponse(result=item)
+        finally:
+            for t in [read_task, *tasks]:
+                t.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(read_task, *tasks, return_exceptions=True)
+
+    async def SearchByText(self, request: pb.SearchByTextRequest, context: grpc.aio.ServicerContext
+                           ) -> pb.SearchByTextResponse:
+        """See recognition.proto."""
+        engine, catalog = self.rt.ready()
+        check_texts(request.texts, self.settings)
+        params = search_params(request.options, self.settings)
+        call_fields()["texts"] = len(request.texts)
+        vectors = await engine.embed_texts(list(request.texts), deadline=deadline_of(context))
+        if self.rt.metrics is not None:
+            self.rt.metrics.observe_items("SearchByText", len(request.texts))
+            self.rt.metrics.texts.labels("SearchByText").inc(len(request.texts))
+        recs = await _search(catalog, list(vectors), params, self.settings.text_unknown_threshold)
+        return pb.SearchByTextResponse(
+            results=[pb.TextResult(text=t, recognition=r) for t, r in zip(request.texts, recs, strict=True)],
+            model_fingerprint=engine.fingerprint)
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        """See recognition.proto."""
+        engine, _ = self.rt.ready()
+        check_images(request.images, self.settings)
+        if request.texts:
+            check_texts(request.texts, self.settings)
+        boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(request.images)]
+        deadline = deadline_of(context)
+        call_fields().update(images=len(request.images), texts=len(request.texts))
+        resp = pb.EmbedResponse(dim=engine.dim, model_fingerprint=engine.fingerprint)
+        if request.texts:
+            vectors = await engine.embed_texts(list(request.texts), deadline=deadline)
+            resp.texts.extend(pb.Embedding(id=t, status=item_status(None), values=v.tolist())
+                              for t, v in zip(request.texts, vectors, strict=True))
+        if request.images:
+            embedded = await embed_batch(engine, request.images, boxes, deadline)
+            for image, e in zip(request.images, embedded, strict=True):
+                for i, o in enumerate(e.outputs):
+                    emb = pb.Embedding(id=image.id, region_index=i, has_region=e.boxes is not None)
+                    if isinstance(o, np.ndarray):
+                        emb.status.CopyFrom(item_status(None))
+                        emb.values.extend(o.tolist())
+                    else:
+                        emb.status.CopyFrom(item_status(o))
+                    resp.images.append(emb)
+            if self.rt.metrics is not None:
+                self.rt.metrics.observe_items("Embed", len(request.images))
+                for emb in resp.images:
+                    self.rt.metrics.count_images("Embed", code_name(emb.status.code))
+        return resp

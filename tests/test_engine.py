@@ -1,0 +1,206 @@
+"""server.engine: bytes in, per-item embeddings or errors out; batching, limits, warnings, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inference_helpers import TINY_DIM, encode, photo, tiny_model_dir, tiny_reference
+
+from server.engine import Box, Engine
+from server.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRegion,
+    Overloaded,
+    Unsupported,
+)
+from server.inference_settings import BatcherOptions, DecodeLimits, EncoderOptions, EngineOptions
+
+
+def _options(**kw: object) -> EngineOptions:
+    base: dict[str, object] = {
+        "batcher": BatcherOptions(max_batch=8, max_wait_ms=5),
+        "decode_workers": 2,
+        "fast_decode": False,
+    }
+    base.update(kw)
+    return EngineOptions(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return tiny_model_dir(tmp_path / "tiny")
+
+
+def _engine_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("skulens-")]
+
+
+async def test_per_image_results_and_errors(tiny: Path) -> None:
+    engine = Engine.load(tiny, _options(decode=DecodeLimits(max_pixels=200_000)))
+    good = [photo(64, 48, seed=i) for i in range(3)]
+    images = [encode(good[0], "PNG"), b"garbage", encode(good[1], "JPEG"), encode(photo(600, 400), "PNG"),
+              encode(good[2], "WEBP", lossless=True)]
+    out = await engine.embed_images(images)
+    assert len(out) == 5
+    assert isinstance(out[1], InvalidImage) and out[1].field == "images[1]"
+    assert isinstance(out[3], ImageTooLarge) and out[3].field == "images[3]" and "limit is 200000" in out[3].message
+    for k in (0, 2, 4):
+        vec = out[k]
+        assert isinstance(vec, np.ndarray) and vec.shape == (TINY_DIM,) and vec.dtype == np.float32
+    pixels = np.stack([engine.preprocessor.image_tensor(images[0])])
+    np.testing.assert_allclose(out[0], tiny_reference(pixels)[0], atol=1e-6)
+    stats = engine.stats()
+    assert stats.images_embedded == 3 and stats.decode_errors == 2
+    assert stats.image_batcher.items == 3
+    await engine.close()
+
+
+async def test_regions_give_one_result_per_box(tiny: Path) -> None:
+    engine = Engine.load(tiny, _options())
+    img = photo(200, 100, seed=9)
+    data = encode(img, "PNG")
+    out = await engine.embed_images(
+        [data, data, data],
+        regions=[[Box(0, 0, 100, 100), Box(150, 50, 100, 100), Box(100, 0, 100, 100)], None, []],
+    )
+    assert len(out) == 4  # 3 boxes + whole image + nothing
+    assert isinstance(out[1], InvalidRegion) and out[1].field == "regions[0][1]"
+    left = engine.preprocessor.transform(img.crop((0, 0, 100, 100)))
+    np.testing.assert_allclose(out[0], tiny_reference(left[None])[0], atol=1e-6)
+    assert isinstance(out[2], np.ndarray) and isinstance(out[3], np.ndarray)
+    bad = await engine.embed_images([b"nope"], regions=[[Box(0, 0, 20, 20), Box(0, 0, 30, 30)]])
+    assert len(bad) == 2 and all(isinstance(e, InvalidImage) and e.field == "images[0]" for e in bad)
+    await engine.close()
+
+
+async def test_concurrent_callers_are_batched_and_match_single(tiny: Path) -> None:
+    engine = Engine.load(tiny, _options(batcher=BatcherOptions(max_batch=16, max_wait_ms=20)))
+    datas = [encode(photo(80, 60, seed=i), "JPEG") for i in range(24)]
+    single = [await engine.embed_images([d]) for d in datas[:3]]
+    results = await asyncio.gather(*(engine.embed_images([d]) for d in datas))
+    for k in range(3):
+        assert np.abs(results[k][0] - single[k][0]).max() <= 1e-6  # type: ignore[operator]
+    assert max(engine.stats().image_batcher.batch_size_histogram) > 1
+    assert engine.queue_depth == 0
+    await engine.close()
+
+
+async def test_deadline_and_overload(tiny: Path) -> None:
+    engine = Engine.load(tiny, _options(batcher=BatcherOptions(max_batch=4, max_wait_ms=1, max_queue=2)))
+    data = encode(photo(32, 32), "PNG")
+    with pytest.raises(DeadlineExceeded):
+        await engine.embed_images([data], deadline=time.monotonic() - 0.001)
+    with pytest.raises(Overloaded, match="max_queue is 2"):
+        await engine.embed_images([data, data, data])
+    assert len(await engine.embed_images([data, data])) == 2
+    await engine.close()
+
+
+async def test_inference_failure_fails_request_and_engine_survives(tiny: Path) -> None:
+    engine = Engine.load(tiny, _options())
+    data = encode(photo(32, 32), "PNG")
+    real_run = engine.encoder.image.run
+    calls = {"n": 0}
+
+    def flaky(batch: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("ORT failed")
+        return real_run(batch)
+
+    engine.encoder.image.run = flaky  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="ORT failed"):
+        await engine.embed_images([data, data])
+    assert isinstance((await engine.embed_images([data]))[0], np.ndarray)
+    await engine.close()
+
+
+async def test_cancelled_request_is_dropped(tiny: Path) -> None:
+    engine = Engine.load(tiny, _options(batcher=BatcherOptions(max_batch=1, max_wait_ms=0)))
+    gate, started = threading.Event(), threading.Event()
+    real_run = engine.encoder.image.run
+
+    def blocking(batch: np.ndarray) -> np.ndarray:
+        started.set()
+        gate.wait(5)
+        return real_run(batch)
+
+    engine.encoder.image.run = blocking  # type: ignore[method-assign]
+    data = encode(photo(32, 32), "PNG")
+    first = asyncio.ensure_future(engine.embed_images([data]))
+    await asyncio.to_thread(started.wait, 5)
+    second = asyncio.ensure_future(engine.embed_images([data, data]))
+    while engine.queue_depth < 2:
+        await asyncio.sleep(0.005)
+    second.cancel()
+    gate.set()
+    assert isinstance((await first)[0], np.ndarray)
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await asyncio.sleep(0.05)
+    stats = engine.stats().image_batcher
+    assert stats.dropped_cancelled == 2 and stats.items == 1
+    await engine.close()
+
+
+async def test_properties_text_unsupported_random_warning_and_close(
+    tiny: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="server.engine"):
+        engine = Engine.load(tiny, _options(random_weights_warn_interval_s=0.0))
+        await engine.embed_images([encode(photo(32, 32), "PNG")])
+    warnings = [r for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()]
+    assert len(warnings) >= 2 and all(r.levelno == logging.WARNING for r in warnings)
+    assert engine.random_weights and engine.dim == TINY_DIM
+    assert engine.fingerprint == engine.manifest.fingerprint
+    assert engine.provider_report.active == ("CPUExecutionProvider",)
+    assert not engine.has_text
+    with pytest.raises(Unsupported, match="no text tower"):
+        await engine.embed_texts(["milk"])
+    assert _engine_threads()
+    await engine.close()
+    assert _engine_threads() == []
+    with pytest.raises(Cancelled):
+        await engine.embed_images([b"x"])
+
+
+async def test_real_weights_do_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d = tiny_model_dir(tmp_path / "real", weights="pretrained")
+    with caplog.at_level(logging.WARNING, logger="server.engine"):
+        engine = Engine.load(d, _options())
+        await engine.embed_images([encode(photo(32, 32), "PNG")])
+    assert not [r for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()]
+    assert not engine.random_weights
+    await engine.close()
+
+
+async def test_real_clip_batched_equals_single_and_text(clip_model_dir: Path) -> None:
+    pytest.importorskip("server.tokenizer")
+    opts = _options(
+        batcher=BatcherOptions(max_batch=8, max_wait_ms=30), encoder=EncoderOptions(warmup=False), fast_decode=True
+    )
+    engine = Engine.load(clip_model_dir, opts)
+    assert engine.dim == 512 and engine.has_text and engine.random_weights
+    datas = [encode(photo(640, 480, seed=i), "JPEG", quality=90) for i in range(5)]
+    single = [(await engine.embed_images([d]))[0] for d in datas]
+    batched = await engine.embed_images(datas)
+    concurrent = await asyncio.gather(*(engine.embed_images([d]) for d in datas))
+    assert max(engine.stats().image_batcher.last_batch_sizes) > 1
+    for k in range(5):
+        assert np.abs(batched[k] - single[k]).max() <= 1e-5  # type: ignore[operator]
+        assert np.abs(concurrent[k][0] - single[k]).max() <= 1e-5  # type: ignore[operator]
+        assert abs(float(np.linalg.norm(single[k])) - 1.0) < 1e-5  # type: ignore[arg-type]
+    texts = await engine.embed_texts(["a carton of oat milk", "bananas"])
+    assert texts.shape == (2, 512) and texts.dtype == np.float32
+    one = await engine.embed_texts(["bananas"])
+    assert np.abs(one[0] - texts[1]).max() <= 1e-5
+    await engine.close()
