@@ -8,6 +8,9 @@ its best score is other(r); false accept(t) = share of queries with other(r) >= 
 rejected when own(r) < t; false reject(t) = share of genuine queries with own(r) < t.
 Ambiguity margin m (genuine queries): gap = own - other. |gap| < m is answered AMBIGUOUS; gap <= -m is a
 misidentification that the margin did not catch (a wrong KNOWN answer).
+Suggestions: the threshold half-way between the lowest value meeting the false-accept target and the highest
+meeting the false-reject target (the equal-error point when none meets both); the smallest margin meeting the
+misidentification target (at least 0.005).
 """
 
 from __future__ import annotations
@@ -157,6 +160,14 @@ def _highest_within_below(values: np.ndarray, target: float) -> float:
     return round(float(t), 3)
 
 
+def _equal_error(impostor: np.ndarray, genuine: np.ndarray) -> float:
+    """Threshold (0.001 grid) where the false-accept and false-reject shares are closest."""
+    grid = np.unique(np.round(np.concatenate([impostor, genuine]), 3))
+    fa = (impostor[None, :] >= grid[:, None]).mean(axis=1)
+    fr = (genuine[None, :] < grid[:, None]).mean(axis=1)
+    return round(float(grid[int(np.argmin(np.abs(fa - fr) + 1e-6 * np.maximum(fa, fr)))]), 3)
+
+
 def calibrate(catalog: _Catalog, *, max_queries: int = 2000, seed: int = 0, target_false_accept: float = 0.01,
               target_false_reject: float = 0.05, target_misidentified: float = 0.01) -> CalibrationReport:
     """Leave-one-out calibration of unknown_threshold and ambiguity_margin from the catalog's references."""
@@ -175,16 +186,23 @@ def calibrate(catalog: _Catalog, *, max_queries: int = 2000, seed: int = 0, targ
         notes.append("the catalog has a single product: false accept cannot be measured")
 
     g = own[genuine]
-    # unknown threshold: the lowest value whose false-accept share is within its target; when the highest value
-    # whose false-reject share is within its target lies above it, the midpoint of the two (slack both ways)
+    # unknown threshold: the lowest value whose false-accept share is within its target; when the highest
+    # value whose false-reject share is within its target lies above it, the midpoint of the two (slack both
+    # ways); when no value meets both targets, the equal-error point
     suggested_t = _lowest_within(imp, target_false_accept) if len(imp) else cur_t
     if len(g) and len(imp):
         t_fr = _highest_within_below(g, target_false_reject)
-        if t_fr > suggested_t:
+        if t_fr >= suggested_t:
             suggested_t = round((suggested_t + t_fr) / 2, 3)
         else:
-            notes.append(f"no threshold meets both targets (false accept <= {target_false_accept:.1%}, false "
-                         f"reject <= {target_false_reject:.1%}); the suggestion keeps false accepts in target")
+            t_fa = suggested_t
+            suggested_t = _equal_error(imp, g)
+            notes.append(
+                f"no threshold meets both targets (false accept <= {target_false_accept:.1%}, false reject "
+                f"<= {target_false_reject:.1%}): suggested is the equal-error point (false accept "
+                f"{np.mean(imp >= suggested_t):.1%}, false reject {np.mean(g < suggested_t):.1%}); "
+                f"{t_fa:.3f} keeps false accepts in target but rejects {np.mean(g < t_fa):.1%} of genuine "
+                "queries")
     both = genuine & ~np.isnan(other)
     gap = own[both] - other[both]
     lo = float(np.quantile(imp, 0.5)) if len(imp) else (float(g.min()) if len(g) else cur_t)

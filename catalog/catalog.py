@@ -172,8 +172,9 @@ class Catalog:
     def _check_open(self, *, searchable: bool = False) -> None:
         if self._closed:
             raise CatalogClosed()
-        if searchable and self._mismatch() is not None:
-            raise self._mismatch()  # type: ignore[misc]
+        mismatch = self._mismatch() if searchable else None
+        if mismatch is not None:
+            raise mismatch
 
     def _mismatch(self) -> FingerprintMismatch | None:
         want_fp, want_dim = self._requested

@@ -29,6 +29,8 @@ class CatalogSettings:
     use_gpu: "auto" uses faiss-gpu for the exact index when a GPU is present, "never" stays on CPU.
     snapshot: write the index to disk on close and load it at open when its stamp matches the store.
     store_images: keep the encoded reference image (enables `reembed`) unless the caller says otherwise.
+    filter_exact_limit: HNSW searches whose filter lets through at most this many references compare the query
+        with just those vectors (exact) instead of walking the graph.
     blas_threshold: faiss `distance_compute_blas_threshold`: query batches at least this large use BLAS
         (faiss default 128000 makes a 64-query flat search ~10x slower).
     """
@@ -41,9 +43,10 @@ class CatalogSettings:
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 96
     hnsw_max_tombstone_fraction: float = 0.2
-    ivf_nlist: int = 0  # 0: about 4*sqrt(n), clamped to [16, 65536]
+    ivf_nlist: int = 0  # 0: about 2*sqrt(n) (see catalog.index.ivf_nlist)
     ivf_nprobe: int = 32
     recall_queries: int = 500
+    filter_exact_limit: int = 20_000
     max_top_k: int = 100
     unknown_threshold: float = 0.70
     ambiguity_margin: float = 0.02
@@ -76,6 +79,8 @@ class CatalogSettings:
                 raise bad(name, ">= 1")
         if self.ivf_nlist < 0:
             raise bad("ivf_nlist", ">= 0")
+        if self.filter_exact_limit < 0:
+            raise bad("filter_exact_limit", ">= 0")
         if not -1.0 <= self.unknown_threshold <= 1.0:
             raise bad("unknown_threshold", "in [-1, 1]")
         if not 0.0 <= self.ambiguity_margin <= 2.0:

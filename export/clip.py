@@ -1,8 +1,7 @@
-"""Export open_clip ViT-B/32 to `image.onnx` + `text.onnx` with preprocess/tokenizer sidecars and a manifest."""
+"""Export open_clip ViT-B/32 to `image.onnx` + `text.onnx`, preprocess/tokenizer sidecars and a manifest."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -190,18 +189,35 @@ def export_clip(
     dim = int(ref_img.shape[1])
     with staging_dir(Path(out_dir), force) as stage:
         img = export_variant_tower(
-            name="image", module=image_tower, example=torch.from_numpy(images[:2]), inputs=images,
-            reference=ref_img, out_dir=stage, input_name="pixel_values", variant=variant, opset=opset,
+            name="image",
+            module=image_tower,
+            example=torch.from_numpy(images[:2]),
+            inputs=images,
+            reference=ref_img,
+            out_dir=stage,
+            input_name="pixel_values",
+            variant=variant,
+            opset=opset,
         )
         txt = export_variant_tower(
-            name="text", module=text_tower, example=torch.from_numpy(ids[:2]), inputs=ids,
-            reference=ref_txt, out_dir=stage, input_name="input_ids", variant=variant, opset=opset,
+            name="text",
+            module=text_tower,
+            example=torch.from_numpy(ids[:2]),
+            inputs=ids,
+            reference=ref_txt,
+            out_dir=stage,
+            input_name="input_ids",
+            variant=variant,
+            opset=opset,
         )
         pre.write(stage)
         tok_spec = write_tokenizer(stage, tokenizer)
         par = parity_block({"image": img, "text": txt}, variant)
-        par["seconds"] = {"image": round(img.seconds, 2), "text": round(txt.seconds, 2),
-                          "total": round(time.perf_counter() - t0, 2)}
+        par["seconds"] = {
+            "image": round(img.seconds, 2),
+            "text": round(txt.seconds, 2),
+            "total": round(time.perf_counter() - t0, 2),
+        }
         manifest = Manifest(
             model_name=MODEL_NAME,
             family=FAMILY,
@@ -220,10 +236,8 @@ def export_clip(
             created_at=utc_now(),
         )
         write_manifest(stage, manifest)
-    log.info("exported %s (%s, %s) to %s in %.1fs", MODEL_NAME, tag, variant, out_dir, time.perf_counter() - t0)
+    log.info(
+        "exported %s (%s, %s) to %s in %.1fs", MODEL_NAME, tag, variant, out_dir, time.perf_counter() - t0
+    )
     return manifest
 
-
-def checkpoint_sha256(path: Path) -> str:
-    """sha256 of a checkpoint file (the `weights_id` of checkpoint exports)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

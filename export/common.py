@@ -1,4 +1,4 @@
-"""Shared pieces of the exporters: the error type, staging directories, tool versions, tower export + parity."""
+"""Shared pieces of the exporters: error type, staging directories, tool versions, tower export + parity."""
 
 from __future__ import annotations
 
@@ -117,7 +117,10 @@ def export_variant_tower(
             onnx_io.export_tower(module, example, fp32, input_name=input_name, opset=opset)
         except Exception as exc:
             raise ExportError(f"ONNX export of the {name} tower failed: {exc}") from exc
-        convert: dict[str, Callable[[Path, Path], Path]] = {"fp16": quantize.to_fp16, "int8": quantize.to_int8}
+        convert: dict[str, Callable[[Path, Path], Path]] = {
+            "fp16": quantize.to_fp16,
+            "int8": quantize.to_int8,
+        }
         if variant in convert:
             try:
                 convert[variant](fp32, final)
@@ -134,7 +137,9 @@ def export_variant_tower(
     except parity.ParityError as exc:
         raise ExportError(str(exc)) from exc
     in_spec, out_spec = onnx_io.io_specs(final)
-    return TowerResult(TowerSpec(file=final.name, input=in_spec, output=out_spec), result, time.perf_counter() - t0)
+    return TowerResult(
+        TowerSpec(file=final.name, input=in_spec, output=out_spec), result, time.perf_counter() - t0
+    )
 
 
 def parity_block(results: dict[str, TowerResult], variant: str) -> dict[str, Any]:

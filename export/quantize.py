@@ -1,4 +1,4 @@
-"""Reduced-precision variants of an fp32 ONNX tower: fp16 weights (GPU) and int8 dynamic quantisation (CPU)."""
+"""Reduced-precision variants of an fp32 ONNX tower: fp16 weights (GPU), int8 dynamic quantisation (CPU)."""
 
 from __future__ import annotations
 

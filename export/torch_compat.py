@@ -2,7 +2,8 @@
 
 A PyPI torchvision next to a CPU (or otherwise mismatched) torch fails to load its `_C` extension. torchvision
 then still registers fake kernels for `torchvision::nms` and `torchvision::qnms` unconditionally (every other
-fake is guarded by `_has_ops()`), which raises `RuntimeError: operator torchvision::nms does not exist` on import.
+fake is guarded by `_has_ops()`), which raises `RuntimeError: operator torchvision::nms does not exist` on
+import.
 open_clip imports torchvision (transforms only), so the whole exporter would be unusable.
 
 `ensure_torchvision_ops()` defines just those two op schemas when, and only when, they are missing; the ops

@@ -1,8 +1,8 @@
 """The gRPC server: `create_server` wires servicers, health, reflection and interceptors; `ServerApp` runs the
 lifecycle (bind → load + warm → SERVING → drain on SIGTERM → close).
 
-Health (`grpc.health.v1`, service "" and each skulens service) is NOT_SERVING until the model is loaded and warmed
-and the catalog is open, and again from the moment draining starts.
+Health (`grpc.health.v1`, service "" and each skulens service) is NOT_SERVING until the model is loaded and
+warmed and the catalog is open, and again from the moment draining starts.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
+from skulens.v1 import catalog_pb2, catalog_pb2_grpc, recognition_pb2, recognition_pb2_grpc
 
 from server.auth import AuthInterceptor
 from server.calllog import CallInterceptor
@@ -27,7 +28,6 @@ from server.service_catalog import CatalogServicer
 from server.service_recognition import RecognitionServicer
 from server.settings import Settings, SettingsError
 from server.state import Phase, Runtime
-from skulens.v1 import catalog_pb2, catalog_pb2_grpc, recognition_pb2, recognition_pb2_grpc
 
 if TYPE_CHECKING:
     from catalog.catalog import Catalog
@@ -40,6 +40,8 @@ SERVICE_NAMES = (
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
 )
 HEALTH_NAMES = ("", *SERVICE_NAMES)
+CATALOG_SERVICE = SERVICE_NAMES[1]
+_background: set[asyncio.Task[None]] = set()  # keeps fire-and-forget tasks referenced until they finish
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -50,7 +52,9 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
         ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     except OSError as exc:
         raise SettingsError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
 
 
 def create_server(
@@ -83,21 +87,28 @@ def create_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-    server = grpc.aio.server(interceptors=[CallInterceptor(runtime.metrics), AuthInterceptor(tokens)],
-                             options=options)
+    server = grpc.aio.server(
+        interceptors=[CallInterceptor(runtime.metrics), AuthInterceptor(tokens)], options=options
+    )
     recognition_pb2_grpc.add_RecognitionServiceServicer_to_server(RecognitionServicer(runtime), server)
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(runtime), server)
     if health_servicer is None:
         health_servicer = health.aio.HealthServicer()
-        status = (health_pb2.HealthCheckResponse.SERVING if runtime.phase is Phase.SERVING
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if runtime.phase is Phase.SERVING
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         loop = asyncio.get_running_loop()
         for name in HEALTH_NAMES:  # runs before the first call: the server is not started yet
-            loop.create_task(health_servicer.set(name, status))
+            task = loop.create_task(health_servicer.set(name, status))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server)
+        server,
+    )
     creds = _credentials(settings)
     if creds is None:
         port = server.add_insecure_port(settings.bind_address)
@@ -116,8 +127,15 @@ class ServerApp:
     Objects handed in are not closed by `stop` unless `own=True`.
     """
 
-    def __init__(self, settings: Settings, *, engine: Engine | None = None, catalog: Catalog | None = None,
-                 registry: CollectorRegistry | None = None, own: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        catalog: Catalog | None = None,
+        registry: CollectorRegistry | None = None,
+        own: bool = False,
+    ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -131,11 +149,13 @@ class ServerApp:
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
 
-    async def _set_health(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    async def _set_health(self, serving: bool, *, catalog_only: bool = False) -> None:
+        """Every service SERVING or NOT_SERVING; `catalog_only`: only CatalogService SERVING (mismatch)."""
+        up, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         for name in HEALTH_NAMES:
-            await self.health.set(name, status)
-        self.metrics.ready.set(1 if serving else 0)
+            ok = serving and (not catalog_only or name == CATALOG_SERVICE)
+            await self.health.set(name, up if ok else down)
+        self.metrics.ready.set(1 if serving and not catalog_only else 0)
 
     async def start(self) -> int:
         """Bind and start the gRPC server (health NOT_SERVING) and the metrics endpoint; returns the port."""
@@ -145,18 +165,33 @@ class ServerApp:
         if not tokens:
             log.info("authentication off (no bearer tokens configured)")
         await self._set_health(False)
-        self.server, self.port = create_server(self.settings, runtime=self.runtime,
-                                               health_servicer=self.health, tokens=tokens)
+        self.server, self.port = create_server(
+            self.settings, runtime=self.runtime, health_servicer=self.health, tokens=tokens
+        )
         await self.server.start()
-        log.info("gRPC listening on %s:%d%s", self.settings.host, self.port,
-                 " (TLS)" if self.settings.tls_enabled else "",
-                 extra={"fields": {"port": self.port, "tls": self.settings.tls_enabled,
-                                   "mtls": self.settings.tls_client_ca is not None, "auth": bool(tokens)}})
+        log.info(
+            "gRPC listening on %s:%d%s",
+            self.settings.host,
+            self.port,
+            " (TLS)" if self.settings.tls_enabled else "",
+            extra={
+                "fields": {
+                    "port": self.port,
+                    "tls": self.settings.tls_enabled,
+                    "mtls": self.settings.tls_client_ca is not None,
+                    "auth": bool(tokens),
+                }
+            },
+        )
         if self.settings.metrics_port is not None:
             host = self.settings.metrics_host or self.settings.host
             self.metrics_server = MetricsServer(self.registry, host, self.settings.metrics_port)
-            log.info("metrics on http://%s:%d/metrics", host, self.metrics_server.port,
-                     extra={"fields": {"metrics_port": self.metrics_server.port}})
+            log.info(
+                "metrics on http://%s:%d/metrics",
+                host,
+                self.metrics_server.port,
+                extra={"fields": {"metrics_port": self.metrics_server.port}},
+            )
         return self.port
 
     async def load(self) -> None:
@@ -168,9 +203,14 @@ class ServerApp:
 
             if self.settings.model_dir is None:
                 raise SettingsError("no model directory: pass --model DIR or set SKULENS_MODEL_DIR")
-            engine = await asyncio.to_thread(Engine.load, self.settings.model_dir, self.settings.engine_options())
-            log.info("model %s loaded and warmed", engine.fingerprint,
-                     extra={"fields": {"providers": str(getattr(engine, "provider_report", ""))}})
+            engine = await asyncio.to_thread(
+                Engine.load, self.settings.model_dir, self.settings.engine_options()
+            )
+            log.info(
+                "model %s loaded and warmed",
+                engine.fingerprint,
+                extra={"fields": {"providers": str(getattr(engine, "provider_report", ""))}},
+            )
         self.runtime.engine = engine
         if catalog is None:
             from catalog.catalog import Catalog
@@ -178,27 +218,44 @@ class ServerApp:
             if self.settings.data_dir is None:
                 raise SettingsError("no catalog directory: pass --data DIR or set SKULENS_DATA_DIR")
             catalog = await asyncio.to_thread(
-                Catalog.open, Path(self.settings.data_dir), fingerprint=engine.fingerprint, dim=engine.dim,
-                settings=self.settings.catalog_settings())
+                Catalog.open,
+                Path(self.settings.data_dir),
+                fingerprint=engine.fingerprint,
+                dim=engine.dim,
+                settings=self.settings.catalog_settings(),
+                allow_fingerprint_mismatch=self.settings.allow_model_mismatch,
+            )
             log.info("catalog %s open", self.settings.data_dir)
         self.runtime.catalog = catalog
         self.metrics.bind(engine, catalog)
+        mismatch = (catalog.fingerprint, catalog.dim) != (engine.fingerprint, engine.dim)
+        if mismatch:
+            log.error(
+                "MODEL MISMATCH: the catalog holds embeddings of %s but the model is %s: catalog reads and "
+                "deletes work, recognition and enrolment answer FAILED_PRECONDITION; run `skulens reembed`",
+                catalog.fingerprint,
+                engine.fingerprint,
+            )
         if self.runtime.phase is Phase.LOADING:
             self.runtime.phase = Phase.SERVING
-            await self._set_health(True)
+            await self._set_health(True, catalog_only=mismatch)
             log.info("serving (ready after %.2f s)", time.perf_counter() - t0)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, refuse new calls, let calls in flight finish within `grace` seconds,
         then close the engine and the catalog. Safe to call more than once."""
         if self._stop_task is None:
-            self._stop_task = asyncio.ensure_future(self._stop(self.settings.grace_s if grace is None else grace))
+            self._stop_task = asyncio.ensure_future(
+                self._stop(self.settings.grace_seconds if grace is None else grace)
+            )
         await asyncio.shield(self._stop_task)
 
     async def _stop(self, grace: float) -> None:
         log.info("draining: finishing calls in flight (grace %.1f s)", grace)
         self.runtime.phase = Phase.DRAINING
         await self._set_health(False)
+        if self.settings.drain_delay_seconds > 0 and self.server is not None:
+            await asyncio.sleep(self.settings.drain_delay_seconds)
         if self.server is not None:
             await self.server.stop(grace)
         engine, catalog = self.runtime.engine, self.runtime.catalog
@@ -219,9 +276,15 @@ class ServerApp:
     def install_signal_handlers(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
         """SIGTERM/SIGINT start a graceful stop."""
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int) -> None:
+            log.info("signal %s: shutting down", signal.Signals(sig).name)
+            task = asyncio.ensure_future(self.stop())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
         for sig in signals:
-            loop.add_signal_handler(sig, lambda s=sig: (log.info("signal %s: shutting down", signal.Signals(s).name),
-                                                        asyncio.ensure_future(self.stop())))
+            loop.add_signal_handler(sig, on_signal, sig)
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:

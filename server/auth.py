@@ -42,8 +42,11 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     _CAT + "ListProducts": _RW,
     _CAT + "GetCatalogStats": _RW,
 }
-PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
-                   "/grpc.reflection.v1.ServerReflection/")
+PUBLIC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 _NOBODY: frozenset[str] = frozenset({"<nobody>"})
 
 
@@ -126,8 +129,10 @@ def _refusing(handler: grpc.RpcMethodHandler, exc: Exception) -> grpc.RpcMethodH
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
-    kw = {"request_deserializer": handler.request_deserializer,
-          "response_serializer": handler.response_serializer}
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(refuse, **kw)
     if handler.unary_stream:

@@ -1,10 +1,10 @@
-"""Dynamic micro-batching on asyncio: items from many callers → batches of up to `max_batch`, run off the loop.
+"""Dynamic micro-batching on asyncio: items from many callers → batches of up to `max_batch`, run off-loop.
 
 A batch is flushed when it holds `max_batch` items or `max_wait_ms` after its oldest item was submitted,
-whichever comes first; while a batch runs, the next one collects in the queue, so under load batches are full and
-nobody waits for the timer. The queue is bounded (`max_queue` items waiting): past that, `submit` raises
-`Overloaded` at once. Items whose deadline passed or whose caller cancelled are dropped before inference. A failing
-inference call fails only the items of that batch; the batcher keeps running.
+whichever comes first; while a batch runs, the next one collects in the queue, so under load batches are
+full and nobody waits for the timer. The queue is bounded (`max_queue` items waiting): past that, `submit`
+raises `Overloaded` at once. Items whose deadline passed or whose caller cancelled are dropped before
+inference. A failing inference call fails only the items of that batch; the batcher keeps running.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class BatcherStats:
 class MicroBatcher:
     """Merges single items (equal-shape arrays) into batches for `infer([N, ...]) -> [N, D]`.
 
-    `infer` runs on `executor` (a dedicated single-thread pool unless one is shared in). Deadlines are absolute
-    `time.monotonic()` values.
+    `infer` runs on `executor` (a dedicated single-thread pool unless one is shared in). Deadlines are
+    absolute `time.monotonic()` values.
     """
 
     def __init__(
@@ -115,7 +115,9 @@ class MicroBatcher:
                     if item is not None:
                         self._pending -= 1
                         if not item.future.done():
-                            item.future.set_exception(Cancelled(f"{self.name} batcher shut down before inference"))
+                            item.future.set_exception(
+                                Cancelled(f"{self.name} batcher shut down before inference")
+                            )
             self._queue.put_nowait(None)
             if self._task is not None:
                 await self._task
@@ -144,7 +146,9 @@ class MicroBatcher:
             )
         now = time.monotonic()
         if deadline is not None and deadline <= now:
-            raise DeadlineExceeded(f"deadline passed {1000 * (now - deadline):.1f} ms before inference was queued")
+            raise DeadlineExceeded(
+                f"deadline passed {1000 * (now - deadline):.1f} ms before inference was queued"
+            )
         assert self._loop is not None
         futures: list[asyncio.Future[np.ndarray]] = []
         for value in items:
@@ -206,7 +210,9 @@ class MicroBatcher:
                 await self._run_batch(batch)
         except BaseException as exc:  # a bug or a cancelled task: nobody may wait forever
             log.exception("%s batcher collector stopped", self.name)
-            self._fail_queued(exc if isinstance(exc, Exception) else Cancelled(f"{self.name} batcher stopped"))
+            self._fail_queued(
+                exc if isinstance(exc, Exception) else Cancelled(f"{self.name} batcher stopped")
+            )
             raise
 
     def _fail_queued(self, exc: Exception) -> None:

@@ -1,6 +1,6 @@
 """The outermost interceptor: request id, error → status mapping, metrics and one log line per call.
 
-- Request id: the `x-request-id` metadata when it is sane (1..128 printable ASCII), else a new uuid4 hex; set in
+- Request id: the `x-request-id` metadata when sane (1..128 printable ASCII), else a new uuid4 hex; set in
   `server.logs.REQUEST_ID` for every log line of the call and returned in trailing metadata `x-request-id`.
 - Errors: a domain error escaping a servicer becomes its status from `server.errors_grpc`; any other exception
   becomes INTERNAL with a generic text, its traceback logged (never sent).
@@ -41,8 +41,13 @@ def call_fields() -> dict[str, Any]:
 def request_id_from(metadata: Any) -> str:
     """The caller's x-request-id when sane, else a fresh one."""
     for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable() \
-                and value.isascii():
+        if (
+            key == REQUEST_ID_KEY
+            and isinstance(value, str)
+            and 0 < len(value) <= 128
+            and value.isprintable()
+            and value.isascii()
+        ):
             return value
     return uuid.uuid4().hex
 
@@ -76,18 +81,30 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         rid = request_id_from(handler_call_details.invocation_metadata)
         short = method.rsplit("/", 1)[-1]
-        kw = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
+        kw = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._wrap_unary(handler.unary_unary, short, rid), **kw)
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, short, rid), **kw
+            )
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._wrap_unary(handler.stream_unary, short, rid), **kw)
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, short, rid), **kw
+            )
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(self._wrap_stream(handler.unary_stream, short, rid), **kw)
-        return grpc.stream_stream_rpc_method_handler(self._wrap_stream(handler.stream_stream, short, rid), **kw)
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, short, rid), **kw
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, short, rid), **kw
+        )
 
     # -- bookkeeping shared by both shapes
-    def _begin(self, context: grpc.aio.ServicerContext, method: str, rid: str) -> tuple[float, dict[str, Any]]:
+    def _begin(
+        self, context: grpc.aio.ServicerContext, method: str, rid: str
+    ) -> tuple[float, dict[str, Any]]:
         REQUEST_ID.set(rid)
         fields: dict[str, Any] = {}
         _CALL_FIELDS.set(fields)
@@ -96,8 +113,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             self._metrics.in_flight.labels(method).inc()
         return time.perf_counter(), fields
 
-    def _end(self, context: grpc.aio.ServicerContext, method: str, rid: str, t0: float, code: str,
-             fields: dict[str, Any]) -> None:
+    def _end(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        rid: str,
+        t0: float,
+        code: str,
+        fields: dict[str, Any],
+    ) -> None:
         seconds = time.perf_counter() - t0
         if self._metrics is not None:
             self._metrics.in_flight.labels(method).dec()
@@ -106,12 +130,26 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         level = logging.INFO if code in ("OK", "NOT_FOUND", "ALREADY_EXISTS") else logging.WARNING
         if code == "INTERNAL":
             level = logging.ERROR
-        log.log(level, "call %s %s", method, code, extra={"fields": {
-            "method": method, "code": code, "ms": round(seconds * 1000, 2), "peer": context.peer(),
-            "request_id": rid, **fields}})
+        log.log(
+            level,
+            "call %s %s",
+            method,
+            code,
+            extra={
+                "fields": {
+                    "method": method,
+                    "code": code,
+                    "ms": round(seconds * 1000, 2),
+                    "peer": context.peer(),
+                    "request_id": rid,
+                    **fields,
+                }
+            },
+        )
 
-    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str, rid: str
-                    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def _wrap_unary(
+        self, behavior: Callable[..., Awaitable[Any]], method: str, rid: str
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             t0, fields = self._begin(context, method, rid)
             code = "UNKNOWN"
@@ -135,8 +173,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapper
 
-    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str, rid: str
-                     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+    def _wrap_stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str, rid: str
+    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             t0, fields = self._begin(context, method, rid)
             code = "UNKNOWN"

@@ -17,6 +17,8 @@ from typing import Any
 
 import grpc
 
+from catalog.errors import CatalogError
+from server.errors import InferenceError
 from server.settings import SettingsError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -40,7 +42,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- client side
 def _add_client_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
-    g.add_argument("--addr", help="server host:port [env SKULENS_ADDR; default 127.0.0.1:$SKULENS_PORT or :50051]")
+    g.add_argument(
+        "--addr", help="server host:port [env SKULENS_ADDR; default 127.0.0.1:$SKULENS_PORT or :50051]"
+    )
     g.add_argument("--token", help="bearer token [env SKULENS_TOKEN; prefer the variable: flags show in ps]")
     g.add_argument("--tls", action="store_true", default=None, help="use TLS with the system CA roots")
     g.add_argument("--tls-ca", type=Path, help="CA bundle to verify the server [env SKULENS_TLS_CA]")
@@ -53,9 +57,16 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
 def _client(args: argparse.Namespace) -> Any:
     from server.client import ClientConfig, SkulensClient
 
-    cfg = ClientConfig.from_env(addr=args.addr, token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                                tls_key=args.tls_key, tls_server_name=args.tls_server_name, tls=args.tls,
-                                timeout=args.timeout)
+    cfg = ClientConfig.from_env(
+        addr=args.addr,
+        token=args.token,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+        tls=args.tls,
+        timeout=args.timeout,
+    )
     return SkulensClient(cfg)
 
 
@@ -63,7 +74,9 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0, help="products per query (default: server default)")
     p.add_argument("--min-score", type=float, default=0.0, help="drop matches under this score")
     p.add_argument("--category", default="", help="only this category")
-    p.add_argument("--label", action="append", default=[], metavar="K=V", help="only products with this label")
+    p.add_argument(
+        "--label", action="append", default=[], metavar="K=V", help="only products with this label"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -94,16 +107,23 @@ def _to_json(msg: Any) -> Any:
 
 
 def _recognition_row(label: str, rec: Any) -> list[Any]:
-    from server.errors_grpc import code_name
     from skulens.v1 import common_pb2
+
+    from server.errors_grpc import code_name
 
     if rec.status.code:
         return [label, code_name(rec.status.code), "", "", "", rec.status.message]
     best = rec.matches[0] if rec.matches else None
     verdict = common_pb2.Verdict.Name(rec.verdict).removeprefix("VERDICT_")
     others = ", ".join(f"{m.product_id} {m.score:.3f}" for m in rec.matches[1:])
-    return [label, verdict, best.product_id if best else "-", best.display_name if best else "",
-            f"{best.score:.3f}" if best else "", others]
+    return [
+        label,
+        verdict,
+        best.product_id if best else "-",
+        best.display_name if best else "",
+        f"{best.score:.3f}" if best else "",
+        others,
+    ]
 
 
 def _cmd_recognize(args: argparse.Namespace) -> int:
@@ -134,8 +154,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_to_json(resp), indent=2))
     else:
-        print(_table([_recognition_row(r.text, r.recognition) for r in resp.results],
-                     ["text", "verdict", "product", "name", "score", "next"]))
+        print(
+            _table(
+                [_recognition_row(r.text, r.recognition) for r in resp.results],
+                ["text", "verdict", "product", "name", "score", "next"],
+            )
+        )
     return EXIT_OK
 
 
@@ -147,20 +171,24 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     plans = load_plan(args.source)
     bar = tqdm(total=0, unit="img", desc="enrolling", disable=args.no_progress, dynamic_ncols=True)
     with _client(args) as c:
+
         def total(n: int) -> None:
             bar.reset(total=n)
 
         try:
-            report = enroll(c, plans, resume=not args.no_resume, batch=args.batch, progress=bar.update,
-                            on_total=total)
+            report = enroll(
+                c, plans, resume=not args.no_resume, batch=args.batch, progress=bar.update, on_total=total
+            )
         finally:
             bar.close()
     if args.json:
         print(json.dumps(report.__dict__, indent=2))
     else:
-        print(f"products: {report.products} ({report.products_created} new); images: {report.images}; "
-              f"already enrolled: {report.skipped}; added: {report.added}; duplicates: {report.duplicates}; "
-              f"failed: {report.failed}")
+        print(
+            f"products: {report.products} ({report.products_created} new); images: {report.images}; "
+            f"already enrolled: {report.skipped}; added: {report.added}; duplicates: {report.duplicates}; "
+            f"failed: {report.failed}"
+        )
         for e in report.errors[:50]:
             print(f"  failed: {e}", file=sys.stderr)
     return EXIT_OK if report.failed == 0 else EXIT_FAIL
@@ -177,9 +205,21 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([_to_json(p) for p in products], indent=2))
             else:
-                print(_table([[p.product_id, p.display_name, p.category, p.reference_count,
-                               ";".join(f"{k}={v}" for k, v in sorted(p.labels.items()))] for p in products],
-                             ["product_id", "name", "category", "refs", "labels"]))
+                print(
+                    _table(
+                        [
+                            [
+                                p.product_id,
+                                p.display_name,
+                                p.category,
+                                p.reference_count,
+                                ";".join(f"{k}={v}" for k, v in sorted(p.labels.items())),
+                            ]
+                            for p in products
+                        ],
+                        ["product_id", "name", "category", "refs", "labels"],
+                    )
+                )
         elif args.catalog_cmd == "get":
             got = c.get_product(args.product_id)
             if got is None:
@@ -203,8 +243,13 @@ def _open_catalog(model_dir: Path, data_dir: Path, allow_mismatch: bool = False)
 
     manifest = load_manifest(model_dir)
     settings = Settings.from_sources(None, model_dir=model_dir, data_dir=data_dir)
-    return Catalog.open(data_dir, fingerprint=manifest.fingerprint, dim=manifest.embedding_dim,
-                        settings=settings.catalog_settings(), allow_fingerprint_mismatch=allow_mismatch)
+    return Catalog.open(
+        data_dir,
+        fingerprint=manifest.fingerprint,
+        dim=manifest.embedding_dim,
+        settings=settings.catalog_settings(),
+        allow_fingerprint_mismatch=allow_mismatch,
+    )
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -243,16 +288,20 @@ def _cmd_reembed(args: argparse.Namespace) -> int:
             bar.refresh()
 
         try:
-            return await asyncio.to_thread(cat.reembed, engine.fingerprint, engine.dim, embed,
-                                           batch_size=args.batch, progress=progress)
+            return await asyncio.to_thread(
+                cat.reembed, engine.fingerprint, engine.dim, embed, batch_size=args.batch, progress=progress
+            )
         finally:
             bar.close()
             await asyncio.to_thread(cat.close)
             await engine.close()
 
     report = asyncio.run(run())
-    print(f"re-embedded {report.reembedded} references ({report.resumed} resumed) from {report.old_fingerprint} "
-          f"to {report.new_fingerprint} in {report.seconds:.1f} s; dropped {len(report.dropped)}")
+    print(
+        f"re-embedded {report.reembedded} references ({report.resumed} resumed) "
+        f"from {report.old_fingerprint} "
+        f"to {report.new_fingerprint} in {report.seconds:.1f} s; dropped {len(report.dropped)}"
+    )
     for d in report.dropped[:50]:
         print(f"  dropped reference {d.reference_id} of {d.product_id}: {d.reason}", file=sys.stderr)
     return EXIT_OK
@@ -260,20 +309,28 @@ def _cmd_reembed(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (the export subcommand is added only when its module imports)."""
+    """The argument parser (`export.cli` imports torch only when an export runs)."""
     from server.settings import add_serve_arguments
 
     parser = argparse.ArgumentParser(prog="skulens", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="run the gRPC server", description="Run the gRPC server. Every option "
-                       "can also be set with its SKULENS_* environment variable; flags win.")
+    p = sub.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the gRPC server. Every option "
+        "can also be set with its SKULENS_* environment variable; flags win.",
+    )
     add_serve_arguments(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("enroll", help="enrol a folder <product_id>/<images> or a CSV into a server")
-    p.add_argument("source", type=Path, help="folder of product folders, or CSV product_id,image_path[,name,"
-                                               "category,labels] (labels k=v;k=v)")
+    p.add_argument(
+        "source",
+        type=Path,
+        help="folder of product folders, or CSV product_id,image_path[,name,"
+        "category,labels] (labels k=v;k=v)",
+    )
     p.add_argument("--batch", type=int, default=256, help="images per AddReferenceImages call (default 256)")
     p.add_argument("--no-resume", action="store_true", help="do not skip images the server already has")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -340,15 +397,9 @@ def _missing_export(exc: ImportError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `skulens` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        func = getattr(args, "func", None)
-        if func is None:  # export's own parser may set a different attribute
-            from export import cli as export_cli
-
-            return int(export_cli.run_export(args) or 0)
-        return int(func(args) or 0)
+        return int(args.func(args) or 0)
     except SettingsError as exc:
         print(f"skulens: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -357,8 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
         print(f"skulens: {code}: {details}", file=sys.stderr)
         return EXIT_FAIL
-    except (OSError, ValueError) as exc:
-        print(f"skulens: {exc}", file=sys.stderr)
+    except (OSError, ValueError, InferenceError, CatalogError) as exc:
+        print(f"skulens: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130

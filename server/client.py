@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from skulens.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -58,25 +57,35 @@ class ClientConfig:
             return Path(v) if v else None
 
         base: dict[str, Any] = {
-            "addr": default_addr(env), "token": env.get("SKULENS_TOKEN") or None,
-            "tls_ca": path("SKULENS_TLS_CA"), "tls_cert": path("SKULENS_TLS_CERT"),
-            "tls_key": path("SKULENS_TLS_KEY"), "tls_server_name": env.get("SKULENS_TLS_SERVER_NAME") or None,
+            "addr": default_addr(env),
+            "token": env.get("SKULENS_TOKEN") or None,
+            "tls_ca": path("SKULENS_TLS_CA"),
+            "tls_cert": path("SKULENS_TLS_CERT"),
+            "tls_key": path("SKULENS_TLS_KEY"),
+            "tls_server_name": env.get("SKULENS_TLS_SERVER_NAME") or None,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
 
-def image_input(content: bytes, id: str = "", regions: Sequence[tuple[int, int, int, int]] = ()
-                ) -> recognition_pb2.ImageInput:
+def image_input(
+    content: bytes, id: str = "", regions: Sequence[tuple[int, int, int, int]] = ()
+) -> recognition_pb2.ImageInput:
     """An ImageInput message; regions as (x, y, width, height)."""
     return recognition_pb2.ImageInput(
-        id=id, content=content, regions=[common_pb2.Box(x=x, y=y, width=w, height=h) for x, y, w, h in regions])
+        id=id,
+        content=content,
+        regions=[common_pb2.Box(x=x, y=y, width=w, height=h) for x, y, w, h in regions],
+    )
 
 
-def search_options(top_k: int = 0, min_score: float = 0.0, category: str = "",
-                   labels: Mapping[str, str] | None = None) -> common_pb2.SearchOptions:
+def search_options(
+    top_k: int = 0, min_score: float = 0.0, category: str = "", labels: Mapping[str, str] | None = None
+) -> common_pb2.SearchOptions:
     """A SearchOptions message."""
-    return common_pb2.SearchOptions(top_k=top_k, min_score=min_score, category=category, labels=dict(labels or {}))
+    return common_pb2.SearchOptions(
+        top_k=top_k, min_score=min_score, category=category, labels=dict(labels or {})
+    )
 
 
 class SkulensClient:
@@ -84,8 +93,10 @@ class SkulensClient:
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
-        options = [("grpc.max_receive_message_length", config.max_message_mb * MIB),
-                   ("grpc.max_send_message_length", config.max_message_mb * MIB)]
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", config.max_message_mb * MIB),
+            ("grpc.max_send_message_length", config.max_message_mb * MIB),
+        ]
         if config.tls_server_name:
             options.append(("grpc.ssl_target_name_override", config.tls_server_name))
         if config.tls or config.tls_ca or config.tls_cert:
@@ -119,63 +130,98 @@ class SkulensClient:
         return md
 
     def _kw(self, timeout: float | None) -> dict[str, Any]:
-        return {"metadata": self.metadata(), "timeout": timeout if timeout is not None else self.config.timeout}
+        return {
+            "metadata": self.metadata(),
+            "timeout": timeout if timeout is not None else self.config.timeout,
+        }
 
     # -- recognition
-    def recognize(self, images: Sequence[recognition_pb2.ImageInput], options: common_pb2.SearchOptions | None = None,
-                  timeout: float | None = None) -> recognition_pb2.RecognizeResponse:
+    def recognize(
+        self,
+        images: Sequence[recognition_pb2.ImageInput],
+        options: common_pb2.SearchOptions | None = None,
+        timeout: float | None = None,
+    ) -> recognition_pb2.RecognizeResponse:
         """One Recognize call."""
-        return self.recognition.Recognize(recognition_pb2.RecognizeRequest(images=images, options=options),
-                                          **self._kw(timeout))
+        return self.recognition.Recognize(
+            recognition_pb2.RecognizeRequest(images=images, options=options), **self._kw(timeout)
+        )
 
-    def recognize_stream(self, requests: Iterable[recognition_pb2.RecognizeStreamRequest],
-                         timeout: float | None = None) -> Iterator[recognition_pb2.ImageResult]:
+    def recognize_stream(
+        self, requests: Iterable[recognition_pb2.RecognizeStreamRequest], timeout: float | None = None
+    ) -> Iterator[recognition_pb2.ImageResult]:
         """RecognizeStream: yields ImageResults as they come."""
         for resp in self.recognition.RecognizeStream(iter(requests), **self._kw(timeout)):
             yield resp.result
 
-    def search_text(self, texts: Sequence[str], options: common_pb2.SearchOptions | None = None,
-                    timeout: float | None = None) -> recognition_pb2.SearchByTextResponse:
+    def search_text(
+        self,
+        texts: Sequence[str],
+        options: common_pb2.SearchOptions | None = None,
+        timeout: float | None = None,
+    ) -> recognition_pb2.SearchByTextResponse:
         """One SearchByText call."""
-        return self.recognition.SearchByText(recognition_pb2.SearchByTextRequest(texts=texts, options=options),
-                                             **self._kw(timeout))
+        return self.recognition.SearchByText(
+            recognition_pb2.SearchByTextRequest(texts=texts, options=options), **self._kw(timeout)
+        )
 
-    def embed(self, images: Sequence[recognition_pb2.ImageInput] = (), texts: Sequence[str] = (),
-              timeout: float | None = None) -> recognition_pb2.EmbedResponse:
+    def embed(
+        self,
+        images: Sequence[recognition_pb2.ImageInput] = (),
+        texts: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> recognition_pb2.EmbedResponse:
         """One Embed call."""
-        return self.recognition.Embed(recognition_pb2.EmbedRequest(images=images, texts=texts), **self._kw(timeout))
+        return self.recognition.Embed(
+            recognition_pb2.EmbedRequest(images=images, texts=texts), **self._kw(timeout)
+        )
 
     # -- catalog
-    def upsert_product(self, product_id: str, display_name: str = "", category: str = "",
-                       labels: Mapping[str, str] | None = None, timeout: float | None = None
-                       ) -> catalog_pb2.UpsertProductResponse:
+    def upsert_product(
+        self,
+        product_id: str,
+        display_name: str = "",
+        category: str = "",
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> catalog_pb2.UpsertProductResponse:
         """Create or update a product."""
-        return self.catalog.UpsertProduct(catalog_pb2.UpsertProductRequest(
-            product_id=product_id, display_name=display_name, category=category, labels=dict(labels or {})),
-            **self._kw(timeout))
+        return self.catalog.UpsertProduct(
+            catalog_pb2.UpsertProductRequest(
+                product_id=product_id, display_name=display_name, category=category, labels=dict(labels or {})
+            ),
+            **self._kw(timeout),
+        )
 
-    def add_references(self, requests: Iterable[catalog_pb2.AddReferenceImagesRequest],
-                       timeout: float | None = None) -> catalog_pb2.AddReferenceImagesResponse:
-        """Stream reference images (client streaming); the iterable is consumed as gRPC flow control allows."""
+    def add_references(
+        self, requests: Iterable[catalog_pb2.AddReferenceImagesRequest], timeout: float | None = None
+    ) -> catalog_pb2.AddReferenceImagesResponse:
+        """Stream reference images (client streaming); gRPC consumes the iterable as flow control allows."""
         return self.catalog.AddReferenceImages(iter(requests), **self._kw(timeout))
 
-    def get_product(self, product_id: str, timeout: float | None = None) -> catalog_pb2.GetProductResponse | None:
+    def get_product(
+        self, product_id: str, timeout: float | None = None
+    ) -> catalog_pb2.GetProductResponse | None:
         """The product and its references, or None when it does not exist."""
         try:
-            return self.catalog.GetProduct(catalog_pb2.GetProductRequest(product_id=product_id),
-                                           **self._kw(timeout))
+            return self.catalog.GetProduct(
+                catalog_pb2.GetProductRequest(product_id=product_id), **self._kw(timeout)
+            )
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
 
-    def list_products(self, category: str = "", page_size: int = 0, timeout: float | None = None
-                      ) -> Iterator[common_pb2.Product]:
+    def list_products(
+        self, category: str = "", page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[common_pb2.Product]:
         """Every product, page after page."""
         token = ""
         while True:
-            page = self.catalog.ListProducts(catalog_pb2.ListProductsRequest(
-                page_size=page_size, page_token=token, category=category), **self._kw(timeout))
+            page = self.catalog.ListProducts(
+                catalog_pb2.ListProductsRequest(page_size=page_size, page_token=token, category=category),
+                **self._kw(timeout),
+            )
             yield from page.products
             token = page.next_page_token
             if not token:
@@ -183,13 +229,17 @@ class SkulensClient:
 
     def delete_product(self, product_id: str, timeout: float | None = None) -> int:
         """Delete a product; returns the number of references deleted."""
-        return int(self.catalog.DeleteProduct(catalog_pb2.DeleteProductRequest(product_id=product_id),
-                                              **self._kw(timeout)).deleted_references)
+        return int(
+            self.catalog.DeleteProduct(
+                catalog_pb2.DeleteProductRequest(product_id=product_id), **self._kw(timeout)
+            ).deleted_references
+        )
 
     def delete_reference(self, reference_id: int, timeout: float | None = None) -> None:
         """Delete one reference image."""
-        self.catalog.DeleteReferenceImage(catalog_pb2.DeleteReferenceImageRequest(reference_id=reference_id),
-                                          **self._kw(timeout))
+        self.catalog.DeleteReferenceImage(
+            catalog_pb2.DeleteReferenceImageRequest(reference_id=reference_id), **self._kw(timeout)
+        )
 
     def stats(self, timeout: float | None = None) -> catalog_pb2.GetCatalogStatsResponse:
         """Catalog statistics."""

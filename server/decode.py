@@ -28,7 +28,19 @@ log = logging.getLogger(__name__)
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 DRAFT_SCALES = (8, 4, 2, 1)
 _EXIF_ORIENTATION = 0x0112
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error)
+# What Pillow and its plugins raise on malformed input (libavif/libheif bindings raise RuntimeError).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    RuntimeError,
+    struct.error,
+    zlib.error,
+)
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
@@ -36,8 +48,8 @@ _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 class DecodedImage:
     """A decoded, EXIF-oriented RGB image.
 
-    `original_size` is the oriented (width, height) at full resolution; `image.size` is smaller when a JPEG was
-    decoded at a reduced DCT scale (`draft_scale` 2, 4 or 8).
+    `original_size` is the oriented (width, height) at full resolution; `image.size` is smaller when a
+    JPEG was decoded at a reduced DCT scale (`draft_scale` 2, 4 or 8).
     """
 
     image: Image.Image
@@ -103,10 +115,12 @@ def _open_header(data: bytes, field: str | None) -> ImageFile.ImageFile:
         if isinstance(im, ImageFile.ImageFile):
             return im
     if failure is not None:
-        fmt, exc = failure
+        failed_fmt, cause = failure
         raise InvalidImage(
-            f"{fmt} image header could not be parsed (corrupt or truncated data, {len(data)} bytes): {exc}", field
-        ) from exc
+            f"{failed_fmt} image header could not be parsed (corrupt or truncated data, {len(data)} bytes): "
+            f"{cause}",
+            field,
+        ) from cause
     raise InvalidImage(
         f"image data ({len(data)} bytes, starting {data[:8]!r}) is not a supported image format; "
         f"supported: {', '.join(f for f in FORMATS if f in Image.OPEN)}",
@@ -145,7 +159,7 @@ def _draft_scale(width: int, height: int, draft_min_side: int | None, draft_max_
 
 
 def _sixteen_bit_to_rgb(im: Image.Image) -> Image.Image:
-    """16/32-bit greyscale ('I;16*', 'I') → 8-bit RGB, mapping 0..65535 linearly onto 0..255 (round(v / 257))."""
+    """16/32-bit greyscale ('I;16*', 'I') → 8-bit RGB: 0..65535 maps linearly onto 0..255 (round(v / 257))."""
     arr = np.asarray(im).astype(np.uint32)
     np.minimum(arr, 65535, out=arr)
     grey = ((arr + 128) // 257).astype(np.uint8)
@@ -201,7 +215,7 @@ def decode_image(
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)
         im.load()
-        # Read after load: some plugins (TIFF) apply the orientation themselves while loading and drop the tag.
+        # Read after load: some plugins (TIFF) apply the orientation themselves while loading, drop the tag.
         orientation = _orientation(im)
         if scale == 1:  # a plugin may grow the canvas while loading (GIF frames, TIFF tiles): check again
             _check_limits(im.width, im.height, limits, field)
@@ -212,7 +226,9 @@ def decode_image(
     except Image.DecompressionBombError as exc:
         raise _bomb_error(exc, field) from exc
     except (*_DECODE_ERRORS, UnidentifiedImageError) as exc:
-        raise InvalidImage(f"{fmt} image could not be decoded (corrupt or truncated data): {exc}", field) from exc
+        raise InvalidImage(
+            f"{fmt} image could not be decoded (corrupt or truncated data): {exc}", field
+        ) from exc
     original = (width, height) if orientation not in (5, 6, 7, 8) else (height, width)
     return DecodedImage(image=rgb, original_size=original, format=fmt, draft_scale=scale)
 

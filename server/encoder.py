@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions for a model directory: checked against the manifest, providers reported, warmed up."""
+"""ONNX Runtime sessions for a model directory: checked against its manifest, providers reported, warmed."""
 
 from __future__ import annotations
 
@@ -38,7 +38,13 @@ _ORT_TYPES = {
     "tensor(uint8)": "uint8",
     "tensor(int8)": "int8",
 }
-_DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "long": "int64"}
+_DTYPE_ALIASES = {
+    "float": "float32",
+    "fp32": "float32",
+    "half": "float16",
+    "fp16": "float16",
+    "long": "int64",
+}
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -93,7 +99,9 @@ def _check_io(kind: str, what: str, spec: TensorSpec, actual: ort.NodeArg | None
         )
     dtype = _ORT_TYPES.get(actual.type, actual.type)
     if dtype != _norm_dtype(spec.dtype):
-        raise ModelLoadError(f"{kind} tower {what} {spec.name!r} has dtype {dtype}, manifest says {spec.dtype}")
+        raise ModelLoadError(
+            f"{kind} tower {what} {spec.name!r} has dtype {dtype}, manifest says {spec.dtype}"
+        )
     shape = list(actual.shape)
     if len(shape) != len(spec.shape):
         raise ModelLoadError(
@@ -236,8 +244,8 @@ class Encoder:
         if options.require_gpu and not report.gpu_active:
             raise ModelLoadError(
                 f"require_gpu is set but the session runs on {list(report.active)} (requested "
-                f"{list(report.requested)}, available {list(report.available)}): install onnxruntime-gpu with "
-                "matching CUDA/cuDNN libraries, or unset require_gpu"
+                f"{list(report.requested)}, available {list(report.available)}): install onnxruntime-gpu "
+                "with matching CUDA/cuDNN libraries, or unset require_gpu"
             )
         return cls(model_dir, manifest, image, text, report)
 
@@ -258,7 +266,9 @@ class Encoder:
     def embed_texts(self, ids: np.ndarray) -> np.ndarray:
         """int64 [N, L] token ids → float32 [N, D] unit-norm; `Unsupported` on an image-only model."""
         if self.text is None:
-            raise Unsupported(f"model {self.manifest.model_name} has no text tower; text search is unsupported")
+            raise Unsupported(
+                f"model {self.manifest.model_name} has no text tower; text search is unsupported"
+            )
         return self.text.run(ids)
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
@@ -269,7 +279,9 @@ class Encoder:
                 self.text.run(self.text.dummy_input(n))
 
 
-def _provider_report(requested: Sequence[str], available: Sequence[str], active: Sequence[str]) -> ProviderReport:
+def _provider_report(
+    requested: Sequence[str], available: Sequence[str], active: Sequence[str]
+) -> ProviderReport:
     wanted_gpu = [p for p in requested if p in GPU_PROVIDERS]
     return ProviderReport(
         requested=tuple(requested),

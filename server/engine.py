@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from server.encoder import Encoder, ProviderReport
 from server.errors import Cancelled, InferenceError, InvalidRegion, ModelLoadError, Unsupported
 from server.inference_settings import EngineOptions
 from server.preprocess import Box, Preprocessor
+
+if TYPE_CHECKING:
+    from server.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +46,6 @@ class EngineStats:
     text_batcher: BatcherStats | None
 
 
-def _load_tokenizer(model_dir: Path, manifest: Manifest) -> Any:
-    """The serve-time CLIP tokenizer (`server.tokenizer.ClipTokenizer`) for a model with a text tower."""
-    from server.tokenizer import ClipTokenizer
-
-    assert manifest.tokenizer is not None
-    factory = getattr(ClipTokenizer, "from_model_dir", None)
-    if factory is not None:
-        return factory(model_dir, manifest.tokenizer)
-    return ClipTokenizer(model_dir, manifest.tokenizer)
-
-
 class Engine:
     """Embeds image bytes (whole images or boxes) and texts with one exported model.
 
@@ -66,7 +58,7 @@ class Engine:
         options: EngineOptions,
         encoder: Encoder,
         preprocess_config: PreprocessConfig,
-        tokenizer: Any | None,
+        tokenizer: ClipTokenizer | None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.options = options
@@ -95,8 +87,8 @@ class Engine:
 
     @classmethod
     def load(cls, model_dir: Path, options: EngineOptions | None = None) -> Engine:
-        """Load and verify a model directory (manifest sha256s, graph IO vs manifest, providers), warm it up at
-        batch 1 and `max_batch`. Raises `ModelLoadError`."""
+        """Load and verify a model directory (manifest sha256s, graph IO vs manifest, providers), warm it
+        up at batch 1 and `max_batch`. Raises `ModelLoadError`."""
         options = options or EngineOptions()
         model_dir = Path(model_dir)
         encoder = Encoder.load(model_dir, options.encoder)
@@ -108,7 +100,9 @@ class Engine:
         tokenizer = None
         if manifest.has_text:
             try:
-                tokenizer = _load_tokenizer(model_dir, manifest)
+                from server.tokenizer import ClipTokenizer
+
+                tokenizer = ClipTokenizer.from_model_dir(model_dir, manifest.tokenizer)
             except (ImportError, OSError, ValueError, KeyError) as exc:
                 raise ModelLoadError(f"cannot load the tokenizer of {model_dir}: {exc}") from exc
         if options.encoder.warmup:
@@ -201,16 +195,19 @@ class Engine:
         """Embed each image, or each box of an image that has regions: one [D] float32 unit vector or one
         `InferenceError` per image (or per box, in order), so one bad image never fails the others.
 
-        `regions[i]` lists boxes for `images[i]` (None or missing: the whole image; an empty list: no result for
-        that image). `deadline` is an absolute `time.monotonic()` value. Raises `Overloaded` when the queue
-        cannot take this request's items, `DeadlineExceeded` when the deadline passed before queueing.
+        `regions[i]` lists boxes for `images[i]` (None or missing: the whole image; an empty list: no
+        result for that image). `deadline` is an absolute `time.monotonic()` value. Raises `Overloaded`
+        when the queue cannot take this request's items, `DeadlineExceeded` when the deadline passed before
+        queueing.
         """
         self._check_open()
         self._warn_random_weights()
         if regions is not None and len(regions) > len(images):
             raise InvalidRegion(f"{len(regions)} region lists for {len(images)} images", "regions")
         loop = asyncio.get_running_loop()
-        per_image = [regions[i] if regions is not None and i < len(regions) else None for i in range(len(images))]
+        per_image = [
+            regions[i] if regions is not None and i < len(regions) else None for i in range(len(images))
+        ]
         prepared = await asyncio.gather(
             *(
                 loop.run_in_executor(self._decode_pool, self._prepare, data, per_image[i], i)
@@ -218,10 +215,11 @@ class Engine:
             )
         )
         flat: list[np.ndarray | InferenceError] = [r for rs in prepared for r in rs]
-        ok = [k for k, r in enumerate(flat) if not isinstance(r, InferenceError)]
+        ok = [k for k, r in enumerate(flat) if isinstance(r, np.ndarray)]
+        tensors = [r for r in flat if isinstance(r, np.ndarray)]
         self._decode_errors += len(flat) - len(ok)
         if ok:
-            futures = self._image_batcher.submit_many([flat[k] for k in ok], deadline=deadline)  # type: ignore[misc]
+            futures = self._image_batcher.submit_many(tensors, deadline=deadline)
             rows = await asyncio.gather(*futures, return_exceptions=True)
             for k, row in zip(ok, rows, strict=True):
                 if isinstance(row, np.ndarray):
@@ -236,10 +234,10 @@ class Engine:
         return flat
 
     async def embed_texts(self, texts: Sequence[str], *, deadline: float | None = None) -> np.ndarray:
-        """Embed texts → float32 [N, D] unit-norm rows. Raises `Unsupported` on an image-only model, `Overloaded`,
-        `DeadlineExceeded`."""
+        """Embed texts → float32 [N, D] unit-norm rows. Raises `Unsupported` on an image-only model,
+        `Overloaded`, `DeadlineExceeded`."""
         self._check_open()
-        if self._text_batcher is None:
+        if self._text_batcher is None or self.tokenizer is None:
             raise Unsupported(
                 f"model {self.manifest.model_name} has no text tower; text search is unsupported", "texts"
             )

@@ -1,8 +1,9 @@
-"""Bulk enrolment from a folder (`<product_id>/<images>`) or a CSV (`product_id,image_path[,name,category,labels]`).
+"""Bulk enrolment from a folder `<product_id>/<images>` or a CSV
+`product_id,image_path[,name,category,labels]` (labels `k=v;k=v`).
 
-Resumable: before streaming, the content sha256 of every local file is compared with those the server reports for
-the product (GetProduct), and images already enrolled are skipped; a re-run after an interruption sends only
-what is missing.
+Resumable: before streaming, the content sha256 of every local file is compared with those the server
+reports for the product (GetProduct), and images already enrolled are skipped; a re-run after an interruption
+sends only what is missing.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from skulens.v1 import catalog_pb2
+
 from server.client import SkulensClient
 from server.errors_grpc import code_name
-from skulens.v1 import catalog_pb2
 
 log = logging.getLogger("skulens.enroll")
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
-                            ".avif"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
 
 
 @dataclass
@@ -124,9 +127,15 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def enroll(client: SkulensClient, plans: Sequence[ProductPlan], *, resume: bool = True, batch: int = 256,
-           progress: Callable[[int], object] | None = None, on_total: Callable[[int], object] | None = None
-           ) -> EnrollReport:
+def enroll(
+    client: SkulensClient,
+    plans: Sequence[ProductPlan],
+    *,
+    resume: bool = True,
+    batch: int = 256,
+    progress: Callable[[int], object] | None = None,
+    on_total: Callable[[int], object] | None = None,
+) -> EnrollReport:
     """Upsert products, skip images the server has (by sha256), stream the rest in calls of `batch` images.
 
     `on_total(n)` is told how many images will be sent; `progress(k)` after each k images are handed to gRPC.
@@ -138,12 +147,16 @@ def enroll(client: SkulensClient, plans: Sequence[ProductPlan], *, resume: bool 
         if existing is None or plan.has_metadata:
             resp = client.upsert_product(
                 plan.product_id,
-                display_name=plan.display_name if plan.display_name is not None else
-                (existing.product.display_name if existing else ""),
-                category=plan.category if plan.category is not None else
-                (existing.product.category if existing else ""),
-                labels=plan.labels if plan.labels is not None else
-                (dict(existing.product.labels) if existing else {}))
+                display_name=plan.display_name
+                if plan.display_name is not None
+                else (existing.product.display_name if existing else ""),
+                category=plan.category
+                if plan.category is not None
+                else (existing.product.category if existing else ""),
+                labels=plan.labels
+                if plan.labels is not None
+                else (dict(existing.product.labels) if existing else {}),
+            )
             report.products_created += int(resp.created)
         known = {r.content_sha256 for r in existing.references} if existing is not None and resume else set()
         for p in plan.paths:
@@ -164,7 +177,7 @@ def enroll(client: SkulensClient, plans: Sequence[ProductPlan], *, resume: bool 
                 progress(1)
 
     for start in range(0, len(todo), batch):
-        items = todo[start:start + batch]
+        items = todo[start : start + batch]
         resp = client.add_references(requests(items), timeout=None)
         report.added += resp.added
         report.duplicates += resp.duplicates

@@ -1,8 +1,9 @@
 """Inference-side domain errors.
 
-Every error carries `field` (the request field it concerns, e.g. ``images[3]`` or ``regions[0][1]``, or `None`)
-and a message that names the limit and the value; the text is safe to send to clients. The gRPC layer maps the
-classes to status codes in one table (`server/errors_grpc.py`), so subclasses inherit their parent's code.
+Every error carries `field` (the request field it concerns, e.g. ``images[3]`` or ``regions[0][1]``, or
+`None`) and a message that names the limit and the value; the text is safe to send to clients. The gRPC
+layer maps the classes to status codes in one table (`server/errors_grpc.py`), so subclasses inherit
+their parent's code.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """THE table: domain error class → gRPC status code, and the helpers that apply it.
 
-Domain errors (`server.errors`, `catalog.errors`, and the service-layer errors below) carry a client-safe message
-and the request field they concern. Any other exception is a bug: it becomes INTERNAL with a generic text and its
-traceback goes to the log only.
+Domain errors (`server.errors`, `catalog.errors`, and the service-layer errors below) carry a client-safe
+message and the request field they concern. Any other exception is a bug: it becomes INTERNAL with a generic
+text and its traceback goes to the log only.
 
 | error                                                     | status              |
 |-----------------------------------------------------------|---------------------|
@@ -27,11 +27,11 @@ import logging
 from typing import NoReturn
 
 import grpc
+from skulens.v1 import common_pb2
 
 from catalog import errors as cat
 from export.manifest import ManifestError
 from server import errors as inf
-from skulens.v1 import common_pb2
 
 log = logging.getLogger("skulens.errors")
 

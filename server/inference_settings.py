@@ -1,4 +1,4 @@
-"""Options of the inference engine (decode limits, encoder, batcher); `server.settings.Settings` composes them."""
+"""Options of the inference engine (decode limits, encoder, batcher); `server.settings.Settings` uses them."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ class EncoderOptions:
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
             raise ValueError(
-                f"graph_optimization must be one of {GRAPH_OPTIMIZATION_LEVELS}, got {self.graph_optimization!r}"
+                f"graph_optimization must be one of {GRAPH_OPTIMIZATION_LEVELS}, "
+                f"got {self.graph_optimization!r}"
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError("thread counts must be >= 0")
@@ -53,7 +54,7 @@ class EncoderOptions:
 
 @dataclass(frozen=True)
 class BatcherOptions:
-    """Dynamic micro-batching: flush at `max_batch` items or `max_wait_ms` after the oldest, whichever first."""
+    """Micro-batching: flush at `max_batch` items or `max_wait_ms` after the oldest, whichever comes first."""
 
     max_batch: int = 32
     max_wait_ms: float = 5.0
@@ -69,8 +70,8 @@ class EngineOptions:
     """Everything `server.engine.Engine.load` needs besides the model directory.
 
     `fast_decode`: decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) while the shortest side stays
-    ≥ `draft_factor` × the model's input size, then resize exactly as the exact path (see docs/BENCHMARKS.md for
-    the measured cosine against the exact path). `decode_workers=None` means `os.cpu_count()`.
+    ≥ `draft_factor` × the model's input size, then resize exactly as the exact path (docs/BENCHMARKS.md
+    has the measured cosine against the exact path). `decode_workers=None` means `os.cpu_count()`.
     """
 
     decode: DecodeLimits = field(default_factory=DecodeLimits)

@@ -1,18 +1,18 @@
 """Prometheus metrics on a registry passed in (never the global default one), and their HTTP endpoint.
 
-| metric                                   | kind      | labels         | meaning                                 |
-|------------------------------------------|-----------|----------------|-----------------------------------------|
-| skulens_grpc_calls_total                 | counter   | method, code   | finished calls                          |
-| skulens_grpc_call_seconds                | histogram | method         | call latency                            |
-| skulens_grpc_calls_in_flight             | gauge     | method         | calls running now                       |
-| skulens_request_items                    | histogram | method         | images/texts per request (batch size)   |
-| skulens_images_total                     | counter   | method, code   | images (or regions) processed; rate() = images/s |
-| skulens_texts_total                      | counter   | method         | text queries embedded                   |
-| skulens_inference_queue_depth            | gauge     |                | items waiting for the model             |
-| skulens_model_batches_total              | counter   | size           | model micro-batches by size             |
-| skulens_catalog_products                 | gauge     |                | products in the catalog                 |
-| skulens_catalog_references               | gauge     |                | reference images in the catalog         |
-| skulens_ready                            | gauge     |                | 1 when serving, 0 while loading/draining |
+| metric                        | kind      | labels       | meaning                                  |
+|-------------------------------|-----------|--------------|------------------------------------------|
+| skulens_grpc_calls_total      | counter   | method, code | finished calls                           |
+| skulens_grpc_call_seconds     | histogram | method       | call latency                             |
+| skulens_grpc_calls_in_flight  | gauge     | method       | calls running now                        |
+| skulens_request_items         | histogram | method       | images/texts per request (batch size)    |
+| skulens_images_total          | counter   | method, code | images/regions done; rate() = images/s   |
+| skulens_texts_total           | counter   | method       | text queries embedded                    |
+| skulens_inference_queue_depth | gauge     |              | items waiting for the model              |
+| skulens_model_batches_total   | counter   | size         | model micro-batches by size              |
+| skulens_catalog_products      | gauge     |              | products in the catalog                  |
+| skulens_catalog_references    | gauge     |              | reference images in the catalog          |
+| skulens_ready                 | gauge     |              | 1 serving, 0 loading or draining         |
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class _LiveCollector(Collector):
-    """Reads engine and catalog state at scrape time (from the HTTP thread; failures are logged, not raised)."""
+    """Reads engine/catalog state at scrape time (in the HTTP thread; failures are logged, not raised)."""
 
     def __init__(self) -> None:
         self.engine_stats: Callable[[], Any] | None = None
@@ -66,15 +66,29 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.calls = Counter("skulens_grpc_calls", "Finished gRPC calls", ["method", "code"], registry=registry)
-        self.latency = Histogram("skulens_grpc_call_seconds", "gRPC call latency", ["method"],
-                                 buckets=LATENCY_BUCKETS, registry=registry)
-        self.in_flight = Gauge("skulens_grpc_calls_in_flight", "gRPC calls running", ["method"],
-                               registry=registry)
-        self.request_items = Histogram("skulens_request_items", "Images or texts per request (or stream message)",
-                                       ["method"], buckets=SIZE_BUCKETS, registry=registry)
-        self.images = Counter("skulens_images", "Images or regions processed, by outcome", ["method", "code"],
-                              registry=registry)
+        self.calls = Counter(
+            "skulens_grpc_calls", "Finished gRPC calls", ["method", "code"], registry=registry
+        )
+        self.latency = Histogram(
+            "skulens_grpc_call_seconds",
+            "gRPC call latency",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "skulens_grpc_calls_in_flight", "gRPC calls running", ["method"], registry=registry
+        )
+        self.request_items = Histogram(
+            "skulens_request_items",
+            "Images or texts per request (or stream message)",
+            ["method"],
+            buckets=SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.images = Counter(
+            "skulens_images", "Images or regions processed, by outcome", ["method", "code"], registry=registry
+        )
         self.texts = Counter("skulens_texts", "Text queries embedded", ["method"], registry=registry)
         self.ready = Gauge("skulens_ready", "1 when serving, 0 while loading or draining", registry=registry)
         self._live = _LiveCollector()
@@ -99,7 +113,7 @@ class Metrics:
 
 
 class MetricsServer:
-    """The /metrics HTTP endpoint (prometheus_client's threaded WSGI server) on host:port (0 = a free port)."""
+    """The /metrics endpoint (prometheus_client's threaded WSGI server) on host:port (0 = a free port)."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)

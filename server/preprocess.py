@@ -1,8 +1,9 @@
-"""Pixels → the model's input tensor, driven by `preprocess.json` (`export.preprocess_config.PreprocessConfig`).
+"""Pixels → the model's input tensor, driven by `preprocess.json` (`export.preprocess_config`).
 
-The exact path reproduces open_clip's eval transform (`open_clip.transform.image_transform`) on PIL images:
-torchvision `Resize` size rounding, PIL resampling with the same filter, `CenterCrop` / `CenterCropOrPad` offsets,
-`ToTensor` and `Normalize` in float32 — the result equals open_clip's output to float rounding. The fast path only
+The exact path reproduces open_clip's eval transform (`open_clip.transform.image_transform`) on PIL
+images: torchvision `Resize` size rounding, PIL resampling with the same filter, `CenterCrop` /
+`CenterCropOrPad` offsets, `ToTensor` and `Normalize` in float32 — the result equals open_clip's output
+(bit for bit in the tests). The fast path only
 changes how a JPEG is decoded (a reduced DCT scale via `Image.draft`, keeping the shortest side ≥
 `draft_factor` × the input size) and then runs the exact path on the smaller image.
 """
@@ -68,8 +69,8 @@ def _center_crop_or_pad(img: Image.Image, target_hw: tuple[int, int], fill: int)
         img = padded
         if (img.height, img.width) == (th, tw):
             return img
-    top = int(round((img.height - th) / 2.0))
-    left = int(round((img.width - tw) / 2.0))
+    top = round((img.height - th) / 2.0)
+    left = round((img.width - tw) / 2.0)
     return img.crop((left, top, left + tw, top + th))
 
 
@@ -93,7 +94,7 @@ class Preprocessor:
 
     @staticmethod
     def _normalisation_lut(config: PreprocessConfig) -> np.ndarray:
-        """[3, 256] float32 table of (v * scale - mean) / std, computed in float32 like ToTensor + Normalize."""
+        """[3, 256] table of (v * scale - mean) / std, computed in float32 like ToTensor + Normalize."""
         v = np.arange(256, dtype=np.float32)
         inv = 1.0 / config.scale
         scaled = v / np.float32(inv) if abs(inv - round(inv)) < 1e-9 else v * np.float32(config.scale)
@@ -126,7 +127,7 @@ class Preprocessor:
         return _center_crop_or_pad(img, target, 0)
 
     def normalise(self, img: Image.Image) -> np.ndarray:
-        """RGB PIL image of the input size → float32 [3, H, W], (pixel * scale - mean) / std via a lookup table."""
+        """RGB image of the input size → float32 [3, H, W] = (pixel * scale - mean) / std (lookup table)."""
         arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
         out = np.empty((3, arr.shape[0], arr.shape[1]), dtype=np.float32)
         for c in range(3):
@@ -145,7 +146,11 @@ class Preprocessor:
     def decode(self, data: bytes, *, field: str | None = None, draft_max_scale: int = 8) -> DecodedImage:
         """Decode under the limits, at a reduced JPEG scale when the fast path is on."""
         return decode_image(
-            data, self.limits, draft_min_side=self._draft_min_side(), draft_max_scale=draft_max_scale, field=field
+            data,
+            self.limits,
+            draft_min_side=self._draft_min_side(),
+            draft_max_scale=draft_max_scale,
+            field=field,
         )
 
     def image_tensor(self, data: bytes, *, field: str | None = None) -> np.ndarray:
@@ -157,8 +162,8 @@ class Preprocessor:
     ) -> list[np.ndarray | InferenceError]:
         """Bytes → one float32 [3, H, W] per box (a bad box is an error in its slot, not for the others).
 
-        Raises for the image itself (undecodable, over limits; naming `field`). Boxes are in full-resolution oriented pixels;
-        `field_prefix` names them in errors as ``{field_prefix}[j]``.
+        Raises for the image itself (undecodable, over limits; naming `field`). Boxes are in
+        full-resolution oriented pixels; `field_prefix` names them in errors as ``{field_prefix}[j]``.
         """
         if not boxes:
             return []
@@ -180,22 +185,21 @@ class Preprocessor:
 
     def _crop(self, decoded: DecodedImage, box: Box, field: str) -> Image.Image:
         w, h = decoded.original_size
+        desc = f"region (x={box.x}, y={box.y}, width={box.width}, height={box.height})"
         if box.width <= 0 or box.height <= 0 or box.x < 0 or box.y < 0:
             raise InvalidRegion(
-                f"region (x={box.x}, y={box.y}, width={box.width}, height={box.height}) must have x, y >= 0 and "
-                "width, height > 0",
+                f"{desc} must have x, y >= 0 and width, height > 0",
                 field,
             )
         if box.x + box.width > w or box.y + box.height > h:
             raise InvalidRegion(
-                f"region (x={box.x}, y={box.y}, width={box.width}, height={box.height}) extends past the image "
-                f"({w}x{h} pixels after EXIF orientation)",
+                f"{desc} extends past the image ({w}x{h} pixels after EXIF orientation)",
                 field,
             )
         if min(box.width, box.height) < self.limits.min_side:
             raise ImageTooSmall(
-                f"region is {box.width}x{box.height} pixels, shortest side {min(box.width, box.height)} is under "
-                f"the minimum {self.limits.min_side}",
+                f"region is {box.width}x{box.height} pixels, shortest side "
+                f"{min(box.width, box.height)} is under the minimum {self.limits.min_side}",
                 field,
             )
         if (w, h) == decoded.image.size:
@@ -204,4 +208,6 @@ class Preprocessor:
         left, top = round(box.x / sx), round(box.y / sy)
         right = max(left + 1, round((box.x + box.width) / sx))
         bottom = max(top + 1, round((box.y + box.height) / sy))
-        return decoded.image.crop((left, top, min(right, decoded.image.width), min(bottom, decoded.image.height)))
+        return decoded.image.crop(
+            (left, top, min(right, decoded.image.width), min(bottom, decoded.image.height))
+        )

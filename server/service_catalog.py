@@ -1,7 +1,7 @@
 """`CatalogService`: product CRUD, streamed reference enrolment, paginated listing, stats.
 
-The catalog is synchronous (SQLite + FAISS, thread-safe), so every call runs in a worker thread and never blocks
-the event loop.
+The catalog is synchronous (SQLite + FAISS, thread-safe), so every call runs in a worker thread and never
+blocks the event loop.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
+from skulens.v1 import catalog_pb2, catalog_pb2_grpc, recognition_pb2
 
 from catalog.models import NewReference
 from server.calllog import call_fields
@@ -24,7 +25,6 @@ from server.errors_grpc import code_name, item_status
 from server.preprocess import Box
 from server.service_recognition import embed_batch
 from server.state import Runtime, deadline_of
-from skulens.v1 import catalog_pb2, catalog_pb2_grpc, recognition_pb2
 
 if TYPE_CHECKING:
     from catalog.catalog import Catalog
@@ -40,20 +40,26 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self.rt = runtime
         self.settings = runtime.settings
 
-    async def UpsertProduct(self, request: pb.UpsertProductRequest, context: grpc.aio.ServicerContext
-                            ) -> pb.UpsertProductResponse:
+    async def UpsertProduct(
+        self, request: pb.UpsertProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertProductResponse:
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         call_fields()["product_id"] = request.product_id
         product, created = await asyncio.to_thread(
-            catalog.upsert_product, request.product_id, request.display_name, request.category,
-            dict(request.labels))
+            catalog.upsert_product,
+            request.product_id,
+            request.display_name,
+            request.category,
+            dict(request.labels),
+        )
         return pb.UpsertProductResponse(product=product_pb(product), created=created)
 
-    async def AddReferenceImages(self, request_iterator: AsyncIterator[pb.AddReferenceImagesRequest],
-                                 context: grpc.aio.ServicerContext) -> pb.AddReferenceImagesResponse:
+    async def AddReferenceImages(
+        self, request_iterator: AsyncIterator[pb.AddReferenceImagesRequest], context: grpc.aio.ServicerContext
+    ) -> pb.AddReferenceImagesResponse:
         """See catalog.proto: images are embedded and committed `enroll_chunk` at a time."""
-        engine, catalog = self.rt.ready()
+        engine, catalog = self.rt.searchable()
         deadline = deadline_of(context)
         resp = pb.AddReferenceImagesResponse()
         chunk: list[tuple[int, pb.AddReferenceImagesRequest]] = []
@@ -80,15 +86,21 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 self.rt.metrics.count_images("AddReferenceImages", code_name(r.status.code))
         return resp
 
-    async def _enroll(self, engine: Engine, catalog: Catalog,
-                      chunk: Sequence[tuple[int, pb.AddReferenceImagesRequest]], deadline: float | None
-                      ) -> list[pb.AddedReference]:
+    async def _enroll(
+        self,
+        engine: Engine,
+        catalog: Catalog,
+        chunk: Sequence[tuple[int, pb.AddReferenceImagesRequest]],
+        deadline: float | None,
+    ) -> list[pb.AddedReference]:
         """Embed one chunk together, then add each product's references in one transaction."""
         images = [recognition_pb2.ImageInput(content=m.content) for _, m in chunk]
         boxes: list[list[Box] | None] = [
             [Box(m.region.x, m.region.y, m.region.width, m.region.height)] if m.HasField("region") else None
-            for _, m in chunk]
-        embedded = await embed_batch(engine, images, boxes, deadline)
+            for _, m in chunk
+        ]
+        max_bytes = int(self.settings.max_image_mb * 1024 * 1024)
+        embedded = await embed_batch(engine, images, boxes, deadline, max_bytes, field="requests")
         results: dict[int, pb.AddedReference] = {}
         groups: dict[str, list[tuple[int, NewReference]]] = defaultdict(list)
         for (i, msg), e in zip(chunk, embedded, strict=True):
@@ -100,12 +112,19 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 base.status.CopyFrom(item_status(out.with_field(f"requests[{i}].content")))
                 continue
             groups[msg.product_id].append(
-                (i, NewReference(embedding=np.asarray(out), source=msg.source, image=msg.content,
-                                 content_sha256=sha)))
+                (
+                    i,
+                    NewReference(
+                        embedding=np.asarray(out), source=msg.source, image=msg.content, content_sha256=sha
+                    ),
+                )
+            )
         for product_id, refs in groups.items():
             try:
                 added = await asyncio.to_thread(catalog.add_references, product_id, [r for _, r in refs])
-            except Exception as exc:  # the product's group failed as a whole (e.g. NOT_FOUND): each item says so
+            except (
+                Exception
+            ) as exc:  # the product's group failed as a whole (e.g. NOT_FOUND): each item says so
                 status = item_status(exc)
                 for i, _ in refs:
                     results[i].status.CopyFrom(status)
@@ -116,50 +135,69 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 results[i].duplicate = bool(a.duplicate)
         return [results[i] for i, _ in chunk]
 
-    async def DeleteProduct(self, request: pb.DeleteProductRequest, context: grpc.aio.ServicerContext
-                            ) -> pb.DeleteProductResponse:
+    async def DeleteProduct(
+        self, request: pb.DeleteProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteProductResponse:
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         call_fields()["product_id"] = request.product_id
         n = await asyncio.to_thread(catalog.delete_product, request.product_id)
         return pb.DeleteProductResponse(deleted_references=n)
 
-    async def DeleteReferenceImage(self, request: pb.DeleteReferenceImageRequest,
-                                   context: grpc.aio.ServicerContext) -> pb.DeleteReferenceImageResponse:
+    async def DeleteReferenceImage(
+        self, request: pb.DeleteReferenceImageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteReferenceImageResponse:
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         call_fields()["reference_id"] = request.reference_id
         await asyncio.to_thread(catalog.delete_reference, request.reference_id)
         return pb.DeleteReferenceImageResponse()
 
-    async def GetProduct(self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext
-                         ) -> pb.GetProductResponse:
+    async def GetProduct(
+        self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProductResponse:
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         detail = await asyncio.to_thread(catalog.get_product, request.product_id)
         return pb.GetProductResponse(
             product=product_pb(detail.product),
-            references=[pb.ReferenceImage(reference_id=r.reference_id, source=r.source,
-                                          content_sha256=r.content_sha256 or "", has_image=r.has_image)
-                        for r in detail.references])
+            references=[
+                pb.ReferenceImage(
+                    reference_id=r.reference_id,
+                    source=r.source,
+                    content_sha256=r.content_sha256 or "",
+                    has_image=r.has_image,
+                )
+                for r in detail.references
+            ],
+        )
 
-    async def ListProducts(self, request: pb.ListProductsRequest, context: grpc.aio.ServicerContext
-                           ) -> pb.ListProductsResponse:
+    async def ListProducts(
+        self, request: pb.ListProductsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListProductsResponse:
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         products, token = await asyncio.to_thread(
-            catalog.list_products, request.page_size, request.page_token, request.category)
+            catalog.list_products, request.page_size, request.page_token, request.category
+        )
         return pb.ListProductsResponse(products=[product_pb(p) for p in products], next_page_token=token)
 
-    async def GetCatalogStats(self, request: pb.GetCatalogStatsRequest, context: grpc.aio.ServicerContext
-                              ) -> pb.GetCatalogStatsResponse:
+    async def GetCatalogStats(
+        self, request: pb.GetCatalogStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCatalogStatsResponse:
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         t0 = time.perf_counter()
         st = await asyncio.to_thread(catalog.stats)
         call_fields()["stats_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return pb.GetCatalogStatsResponse(
-            product_count=st.products, reference_count=st.references,
-            references_with_image=st.references_with_image, dim=st.dim, model_fingerprint=st.fingerprint,
-            index_type=st.index_kind, index_device=st.index_device, db_size_bytes=st.db_size_bytes,
-            rebuild_in_progress=st.rebuild_in_progress)
+            product_count=st.products,
+            reference_count=st.references,
+            references_with_image=st.references_with_image,
+            dim=st.dim,
+            model_fingerprint=st.fingerprint,
+            index_type=st.index_kind,
+            index_device=st.index_device,
+            db_size_bytes=st.db_size_bytes,
+            rebuild_in_progress=st.rebuild_in_progress,
+        )

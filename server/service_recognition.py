@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
+from skulens.v1 import common_pb2, recognition_pb2, recognition_pb2_grpc
 
 from server.calllog import call_fields
 from server.convert import (
@@ -26,11 +27,10 @@ from server.convert import (
     recognition_pb,
     search_params,
 )
-from server.errors import InferenceError
+from server.errors import ImageTooLarge, InferenceError
 from server.errors_grpc import code_name, item_status
 from server.preprocess import Box
 from server.state import Runtime, deadline_of
-from skulens.v1 import common_pb2, recognition_pb2, recognition_pb2_grpc
 
 if TYPE_CHECKING:
     from catalog.catalog import Catalog
@@ -51,26 +51,48 @@ def _ms(t0: float, t1: float) -> float:
     return round((t1 - t0) * 1000.0, 3)
 
 
-async def embed_batch(engine: Engine, images: Sequence[pb.ImageInput], boxes: Sequence[list[Box] | None],
-                      deadline: float | None) -> list[_Embedded]:
-    """Embed images (each whole, or each of its boxes); regroup the engine's flat results per image."""
-    flat = await engine.embed_images([im.content for im in images], regions=list(boxes), deadline=deadline)
+async def embed_batch(
+    engine: Engine,
+    images: Sequence[pb.ImageInput],
+    boxes: Sequence[list[Box] | None],
+    deadline: float | None,
+    max_bytes: int | None = None,
+    field: str = "images",
+) -> list[_Embedded]:
+    """Embed images (each whole, or each of its boxes); regroup the engine's flat results per image.
+
+    Images over `max_bytes` are not decoded: they fail with ImageTooLarge naming the limit.
+    """
+    too_big = {i for i, im in enumerate(images) if max_bytes is not None and len(im.content) > max_bytes}
+    contents = [b"" if i in too_big else im.content for i, im in enumerate(images)]
+    flat = await engine.embed_images(contents, regions=list(boxes), deadline=deadline)
     out, k = [], 0
-    for b in boxes:
+    for i, b in enumerate(boxes):
         n = len(b) if b is not None else 1
-        out.append(_Embedded(b, list(flat[k:k + n])))
+        outputs = list(flat[k : k + n])
+        if i in too_big:
+            size = len(images[i].content)
+            err = ImageTooLarge(f"image is {size} bytes; the limit is {max_bytes} bytes", f"{field}[{i}]")
+            outputs = [err] * n
+        out.append(_Embedded(b, outputs))
         k += n
     return out
 
 
-async def _search(catalog: Catalog, vectors: list[np.ndarray], params: SearchParams,
-                  unknown_threshold: float | None = None) -> list[pb.Recognition]:
+async def _search(
+    catalog: Catalog, vectors: list[np.ndarray], params: SearchParams, unknown_threshold: float | None = None
+) -> list[pb.Recognition]:
     if not vectors:
         return []
     results = await asyncio.to_thread(
-        catalog.search, np.stack(vectors).astype(np.float32, copy=False), top_k=params.top_k,
-        min_score=params.min_score, category=params.category, labels=params.labels,
-        unknown_threshold=unknown_threshold)
+        catalog.search,
+        np.stack(vectors).astype(np.float32, copy=False),
+        top_k=params.top_k,
+        min_score=params.min_score,
+        category=params.category,
+        labels=params.labels,
+        unknown_threshold=unknown_threshold,
+    )
     return [recognition_pb(r) for r in results]
 
 
@@ -80,6 +102,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.settings = runtime.settings
+        self.max_image_bytes = int(runtime.settings.max_image_mb * 1024 * 1024)
 
     # ------------------------------------------------------------------ helpers
     def _count(self, method: str, results: Sequence[pb.ImageResult]) -> None:
@@ -91,11 +114,17 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             for code in statuses:
                 m.count_images(method, code_name(code))
 
-    async def _recognize(self, images: Sequence[pb.ImageInput], params: SearchParams, deadline: float | None,
-                         t_start: float, boxes: Sequence[list[Box] | None]) -> list[pb.ImageResult]:
-        engine, catalog = self.rt.ready()
+    async def _recognize(
+        self,
+        images: Sequence[pb.ImageInput],
+        params: SearchParams,
+        deadline: float | None,
+        t_start: float,
+        boxes: Sequence[list[Box] | None],
+    ) -> list[pb.ImageResult]:
+        engine, catalog = self.rt.searchable()
         t0 = time.perf_counter()
-        embedded = await embed_batch(engine, images, boxes, deadline)
+        embedded = await embed_batch(engine, images, boxes, deadline, self.max_image_bytes)
         t1 = time.perf_counter()
         good = [o for e in embedded for o in e.outputs if isinstance(o, np.ndarray)]
         found = iter(await _search(catalog, good, params))
@@ -111,16 +140,19 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                 res.recognition.CopyFrom(recs[0])
             else:
                 res.regions.extend(
-                    pb.RegionResult(index=i, box=image.regions[i], recognition=rec) for i, rec in enumerate(recs))
+                    pb.RegionResult(index=i, box=image.regions[i], recognition=rec)
+                    for i, rec in enumerate(recs)
+                )
             results.append(res)
         return results
 
     # ------------------------------------------------------------------ RPCs
-    async def Recognize(self, request: pb.RecognizeRequest, context: grpc.aio.ServicerContext
-                        ) -> pb.RecognizeResponse:
+    async def Recognize(
+        self, request: pb.RecognizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecognizeResponse:
         """See recognition.proto."""
         t_start = time.perf_counter()
-        self.rt.ready()
+        self.rt.searchable()
         check_images(request.images, self.settings)
         params = search_params(request.options, self.settings)
         boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(request.images)]
@@ -130,13 +162,17 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         results = await self._recognize(request.images, params, deadline_of(context), t_start, boxes)
         self._count("Recognize", results)
         engine = self.rt.engine
-        return pb.RecognizeResponse(results=results, model_fingerprint=self.rt.model_fingerprint,
-                                    random_weights=bool(engine is not None and engine.random_weights))
+        return pb.RecognizeResponse(
+            results=results,
+            model_fingerprint=self.rt.model_fingerprint,
+            random_weights=bool(engine is not None and engine.random_weights),
+        )
 
-    async def RecognizeStream(self, request_iterator: AsyncIterator[pb.RecognizeStreamRequest],
-                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RecognizeStreamResponse]:
+    async def RecognizeStream(
+        self, request_iterator: AsyncIterator[pb.RecognizeStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RecognizeStreamResponse]:
         """See recognition.proto: one response per image, as soon as it is ready."""
-        self.rt.ready()
+        self.rt.searchable()
         deadline = deadline_of(context)
         window = asyncio.Semaphore(self.settings.stream_window)
         out: asyncio.Queue[pb.ImageResult | BaseException | None] = asyncio.Queue()
@@ -144,7 +180,9 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         fields = call_fields()
         fields["images"] = 0
 
-        async def one(image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float) -> None:
+        async def one(
+            image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float
+        ) -> None:
             try:
                 res = (await self._recognize([image], params, deadline, t_in, [boxes]))[0]
             except Exception as exc:  # per-image failure (overload, draining, ...): its own status
@@ -194,10 +232,11 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             with contextlib.suppress(BaseException):
                 await asyncio.gather(read_task, *tasks, return_exceptions=True)
 
-    async def SearchByText(self, request: pb.SearchByTextRequest, context: grpc.aio.ServicerContext
-                           ) -> pb.SearchByTextResponse:
+    async def SearchByText(
+        self, request: pb.SearchByTextRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchByTextResponse:
         """See recognition.proto."""
-        engine, catalog = self.rt.ready()
+        engine, catalog = self.rt.searchable()
         check_texts(request.texts, self.settings)
         params = search_params(request.options, self.settings)
         call_fields()["texts"] = len(request.texts)
@@ -208,7 +247,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         recs = await _search(catalog, list(vectors), params, self.settings.text_unknown_threshold)
         return pb.SearchByTextResponse(
             results=[pb.TextResult(text=t, recognition=r) for t, r in zip(request.texts, recs, strict=True)],
-            model_fingerprint=engine.fingerprint)
+            model_fingerprint=engine.fingerprint,
+        )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         """See recognition.proto."""
@@ -222,10 +262,12 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         resp = pb.EmbedResponse(dim=engine.dim, model_fingerprint=engine.fingerprint)
         if request.texts:
             vectors = await engine.embed_texts(list(request.texts), deadline=deadline)
-            resp.texts.extend(pb.Embedding(id=t, status=item_status(None), values=v.tolist())
-                              for t, v in zip(request.texts, vectors, strict=True))
+            resp.texts.extend(
+                pb.Embedding(id=t, status=item_status(None), values=v.tolist())
+                for t, v in zip(request.texts, vectors, strict=True)
+            )
         if request.images:
-            embedded = await embed_batch(engine, request.images, boxes, deadline)
+            embedded = await embed_batch(engine, request.images, boxes, deadline, self.max_image_bytes)
             for image, e in zip(request.images, embedded, strict=True):
                 for i, o in enumerate(e.outputs):
                     emb = pb.Embedding(id=image.id, region_index=i, has_region=e.boxes is not None)

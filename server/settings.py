@@ -1,4 +1,5 @@
-"""`Settings`: every server option, from CLI flags, `SKULENS_*` environment variables and defaults, in one place.
+"""`Settings`: every server option, from CLI flags, `SKULENS_*` environment variables and defaults, in one
+place.
 
 Each field of `Settings` declares its environment variable, its flag and its help text; `add_serve_arguments`
 builds the argparse flags from them and `Settings.from_sources(args, environ)` resolves each value as
@@ -54,7 +55,7 @@ def _str_tuple(text: str) -> tuple[str, ...]:
 
 
 def parse_tokens(text: str, origin: str = "tokens") -> Tokens:
-    """Parse bearer tokens: entries separated by newlines or ';', each `TOKEN SCOPE[,SCOPE]` (or `TOKEN=SCOPES`).
+    """Parse bearer tokens: entries split by newlines or ';', each `TOKEN SCOPE[,SCOPE]` (or `TOKEN=SCOPES`).
 
     Blank lines and `#` comments are skipped. Scopes are `recognize` and `catalog:write`.
     """
@@ -71,7 +72,8 @@ def parse_tokens(text: str, origin: str = "tokens") -> Tokens:
         unknown = scopes - SCOPES
         if unknown or not scopes:
             raise SettingsError(
-                f"{origin} entry {lineno}: scopes must be among {sorted(SCOPES)}, got {sorted(unknown) or '[]'}"
+                f"{origin} entry {lineno}: scopes must be among {sorted(SCOPES)}, "
+                f"got {sorted(unknown) or '[]'}"
             )
         if len(token) < 16:
             raise SettingsError(f"{origin} entry {lineno}: a token must have at least 16 characters")
@@ -89,7 +91,7 @@ def _opt(
     repr: bool = True,
     cli: bool = True,
 ) -> Any:
-    """A Settings field: default, help text, string parser; env var SKULENS_<NAME>, flag --<name-with-dashes>."""
+    """A Settings field: default, help, string parser; env var SKULENS_<NAME>, flag --<name-with-dashes>."""
     meta = {"help": help, "parse": parse, "flag": flag, "group": group, "cli": cli}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use immutable defaults")
@@ -98,74 +100,128 @@ def _opt(
 
 @dataclass(frozen=True)
 class Settings:
-    """Server options. Build with `Settings.from_sources` (or directly in tests); frozen, passed in explicitly."""
+    """Server options: build with `Settings.from_sources` (or directly in tests); frozen, passed in."""
 
     # -- where
-    model_dir: Path | None = _opt(None, "exported model directory (from `skulens export`)", _opt_path,
-                                  flag="--model", group="paths")
-    data_dir: Path | None = _opt(None, "catalog directory (created if absent)", _opt_path, flag="--data",
-                                 group="paths")
+    model_dir: Path | None = _opt(  # noqa: RUF009
+        None, "exported model directory (from `skulens export`)", _opt_path, flag="--model", group="paths"
+    )
+    data_dir: Path | None = _opt(  # noqa: RUF009
+        None, "catalog directory (created if absent)", _opt_path, flag="--data", group="paths"
+    )
     host: str = _opt("127.0.0.1", "address to bind; anything but loopback needs tokens or --insecure")
     port: int = _opt(50051, "gRPC port; 0 picks a free port (logged)", int)
-    metrics_port: int | None = _opt(None, "Prometheus /metrics HTTP port; 0 picks a free port; unset = off",
-                                    _opt_int)
+    metrics_port: int | None = _opt(
+        None, "Prometheus /metrics HTTP port; 0 picks a free port; unset = off", _opt_int
+    )
     metrics_host: str = _opt("", "address of the metrics endpoint (default: same as --host)")
     # -- limits
     max_message_mb: int = _opt(64, "largest request message in MiB", int, group="limits")
-    max_images_per_request: int = _opt(64, "images per Recognize/Embed request or stream message", int,
-                                       group="limits")
+    max_images_per_request: int = _opt(
+        64, "images per Recognize/Embed request or stream message", int, group="limits"
+    )
     max_regions_per_image: int = _opt(32, "regions (boxes) per image", int, group="limits")
     max_texts_per_request: int = _opt(64, "texts per SearchByText/Embed request", int, group="limits")
     max_text_chars: int = _opt(1000, "characters per text query", int, group="limits")
     max_image_mb: float = _opt(20.0, "encoded bytes per image in MiB", float, group="limits")
     default_top_k: int = _opt(5, "top_k when a request leaves it 0", int, group="limits")
     max_top_k: int = _opt(100, "largest top_k a request may ask for", int, group="limits")
-    stream_window: int = _opt(64, "images of one RecognizeStream/AddReferenceImages call in flight at once",
-                              int, group="limits")
-    enroll_chunk: int = _opt(32, "AddReferenceImages: images embedded and committed together", int,
-                             group="limits")
-    grace_s: float = _opt(10.0, "on SIGTERM: seconds to let calls in flight finish", float, group="limits")
+    stream_window: int = _opt(
+        64, "images of one RecognizeStream/AddReferenceImages call in flight at once", int, group="limits"
+    )
+    enroll_chunk: int = _opt(
+        32, "AddReferenceImages: images embedded and committed together", int, group="limits"
+    )
+    grace_seconds: float = _opt(
+        10.0, "on SIGTERM: seconds to let calls in flight finish", float, group="limits"
+    )
+    drain_delay_seconds: float = _opt(
+        0.0,
+        "on SIGTERM: seconds to keep answering (health NOT_SERVING, new calls UNAVAILABLE) before closing the "
+        "port, so load balancers notice",
+        float,
+        group="limits",
+    )
     # -- security
-    tokens_file: Path | None = _opt(None, "bearer tokens file: lines 'TOKEN SCOPE[,SCOPE]' (scopes: recognize, "
-                                          "catalog:write); unset = no authentication", _opt_path,
-                                    group="security")
-    tokens: str = _opt("", "bearer tokens inline, 'TOKEN=SCOPES;TOKEN=SCOPES' (environment only)",
-                       group="security", repr=False, cli=False)
-    tls_cert: Path | None = _opt(None, "PEM server certificate (chain); with --tls-key enables TLS", _opt_path,
-                                 group="security")
-    tls_key: Path | None = _opt(None, "PEM private key of --tls-cert", _opt_path, group="security")
-    tls_client_ca: Path | None = _opt(None, "PEM CA bundle: require client certificates signed by it (mTLS)",
-                                      _opt_path, group="security")
-    insecure: bool = _opt(False, "allow a non-loopback bind without bearer tokens (logs a warning)", parse_bool,
-                          group="security")
+    tokens_file: Path | None = _opt(  # noqa: RUF009
+        None,
+        "bearer tokens file: lines 'TOKEN SCOPE[,SCOPE]' (scopes: recognize, "
+        "catalog:write); unset = no authentication",
+        _opt_path,
+        group="security",
+    )
+    tokens: str = _opt(
+        "",
+        "bearer tokens inline, 'TOKEN=SCOPES;TOKEN=SCOPES' (environment only)",
+        group="security",
+        repr=False,
+        cli=False,
+    )
+    tls_cert: Path | None = _opt(  # noqa: RUF009
+        None, "PEM server certificate (chain); with --tls-key enables TLS", _opt_path, group="security"
+    )
+    tls_key: Path | None = _opt(  # noqa: RUF009
+        None, "PEM private key of --tls-cert", _opt_path, group="security"
+    )
+    tls_client_ca: Path | None = _opt(  # noqa: RUF009
+        None, "PEM CA bundle: require client certificates signed by it (mTLS)", _opt_path, group="security"
+    )
+    insecure: bool = _opt(
+        False,
+        "allow a non-loopback bind without bearer tokens (logs a warning)",
+        parse_bool,
+        group="security",
+    )
     # -- logging
     log_format: str = _opt("json", "log lines: json or text (key=value)", group="logging")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING, ERROR", group="logging")
     # -- inference
-    providers: tuple[str, ...] = _opt((), "ONNX Runtime providers in order, comma-separated (default: best "
-                                          "available)", _str_tuple, group="inference")
-    require_gpu: bool = _opt(False, "refuse to start when no GPU provider is active", parse_bool,
-                             group="inference")
+    providers: tuple[str, ...] = _opt(
+        (),
+        "ONNX Runtime providers in order, comma-separated (default: best available)",
+        _str_tuple,
+        group="inference",
+    )
+    require_gpu: bool = _opt(
+        False, "refuse to start when no GPU provider is active", parse_bool, group="inference"
+    )
     intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads (0 = its choice)", int, group="inference")
     max_batch: int = _opt(32, "micro-batch size", int, group="inference")
     max_wait_ms: float = _opt(5.0, "micro-batch wait after the first item", float, group="inference")
-    max_queue: int = _opt(1024, "images queued for the model before RESOURCE_EXHAUSTED", int,
-                          group="inference")
-    decode_workers: int | None = _opt(None, "image decode threads (default: CPU count)", _opt_int,
-                                      group="inference")
-    fast_decode: bool = _opt(True, "decode JPEGs at reduced scale when large enough", parse_bool,
-                             group="inference")
+    max_queue: int = _opt(
+        1024, "images queued for the model before RESOURCE_EXHAUSTED", int, group="inference"
+    )
+    decode_workers: int | None = _opt(
+        None, "image decode threads (default: CPU count)", _opt_int, group="inference"
+    )
+    fast_decode: bool = _opt(
+        True, "decode JPEGs at reduced scale when large enough", parse_bool, group="inference"
+    )
     # -- catalog
     unknown_threshold: float = _opt(0.70, "score under which the verdict is UNKNOWN", float, group="catalog")
-    ambiguity_margin: float = _opt(0.02, "best-minus-second score under which the verdict is AMBIGUOUS", float,
-                                   group="catalog")
-    text_unknown_threshold: float = _opt(0.20, "SearchByText: score under which the verdict is UNKNOWN (CLIP "
-                                              "text-to-image scores are lower than image-to-image)", float,
-                                         group="catalog")
-    store_images: bool = _opt(True, "keep enrolled images (needed by `skulens reembed`)", parse_bool,
-                              group="catalog")
-    sync_commits: bool = _opt(True, "fsync every catalog commit (FULL); off = NORMAL, faster", parse_bool,
-                              group="catalog")
+    ambiguity_margin: float = _opt(
+        0.02, "best-minus-second score under which the verdict is AMBIGUOUS", float, group="catalog"
+    )
+    allow_model_mismatch: bool = _opt(
+        False,
+        "start even when the catalog was built by another model: catalog reads and deletes work, recognition "
+        "and enrolment answer FAILED_PRECONDITION until `skulens reembed`",
+        parse_bool,
+        group="catalog",
+    )
+    text_unknown_threshold: float = _opt(
+        0.20,
+        "SearchByText: score under which the verdict is UNKNOWN (CLIP "
+        "text-to-image scores are lower than image-to-image)",
+        float,
+        group="catalog",
+    )
+    store_images: bool = _opt(
+        True, "keep enrolled images (needed by `skulens reembed`)", parse_bool, group="catalog"
+    )
+    sync_commits: bool = _opt(
+        True, "fsync every catalog commit (FULL); off = NORMAL, faster", parse_bool, group="catalog"
+    )
 
     def __post_init__(self) -> None:
         def bad(name: str, limit: str) -> SettingsError:
@@ -175,18 +231,36 @@ class Settings:
             raise bad("port", "in 0..65535")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise bad("metrics_port", "in 0..65535")
-        for name in ("max_message_mb", "max_images_per_request", "max_regions_per_image",
-                     "max_texts_per_request", "max_text_chars", "default_top_k", "max_top_k", "stream_window",
-                     "enroll_chunk", "max_batch", "max_queue"):
+        for name in (
+            "max_message_mb",
+            "max_images_per_request",
+            "max_regions_per_image",
+            "max_texts_per_request",
+            "max_text_chars",
+            "default_top_k",
+            "max_top_k",
+            "stream_window",
+            "enroll_chunk",
+            "max_batch",
+            "max_queue",
+        ):
             if getattr(self, name) < 1:
                 raise bad(name, ">= 1")
         if self.default_top_k > self.max_top_k:
             raise bad("default_top_k", f"<= max_top_k ({self.max_top_k})")
         if self.max_image_mb <= 0 or self.max_image_mb > self.max_message_mb:
             raise bad("max_image_mb", f"in (0, max_message_mb={self.max_message_mb}]")
-        if self.grace_s < 0 or self.max_wait_ms < 0 or self.intra_op_threads < 0:
-            raise bad("grace_s" if self.grace_s < 0 else "max_wait_ms" if self.max_wait_ms < 0
-                      else "intra_op_threads", ">= 0")
+        if self.drain_delay_seconds < 0:
+            raise bad("drain_delay_seconds", ">= 0")
+        if self.grace_seconds < 0 or self.max_wait_ms < 0 or self.intra_op_threads < 0:
+            raise bad(
+                "grace_seconds"
+                if self.grace_seconds < 0
+                else "max_wait_ms"
+                if self.max_wait_ms < 0
+                else "intra_op_threads",
+                ">= 0",
+            )
         if self.log_format not in ("json", "text"):
             raise bad("log_format", "json or text")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -204,8 +278,12 @@ class Settings:
 
     # ---- sources
     @classmethod
-    def from_sources(cls, args: argparse.Namespace | None = None,
-                     environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_sources(
+        cls,
+        args: argparse.Namespace | None = None,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
         """Resolve every field: keyword override > CLI flag (not None) > `SKULENS_<NAME>` > default."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -268,13 +346,14 @@ class Settings:
                     f"{_env('insecure')}=1 to serve unauthenticated"
                 )
             warnings.append(
-                f"INSECURE: serving on {self.host!r} without authentication (--insecure): anyone who can reach "
-                "this port can read and change the catalog"
+                f"INSECURE: serving on {self.host!r} without authentication (--insecure): anyone who can "
+                "reach this port can read and change the catalog"
             )
         if not self.tls_enabled:
             warnings.append(
                 f"serving on non-loopback {self.host!r} without TLS: requests"
-                + (" and bearer tokens" if tokens else "") + " travel in clear text (set --tls-cert/--tls-key)"
+                + (" and bearer tokens" if tokens else "")
+                + " travel in clear text (set --tls-cert/--tls-key)"
             )
         return warnings
 
@@ -287,8 +366,9 @@ class Settings:
                 require_gpu=self.require_gpu,
                 intra_op_threads=self.intra_op_threads,
             ),
-            batcher=BatcherOptions(max_batch=self.max_batch, max_wait_ms=self.max_wait_ms,
-                                   max_queue=self.max_queue),
+            batcher=BatcherOptions(
+                max_batch=self.max_batch, max_wait_ms=self.max_wait_ms, max_queue=self.max_queue
+            ),
             fast_decode=self.fast_decode,
             decode_workers=self.decode_workers,
         )
@@ -353,10 +433,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         shown = "unset" if default in (None, (), "") else default
         help_text = f"{f.metadata['help']} [env {_env(f.name)}; default {shown}]"
         flag = _flag(f.name)
-        aliases = [flag] if flag == "--" + f.name.replace("_", "-") else [flag, "--" + f.name.replace("_", "-")]
+        aliases = (
+            [flag] if flag == "--" + f.name.replace("_", "-") else [flag, "--" + f.name.replace("_", "-")]
+        )
         if f.metadata["parse"] is parse_bool:
-            group.add_argument(*aliases, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                               help=help_text)
+            group.add_argument(
+                *aliases, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text
+            )
         else:
-            group.add_argument(*aliases, dest=f.name, default=None, type=f.metadata["parse"], help=help_text,
-                               metavar=f.name.upper().split("_")[-1] if f.name.endswith("dir") else None)
+            group.add_argument(
+                *aliases,
+                dest=f.name,
+                default=None,
+                type=f.metadata["parse"],
+                help=help_text,
+                metavar=f.name.upper().split("_")[-1] if f.name.endswith("dir") else None,
+            )

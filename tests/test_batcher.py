@@ -1,4 +1,4 @@
-"""server.batcher: flush by size and time, ordering, back-pressure, deadlines, cancellation, failures, close."""
+"""server.batcher: flush by size/time, ordering, back-pressure, deadlines, cancellation, failures, close."""
 
 from __future__ import annotations
 

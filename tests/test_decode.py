@@ -240,3 +240,22 @@ def test_draft_with_rotation_reports_oriented_size() -> None:
     d = decode_image(data, LIMITS, draft_min_side=448)
     assert d.original_size == (1200, 1600) and d.image.size == (600, 800)
     assert d.scale == (2.0, 2.0)
+
+
+@pytest.mark.parametrize("fmt", _formats())
+def test_fuzzed_bytes_raise_only_domain_errors(fmt: str) -> None:
+    rng = np.random.default_rng(7)
+    base = _save(photo(64, 48), fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF blocks
+        for trial in range(40):
+            data = bytearray(base)
+            for _ in range(int(rng.integers(1, 8))):
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+            if trial % 3 == 0:
+                data = data[: int(rng.integers(1, len(data)))]
+            try:
+                decoded = decode_image(bytes(data), LIMITS)
+            except (InvalidImage, ImageTooLarge, ImageTooSmall):
+                continue
+            assert decoded.image.mode == "RGB"

@@ -47,12 +47,21 @@ def _engine_threads() -> list[str]:
 async def test_per_image_results_and_errors(tiny: Path) -> None:
     engine = Engine.load(tiny, _options(decode=DecodeLimits(max_pixels=200_000)))
     good = [photo(64, 48, seed=i) for i in range(3)]
-    images = [encode(good[0], "PNG"), b"garbage", encode(good[1], "JPEG"), encode(photo(600, 400), "PNG"),
-              encode(good[2], "WEBP", lossless=True)]
+    images = [
+        encode(good[0], "PNG"),
+        b"garbage",
+        encode(good[1], "JPEG"),
+        encode(photo(600, 400), "PNG"),
+        encode(good[2], "WEBP", lossless=True),
+    ]
     out = await engine.embed_images(images)
     assert len(out) == 5
     assert isinstance(out[1], InvalidImage) and out[1].field == "images[1]"
-    assert isinstance(out[3], ImageTooLarge) and out[3].field == "images[3]" and "limit is 200000" in out[3].message
+    assert (
+        isinstance(out[3], ImageTooLarge)
+        and out[3].field == "images[3]"
+        and "limit is 200000" in out[3].message
+    )
     for k in (0, 2, 4):
         vec = out[k]
         assert isinstance(vec, np.ndarray) and vec.shape == (TINY_DIM,) and vec.dtype == np.float32
@@ -186,7 +195,9 @@ async def test_real_weights_do_not_warn(tmp_path: Path, caplog: pytest.LogCaptur
 async def test_real_clip_batched_equals_single_and_text(clip_model_dir: Path) -> None:
     pytest.importorskip("server.tokenizer")
     opts = _options(
-        batcher=BatcherOptions(max_batch=8, max_wait_ms=30), encoder=EncoderOptions(warmup=False), fast_decode=True
+        batcher=BatcherOptions(max_batch=8, max_wait_ms=30),
+        encoder=EncoderOptions(warmup=False),
+        fast_decode=True,
     )
     engine = Engine.load(clip_model_dir, opts)
     assert engine.dim == 512 and engine.has_text and engine.random_weights

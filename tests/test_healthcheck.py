@@ -6,6 +6,7 @@ No skulens model or catalog is involved: the server here only has `grpc.health.v
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -130,3 +131,109 @@ def test_probe_stays_light() -> None:
         timeout=60,
     )
     assert res.returncode == 0, f"heavy imports: {res.stdout} {res.stderr}"
+
+
+# ---------------------------------------------------------------------------------------------------- TLS
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throw-away CA, a server certificate for `skulens.test` and a client certificate (openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("pki")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=skulens test CA",
+        cwd=d,
+    )
+    (d / "san.ext").write_text("subjectAltName=DNS:skulens.test\n")
+    for name in ("server", "client"):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            cwd=d,
+        )
+    return d
+
+
+def _tls_server(pki: Path, require_client_cert: bool) -> tuple[grpc.Server, str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    creds = grpc.ssl_server_credentials(
+        [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())],
+        root_certificates=(pki / "ca.pem").read_bytes() if require_client_cert else None,
+        require_client_auth=require_client_cert,
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def test_tls(pki: Path) -> None:
+    server, addr = _tls_server(pki, require_client_cert=False)
+    try:
+        tls = ["--tls-ca", str(pki / "ca.pem"), "--tls-server-name", "skulens.test", "--timeout", "5"]
+        assert healthcheck.main(["--addr", addr, *tls], environ={}) == 0
+        assert healthcheck.main(["--addr", addr, "--timeout", "2"], environ={}) == 1  # plaintext to TLS
+        env = {
+            "SKULENS_PORT": addr.rsplit(":", 1)[1],
+            "SKULENS_HEALTHCHECK_TLS_CA": str(pki / "ca.pem"),
+            "SKULENS_HEALTHCHECK_TLS_SERVER_NAME": "skulens.test",
+        }
+        assert _run_module("--timeout", "5", env=env).returncode == 0  # the HEALTHCHECK form: env only
+    finally:
+        server.stop(grace=None).wait(5)
+
+
+def test_mutual_tls(pki: Path) -> None:
+    server, addr = _tls_server(pki, require_client_cert=True)
+    try:
+        tls = ["--tls-ca", str(pki / "ca.pem"), "--tls-server-name", "skulens.test", "--timeout", "5"]
+        client = ["--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key")]
+        assert healthcheck.main(["--addr", addr, *tls, *client], environ={}) == 0
+        assert healthcheck.main(["--addr", addr, *tls], environ={}) == 1  # no client certificate
+        assert healthcheck.main(["--addr", addr, *tls, client[0], client[1]], environ={}) == 1  # cert, no key
+    finally:
+        server.stop(grace=None).wait(5)

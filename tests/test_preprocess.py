@@ -18,7 +18,17 @@ from server.inference_settings import DecodeLimits
 from server.preprocess import Box, Preprocessor
 
 SIZES = [(224, 224), (224, 160), (200, 256)]
-SHAPES = [(224, 224), (300, 200), (199, 401), (1000, 333), (100, 50), (640, 480), (225, 224), (223, 301), (17, 900)]
+SHAPES = [
+    (224, 224),
+    (300, 200),
+    (199, 401),
+    (1000, 333),
+    (100, 50),
+    (640, 480),
+    (225, 224),
+    (223, 301),
+    (17, 900),
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +43,25 @@ def open_clip_transform() -> Callable[..., Any]:
 
 
 @pytest.mark.parametrize(
-    ("mode", "size", "interp"), list(itertools.product(["shortest", "longest", "squash"], SIZES, ["bicubic", "bilinear"]))
+    ("mode", "size", "interp"),
+    list(itertools.product(["shortest", "longest", "squash"], SIZES, ["bicubic", "bilinear"])),
 )
-def test_exact_path_equals_open_clip(open_clip_transform, mode: str, size: tuple[int, int], interp: str) -> None:
-    cfg = PreprocessConfig(size=size, mean=CLIP_MEAN, std=CLIP_STD, resize_mode=mode, interpolation=interp,
-                           fill_color=17)
+def test_exact_path_equals_open_clip(
+    open_clip_transform, mode: str, size: tuple[int, int], interp: str
+) -> None:
+    cfg = PreprocessConfig(
+        size=size, mean=CLIP_MEAN, std=CLIP_STD, resize_mode=mode, interpolation=interp, fill_color=17
+    )
     pre = Preprocessor(cfg)
-    ref_t = open_clip_transform(size if size[0] != size[1] else size[0], is_train=False, mean=CLIP_MEAN,
-                                std=CLIP_STD, resize_mode=mode, interpolation=interp, fill_color=17)
+    ref_t = open_clip_transform(
+        size if size[0] != size[1] else size[0],
+        is_train=False,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        resize_mode=mode,
+        interpolation=interp,
+        fill_color=17,
+    )
     rng = np.random.default_rng(zlib.crc32(f"{mode}{size}{interp}".encode()))
     for w, h in SHAPES:
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) if w < 500 else photo(w, h)

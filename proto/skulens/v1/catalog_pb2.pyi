@@ -145,24 +145,23 @@ class GetCatalogStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCatalogStatsResponse(_message.Message):
-    __slots__ = ("product_count", "reference_count", "dim", "model_fingerprint", "index_type", "products_per_category")
-    class ProductsPerCategoryEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: int
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress")
     PRODUCT_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_WITH_IMAGE_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
-    PRODUCTS_PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    INDEX_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DB_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     product_count: int
     reference_count: int
+    references_with_image: int
     dim: int
     model_fingerprint: str
     index_type: str
-    products_per_category: _containers.ScalarMap[str, int]
-    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., products_per_category: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    index_device: str
+    db_size_bytes: int
+    rebuild_in_progress: bool
+    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,125 @@
+"""catalog.store: SQLite WAL store, transactions, generation counter, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalog.errors import CatalogClosed, CatalogError, NotFound
+from catalog.store import SCHEMA_VERSION, RefRow, Store
+
+
+def _row(seed: int, sha: str | None = None, image: bytes | None = None, dim: int = 4) -> RefRow:
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return RefRow((v / np.linalg.norm(v)).astype("<f4").tobytes(), f"src{seed}", sha, image)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store(tmp_path / "c.db", "FULL")
+    s.claim_identity("model-a", 4)
+    yield s
+    s.close()
+
+
+def test_wal_synchronous_and_schema(tmp_path: Path) -> None:
+    for level, code in (("FULL", 2), ("NORMAL", 1)):
+        s = Store(tmp_path / f"{level}.db", level)
+        assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == code
+        assert s.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        meta = s.meta()
+        assert meta.schema_version == SCHEMA_VERSION and meta.generation == 0 and meta.fingerprint is None
+        s.close()
+        s.close()  # idempotent
+    with pytest.raises(CatalogClosed):
+        s.counts()
+
+
+def test_reopen_keeps_identity_and_refuses_newer_schema(tmp_path: Path) -> None:
+    s = Store(tmp_path / "c.db")
+    m1 = s.claim_identity("fp", 8)
+    s.close()
+    s = Store(tmp_path / "c.db")
+    m2 = s.claim_identity("other", 16)  # an existing identity is never overwritten
+    assert (m2.fingerprint, m2.dim, m2.catalog_uuid) == ("fp", 8, m1.catalog_uuid)
+    with s.transaction() as tx:
+        tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    s.close()
+    with pytest.raises(CatalogError, match="schema version"):
+        Store(tmp_path / "c.db")
+
+
+def test_generation_counts_every_write(store: Store) -> None:
+    g0 = store.generation()
+    _, created, count, g1 = store.upsert_product("p1", "P one", "food", {"brand": "x"})
+    assert created and count == 0 and g1 == g0 + 1
+    _, created, _, g2 = store.upsert_product("p1", "P one!", "food", {})
+    assert not created and g2 == g1 + 1
+    _, res, g3 = store.add_references("p1", [_row(1, "a" * 64), _row(2)], "model-a")
+    assert [d for _, d in res] == [False, False] and g3 == g2 + 1
+    _, res2, g4 = store.add_references("p1", [_row(3, "a" * 64)], "model-a")  # duplicate only: no write
+    assert res2 == [(res[0][0], True)] and g4 == g3
+    _, g5 = store.delete_reference(res[1][0])
+    assert g5 == g4 + 1
+    _, ids, g6 = store.delete_product("p1")
+    assert ids == [res[0][0]] and g6 == g5 + 1
+
+
+def test_add_references_is_one_transaction(store: Store) -> None:
+    store.upsert_product("p1", "", "", {})
+    with pytest.raises(NotFound):
+        store.add_references("missing", [_row(1)], "model-a")
+    # the second row breaks a constraint mid-transaction: the first one must not stay behind
+    broken = RefRow(None, "s", None, None)  # type: ignore[arg-type]
+    g = store.generation()
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add_references("p1", [_row(1, image=b"x"), broken], "model-a")
+    assert store.generation() == g and store.counts() == (1, 0, 0)
+    assert store.conn.execute("SELECT COUNT(*) FROM ref_images").fetchone()[0] == 0
+
+
+def test_duplicates_within_one_call_and_cascade(store: Store) -> None:
+    store.upsert_product("p1", "", "", {})
+    store.upsert_product("p2", "", "", {})
+    _, res, _ = store.add_references("p1", [_row(1, "b" * 64, b"img"), _row(2, "b" * 64, b"img")], "model-a")
+    assert res[1] == (res[0][0], True)
+    # the same content for another product is a different reference
+    _, res2, _ = store.add_references("p2", [_row(1, "b" * 64, b"img")], "model-a")
+    assert not res2[0][1] and res2[0][0] != res[0][0]
+    assert store.counts() == (2, 2, 2)
+    store.delete_product("p1")
+    assert store.counts() == (1, 1, 1)
+    n_images = store.conn.execute("SELECT COUNT(*) FROM ref_images").fetchone()[0]
+    assert n_images == 1
+    with pytest.raises(NotFound, match="p1"):
+        store.get_product("p1")
+    with pytest.raises(NotFound):
+        store.delete_reference(res[0][0])
+
+
+def test_snapshot_is_isolated_from_later_writes(store: Store) -> None:
+    store.upsert_product("p1", "", "", {})
+    store.add_references("p1", [_row(1), _row(2)], "model-a")
+    with store.read_snapshot() as snap:
+        gen = snap.generation
+        store.add_references("p1", [_row(3)], "model-a")
+        ids, pks = snap.reference_map()
+        chunks = list(snap.iter_embeddings(4, chunk=1))
+        assert len(ids) == 2 and snap.count() == 2 and len(chunks) == 2
+        assert chunks[0][1].shape == (1, 4) and chunks[0][1].dtype == np.float32
+    assert store.generation() == gen + 1
+    assert len(set(pks.tolist())) == 1
+
+
+def test_list_products_order_and_category(store: Store) -> None:
+    for pid in ["b", "a", "c", "ä", "B"]:
+        store.upsert_product(pid, pid.upper(), "x" if pid in "ab" else "y", {"k": pid})
+    rows = store.list_products("", 10, "")
+    assert [r.product_id for r, _ in rows] == sorted(["b", "a", "c", "ä", "B"])
+    assert [r.product_id for r, _ in store.list_products("a", 10, "x")] == ["b"]
+    row, refs = store.get_product("ä")
+    assert row.labels == {"k": "ä"} and refs == []

@@ -1,0 +1,112 @@
+"""catalog.validation, catalog.settings, catalog.errors, catalog.rwlock: limits, messages, tokens, locking."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from catalog import validation as v
+from catalog.errors import CatalogError, FingerprintMismatch, InvalidArgument
+from catalog.rwlock import RWLock
+from catalog.settings import CatalogSettings
+
+
+def test_text_limits_count_characters_not_bytes() -> None:
+    assert v.product_id("é" * 128) == "é" * 128  # 256 UTF-8 bytes, 128 characters
+    with pytest.raises(InvalidArgument, match="got 129"):
+        v.product_id("é" * 129)
+    with pytest.raises(InvalidArgument, match="must be a string"):
+        v.product_id(12)
+    assert v.labels(None) == {}
+    with pytest.raises(InvalidArgument, match="at most 64 entries, got 65"):
+        v.labels({str(i): "" for i in range(65)})
+    with pytest.raises(InvalidArgument) as err:
+        v.labels({"": "x"})
+    assert err.value.field == "labels key"
+
+
+def test_vectors_and_hashes() -> None:
+    x = np.zeros(8, np.float32)
+    x[0] = 1
+    assert v.vectors(x, 8, 0.01, "q").shape == (1, 8)
+    assert v.vectors([list(x)] * 3, 8, 0.01, "q").dtype == np.float32
+    with pytest.raises(InvalidArgument, match=r"shape \[8\], got \[2, 8\]"):
+        v.vectors(np.stack([x, x]), 8, 0.01, "e", single=True)
+    with pytest.raises(InvalidArgument, match="row 1"):
+        v.vectors(np.stack([x, 2 * x]), 8, 0.01, "q")
+    with pytest.raises(InvalidArgument, match="float array"):
+        v.vectors("nope", 8, 0.01, "q")
+    img = b"\x89PNG..."
+    digest = hashlib.sha256(img).hexdigest()
+    assert v.image_and_sha(img, None, "r", 100) == (img, digest)
+    assert v.image_and_sha(None, digest.upper(), "r", 100) == (None, digest)
+    with pytest.raises(InvalidArgument, match="1-4 bytes, got 7"):
+        v.image_and_sha(img, None, "r", 4)
+
+
+def test_page_tokens_round_trip() -> None:
+    token = v.encode_page_token("sku-é/1", "drinks")
+    assert "=" not in token and v.decode_page_token(token, "drinks") == "sku-é/1"
+    assert v.decode_page_token("", "x") == ""
+    for bad in ("%%%", "e30", v.encode_page_token("a", "b")[:-2]):
+        with pytest.raises(InvalidArgument) as err:
+            v.decode_page_token(bad, "b")
+        assert err.value.field == "page_token"
+
+
+def test_settings_validation_and_index_config() -> None:
+    s = CatalogSettings()
+    assert s.synchronous == "FULL" and s.use_gpu == "auto" and s.blas_threshold == 16
+    assert set(s.index_config()) == {"approximate_threshold", "approximate_kind", "hnsw_m",
+                                     "hnsw_ef_construction", "ivf_nlist"}
+    for kwargs, field in [({"max_top_k": 0}, "max_top_k"), ({"approximate_kind": "lsh"}, "approximate_kind"),
+                          ({"unknown_threshold": 1.5}, "unknown_threshold"), ({"use_gpu": "yes"}, "use_gpu"),
+                          ({"ambiguity_margin": -0.1}, "ambiguity_margin"), ({"ivf_nlist": -1}, "ivf_nlist")]:
+        with pytest.raises(InvalidArgument) as err:
+            CatalogSettings(**kwargs)  # type: ignore[arg-type]
+        assert err.value.field == field
+
+
+def test_error_classes() -> None:
+    err = FingerprintMismatch.between("a/1:x", 512, "b/1:y", 768)
+    assert isinstance(err, CatalogError) and err.field == "fingerprint"
+    assert "a/1:x" in str(err) and "b/1:y" in str(err) and "skulens reembed" in str(err)
+    assert (err.stored_dim, err.requested_dim) == (512, 768)
+    assert str(InvalidArgument("m", field="f")) == "m"
+
+
+def test_rwlock_readers_share_writer_excludes() -> None:
+    lock = RWLock()
+    inside = [0]
+    peak = [0]
+    violations: list[str] = []
+    guard = threading.Lock()
+
+    def reader() -> None:
+        for _ in range(50):
+            with lock.read():
+                with guard:
+                    inside[0] += 1
+                    peak[0] = max(peak[0], inside[0])
+                time.sleep(0.0005)
+                with guard:
+                    inside[0] -= 1
+
+    def writer() -> None:
+        for _ in range(20):
+            with lock.write():
+                with guard:
+                    if inside[0]:
+                        violations.append("writer with readers")
+                time.sleep(0.0005)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not violations and peak[0] > 1

@@ -1,0 +1,227 @@
+"""The `skulens` CLI against a real server: enroll (folder, CSV, resumable) → recognize (top-1 is the image's
+own product), search, catalog stats/list/get/delete; offline reembed and calibrate; serve's exposure rule."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from service_harness import SHARED, RunningServer, make_settings, pattern_image
+
+from server.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
+from server.enroll import parse_labels, plan_from_csv
+
+N_PRODUCTS = 5
+
+
+@pytest.fixture(scope="module")
+def server(clip_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    srv = RunningServer(make_settings(tmp_path_factory.mktemp("cli") / "data"), SHARED.engine(clip_model_dir))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("enroll")
+    for p in range(N_PRODUCTS):
+        d = root / f"sku-{p}"
+        d.mkdir()
+        for v in range(2):
+            (d / f"{v}.png").write_bytes(pattern_image(100 + p, variant=v))
+    (root / "notes.txt").write_text("ignored: not a folder")
+    return root
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_enroll_folder_then_recognize_each_image(
+    server: RunningServer, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "enroll", str(folder), "--addr", server.addr)
+    assert code == EXIT_OK, err
+    assert (
+        f"products: {N_PRODUCTS} ({N_PRODUCTS} new); images: {2 * N_PRODUCTS}; already enrolled: 0; "
+        f"added: {2 * N_PRODUCTS}" in out
+    )
+    assert "img/s" in err  # the tqdm bar shows the rate
+    images = sorted(folder.glob("*/*.png"))
+    code, out, _ = run(capsys, "recognize", *map(str, images), "--json", "--addr", server.addr)
+    assert code == EXIT_OK
+    for path, result in zip(images, json.loads(out)["results"], strict=True):
+        assert result["id"] == str(path)
+        assert result["recognition"]["matches"][0]["product_id"] == path.parent.name
+
+
+def test_enroll_is_resumable(server: RunningServer, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "enroll", str(folder), "--addr", server.addr, "--no-progress")
+    assert code == EXIT_OK and f"already enrolled: {2 * N_PRODUCTS}; added: 0" in out
+    with server.client() as c:  # lose one reference: a re-run sends exactly that one again
+        got = c.get_product("sku-1")
+        assert got is not None
+        c.delete_reference(got.references[0].reference_id)
+    code, out, _ = run(capsys, "enroll", str(folder), "--addr", server.addr, "--no-progress", "--json")
+    report = json.loads(out)
+    assert (report["skipped"], report["added"], report["failed"]) == (2 * N_PRODUCTS - 1, 1, 0)
+
+
+def test_enroll_csv_with_metadata(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(pattern_image(200))
+    (tmp_path / "imgs" / "b.png").write_bytes(pattern_image(201))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    csv_path = tmp_path / "catalog.csv"
+    csv_path.write_text(
+        "product_id,image_path,name,category,labels\n"
+        "oat-1l,imgs/a.png,Oat drink 1 l,drinks,brand=oatly;size=1l\n"
+        "oat-1l,imgs/b.png,,,\n"
+        "broken,bad.png,Broken,,\n"
+    )
+    plans = plan_from_csv(csv_path)
+    assert [(p.product_id, len(p.paths)) for p in plans] == [("oat-1l", 2), ("broken", 1)]
+    code, out, err = run(capsys, "enroll", str(csv_path), "--addr", server.addr, "--no-progress")
+    assert code == EXIT_FAIL and "added: 2" in out and "failed: 1" in out and "bad.png" in err
+    code, out, _ = run(capsys, "catalog", "get", "oat-1l", "--addr", server.addr)
+    got = json.loads(out)
+    assert got["product"]["display_name"] == "Oat drink 1 l" and got["product"]["category"] == "drinks"
+    assert got["product"]["labels"] == {"brand": "oatly", "size": "1l"}
+    assert len(got["references"]) == 2
+
+
+def test_parse_labels() -> None:
+    assert parse_labels("a=1; b = x=y ;") == {"a": "1", "b": "x=y"}
+    with pytest.raises(ValueError):
+        parse_labels("novalue")
+
+
+def test_recognize_table_and_bad_image(
+    server: RunningServer, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    code, out, err = run(
+        capsys, "recognize", str(folder / "sku-0" / "0.png"), str(bad), "--top-k", "2", "--addr", server.addr
+    )
+    assert code == EXIT_FAIL
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["image", "verdict", "product"]
+    assert "sku-0" in lines[2] and "INVALID_ARGUMENT" in lines[3]
+    assert "RANDOM WEIGHTS" in err
+
+
+def test_search(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "search", "oat drink", "--top-k", "2", "--json", "--addr", server.addr)
+    assert code == EXIT_OK
+    assert len(json.loads(out)["results"][0]["recognition"]["matches"]) == 2
+
+
+def test_catalog_commands(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "catalog", "stats", "--json", "--addr", server.addr)
+    stats = json.loads(out)
+    assert code == EXIT_OK and int(stats["product_count"]) >= N_PRODUCTS and stats["dim"] == 512
+    code, out, _ = run(capsys, "catalog", "list", "--addr", server.addr)
+    assert code == EXIT_OK and "sku-3" in out
+    code, out, _ = run(capsys, "catalog", "delete", "sku-4", "--addr", server.addr)
+    assert code == EXIT_OK and "deleted product sku-4 (2 references)" in out
+    code, _, err = run(capsys, "catalog", "delete", "sku-4", "--addr", server.addr)
+    assert code == EXIT_FAIL and "NOT_FOUND" in err
+    code, _, err = run(capsys, "catalog", "get", "sku-4", "--addr", server.addr)
+    assert code == EXIT_FAIL
+
+
+def test_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "catalog", "stats", "--addr", "127.0.0.1:1", "--timeout", "2")
+    assert code == EXIT_FAIL and "UNAVAILABLE" in err
+
+
+def test_reembed_and_calibrate_offline(
+    server: RunningServer, effnet_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Copy the CLI catalog (ViT-B/32 space) and re-embed it with EfficientNet-Lite0, then calibrate it."""
+    import shutil
+
+    from catalog.catalog import Catalog
+
+    data = tmp_path / "copy"
+    with server.client() as c:
+        before = c.stats()
+    assert server.settings.data_dir is not None
+    _checkpoint(server.settings.data_dir)
+    shutil.copytree(server.settings.data_dir, data)
+    code, out, err = run(
+        capsys, "reembed", "--model", str(effnet_model_dir), "--data", str(data), "--no-progress"
+    )
+    assert code == EXIT_OK, err
+    assert f"re-embedded {before.reference_count} references" in out
+    from export.manifest import load_manifest
+
+    m = load_manifest(effnet_model_dir)
+    with Catalog.open(data, fingerprint=m.fingerprint, dim=m.embedding_dim) as cat:
+        assert cat.stats().references == before.reference_count and cat.dim == 1280
+    code, out, err = run(capsys, "calibrate", "--model", str(effnet_model_dir), "--data", str(data))
+    assert code == EXIT_OK, err
+    assert out.strip()
+
+
+def _checkpoint(data_dir: Path) -> None:
+    """Make the live catalog's files safe to copy (SQLite WAL checkpoint through a second connection)."""
+    import sqlite3
+
+    con = sqlite3.connect(data_dir / "catalog.db")
+    try:
+        con.execute("PRAGMA wal_checkpoint(FULL)")
+    finally:
+        con.close()
+
+
+def test_serve_refuses_public_bind_without_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        code, _, err = run(
+            capsys,
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--model",
+            str(tmp_path),
+            "--data",
+            str(tmp_path / "d"),
+        )
+    finally:
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+    assert code == EXIT_USAGE and "refusing to listen on non-loopback" in err and "--insecure" in err
+
+
+def test_serve_help_names_environment_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for var in (
+        "SKULENS_MODEL_DIR",
+        "SKULENS_DATA_DIR",
+        "SKULENS_PORT",
+        "SKULENS_METRICS_PORT",
+        "SKULENS_TOKENS_FILE",
+        "SKULENS_TLS_CERT",
+    ):
+        assert var in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("serve", "enroll", "recognize", "search", "catalog", "calibrate", "reembed", "export"):
+        assert cmd in out

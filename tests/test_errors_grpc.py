@@ -1,0 +1,181 @@
+"""The error table: every domain error class reaches the client as its status code with its message and field;
+anything else is INTERNAL with a generic text, the traceback only in the log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from service_harness import SHARED
+
+from catalog import errors as cat
+from export.manifest import ManifestError
+from server import errors as inf
+from server import errors_grpc as eg
+from server.calllog import CallInterceptor
+
+C = grpc.StatusCode
+ROWS: list[tuple[BaseException, grpc.StatusCode]] = [
+    (inf.InvalidImage("not an image", "images[1]"), C.INVALID_ARGUMENT),
+    (inf.InvalidRegion("box outside the image", "regions[0][2]"), C.INVALID_ARGUMENT),
+    (inf.ImageTooLarge("image is 30000000 bytes; the limit is 20971520", "images[0]"), C.INVALID_ARGUMENT),
+    (inf.ImageTooSmall("image is 8x8 pixels; the minimum side is 16", "images[0]"), C.INVALID_ARGUMENT),
+    (
+        cat.InvalidArgument("product_id must be 1-128 UTF-8 characters, got 0", "product_id"),
+        C.INVALID_ARGUMENT,
+    ),
+    (eg.BadRequest("options.top_k must be <= 100, got 500", "options.top_k"), C.INVALID_ARGUMENT),
+    (cat.NotFound("product 'x' does not exist", "product_id"), C.NOT_FOUND),
+    (cat.AlreadyExists("reference exists", "reference_id"), C.ALREADY_EXISTS),
+    (cat.FingerprintMismatch.between("a/b/1:x", 1, "c/d/2:y", 2), C.FAILED_PRECONDITION),
+    (inf.ModelLoadError("model file image.onnx is missing"), C.FAILED_PRECONDITION),
+    (ManifestError("malformed manifest"), C.FAILED_PRECONDITION),
+    (inf.Overloaded("inference queue is full (1024 items); retry later"), C.RESOURCE_EXHAUSTED),
+    (eg.TooMany("images holds 65 images; the limit is 64 per request", "images"), C.RESOURCE_EXHAUSTED),
+    (inf.DeadlineExceeded("deadline passed before inference"), C.DEADLINE_EXCEEDED),
+    (inf.Cancelled("inference was cancelled"), C.CANCELLED),
+    (inf.Unsupported("model has no text tower", "texts"), C.UNIMPLEMENTED),
+    (eg.NotReady("still loading"), C.UNAVAILABLE),
+    (eg.Draining("shutting down"), C.UNAVAILABLE),
+    (cat.CatalogClosed(), C.UNAVAILABLE),
+    (eg.Unauthenticated("missing bearer token"), C.UNAUTHENTICATED),
+    (eg.PermissionDenied("needs catalog:write"), C.PERMISSION_DENIED),
+]
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"), ROWS, ids=[type(e).__name__ + str(i) for i, (e, _) in enumerate(ROWS)]
+)
+def test_table(exc: BaseException, code: grpc.StatusCode) -> None:
+    assert eg.code_of(exc) is code
+    got_code, message, field = eg.describe(exc)
+    assert got_code is code
+    assert getattr(exc, "message", str(exc)) in message
+    if getattr(exc, "field", None):
+        assert field == exc.field and message.startswith(field)  # type: ignore[attr-defined]
+
+
+def test_every_domain_class_is_mapped() -> None:
+    """No concrete domain error class falls through to INTERNAL."""
+    for module, base in ((inf, inf.InferenceError), (cat, cat.CatalogError), (eg, eg.ServiceError)):
+        for name in dir(module):
+            klass = getattr(module, name)
+            if isinstance(klass, type) and issubclass(klass, base) and klass is not base:
+                assert eg.code_of(klass("m")) is not None, name
+
+
+def test_unknown_exception_is_internal_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="skulens.errors"):
+        code, message, field = eg.describe(KeyError("secret-internal-detail"))
+    assert (code, message, field) == (C.INTERNAL, eg.INTERNAL_MESSAGE, "")
+    assert "secret-internal-detail" not in message
+    assert any(r.exc_info for r in caplog.records)
+
+
+def test_item_status() -> None:
+    ok = eg.item_status(None)
+    assert ok.code == 0 and not ok.message
+    bad = eg.item_status(inf.InvalidImage("broken", "images[3]"))
+    assert (bad.code, bad.field) == (3, "images[3]") and bad.message == "images[3]: broken"
+    assert eg.code_name(3) == "INVALID_ARGUMENT" and eg.code_name(0) == "OK"
+
+
+# ---------------------------------------------------------------------------------------------- over the wire
+_BY_NAME = {f"{type(e).__name__}{i}": e for i, (e, _) in enumerate(ROWS)}
+_BY_NAME["internal"] = RuntimeError("secret-internal-detail")
+
+
+@pytest.fixture(scope="module")
+def raising_server() -> Iterator[str]:
+    """A grpc.aio server with the CallInterceptor and methods that raise the error named in the request."""
+    lt = SHARED.loop_thread()
+
+    async def raise_named(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise _BY_NAME[request.decode()]
+
+    async def stream_raise(request: bytes, context: grpc.aio.ServicerContext):
+        yield b"first"
+        raise _BY_NAME[request.decode()]
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(interceptors=[CallInterceptor(None)])
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "test.Raise",
+                    {
+                        "Unary": grpc.unary_unary_rpc_method_handler(raise_named),
+                        "Stream": grpc.unary_stream_rpc_method_handler(stream_raise),
+                    },
+                )
+            ]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = lt.run(start())
+    yield f"127.0.0.1:{port}"
+    lt.run(server.stop(0))
+
+
+@pytest.mark.parametrize("name", list(_BY_NAME))
+def test_status_on_the_wire(raising_server: str, name: str, caplog: pytest.LogCaptureFixture) -> None:
+    exc = _BY_NAME[name]
+    with grpc.insecure_channel(raising_server) as ch, caplog.at_level(logging.INFO):
+        call = ch.unary_unary("/test.Raise/Unary")
+        try:
+            call(name.encode(), timeout=10, metadata=[("x-request-id", f"rid-{name}")])
+        except grpc.RpcError as err:
+            assert isinstance(err, grpc.Call)
+            trailing = dict(err.trailing_metadata() or ())
+            assert trailing.get("x-request-id") == f"rid-{name}"
+            if name == "internal":
+                assert err.code() is C.INTERNAL
+                assert "secret-internal-detail" not in (err.details() or "")
+                assert err.details() == eg.INTERNAL_MESSAGE
+            else:
+                assert err.code() is eg.code_of(exc)
+                assert getattr(exc, "message", str(exc)) in (err.details() or "")
+                if getattr(exc, "field", None):
+                    assert trailing.get(eg.FIELD_METADATA_KEY) == exc.field  # type: ignore[attr-defined]
+        else:
+            raise AssertionError("call succeeded")
+    if name == "internal":
+        logged = [r for r in caplog.records if r.exc_info]
+        assert logged and "secret-internal-detail" in str(logged[0].exc_info[1])  # type: ignore[index]
+
+
+def test_stream_error_after_first_message(raising_server: str) -> None:
+    with grpc.insecure_channel(raising_server) as ch:
+        stream = ch.unary_stream("/test.Raise/Stream")(b"Overloaded11", timeout=10)
+        got = []
+        with pytest.raises(grpc.RpcError) as info:
+            for m in stream:
+                got.append(m)
+        assert got == [b"first"]
+        assert info.value.code() is C.RESOURCE_EXHAUSTED
+
+
+def test_abort_helper_keeps_trailing_metadata() -> None:
+    """`abort` adds the field to trailing metadata already set (the request id)."""
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.aborted: tuple[object, ...] = ()
+
+        def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+            return (("x-request-id", "r1"),)
+
+        async def abort(self, code: object, message: str, trailing: object) -> None:
+            self.aborted = (code, message, trailing)
+            raise grpc.aio.AbortError()
+
+    ctx = Ctx()
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(eg.abort(ctx, eg.BadRequest("bad", "options.top_k")))
+    assert ctx.aborted[0] is C.INVALID_ARGUMENT
+    assert ctx.aborted[2] == (("x-request-id", "r1"), (eg.FIELD_METADATA_KEY, "options.top_k"))

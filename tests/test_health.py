@@ -1,0 +1,136 @@
+"""grpc.health.v1 transitions (NOT_SERVING while loading → SERVING → NOT_SERVING while draining), graceful
+drain with a call in flight, SIGTERM on a real `skulens serve` process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from service_harness import SHARED, GatedEngine, RunningServer, make_settings, pattern_image, rpc_error
+from skulens.v1 import catalog_pb2, recognition_pb2
+
+from catalog.errors import CatalogClosed
+from server.app import HEALTH_NAMES
+from server.client import ClientConfig, SkulensClient, image_input
+from server.state import Phase
+
+REPO = Path(__file__).resolve().parents[1]
+C = grpc.StatusCode
+
+
+@pytest.fixture(scope="module")
+def engine(clip_model_dir: Path) -> object:
+    return SHARED.engine(clip_model_dir)
+
+
+def _statuses(c: SkulensClient) -> set[str]:
+    return {c.health(name) for name in HEALTH_NAMES}
+
+
+def test_not_serving_until_loaded_then_serving(engine: object, tmp_path: Path) -> None:
+    srv = RunningServer(make_settings(tmp_path / "data"), engine, load=False)
+    try:
+        with srv.client() as c:
+            assert _statuses(c) == {"NOT_SERVING"}
+            err = rpc_error(c.recognize, [image_input(pattern_image(0))])
+            assert err.code() is C.UNAVAILABLE and "loading" in err.details()
+            assert rpc_error(c.stats).code() is C.UNAVAILABLE
+            srv.load()
+            assert _statuses(c) == {"SERVING"}
+            assert srv.app.runtime.phase is Phase.SERVING
+            c.stats()
+    finally:
+        srv.stop()
+
+
+def test_drain_finishes_calls_in_flight(clip_model_dir: Path, tmp_path: Path) -> None:
+    lt = SHARED.loop_thread()
+    gated = GatedEngine(SHARED.engine(clip_model_dir), lt, closed=True)
+    srv = RunningServer(make_settings(tmp_path / "data", drain_delay_seconds=1.0, grace_seconds=20), gated)
+    try:
+        with srv.client() as c:
+            c.upsert_product("p0")
+            gated.open()
+            c.add_references(
+                [catalog_pb2.AddReferenceImagesRequest(product_id="p0", content=pattern_image(0))]
+            )
+            gated.close_gate()
+            in_flight = c.recognition.Recognize.future(
+                recognition_pb2.RecognizeRequest(images=[image_input(pattern_image(0))]), timeout=30
+            )
+            assert gated.entered.wait(10), "the call never reached the engine"
+            stopping = lt.submit(srv.app.stop(20))
+            deadline = time.monotonic() + 5
+            while srv.app.runtime.phase is not Phase.DRAINING and time.monotonic() < deadline:
+                time.sleep(0.01)
+            # during the drain delay: health says NOT_SERVING and new calls are refused with UNAVAILABLE
+            assert _statuses(c) == {"NOT_SERVING"}
+            err = rpc_error(c.recognize, [image_input(pattern_image(0))])
+            assert err.code() is C.UNAVAILABLE and "shutting down" in err.details()
+            assert not in_flight.done()
+            gated.open()
+            result = in_flight.result(timeout=30)
+            assert result.results[0].recognition.matches[0].product_id == "p0"
+            stopping.result(timeout=30)
+        srv.stopped = True
+        assert srv.app.runtime.phase is Phase.STOPPED
+        with pytest.raises(CatalogClosed):
+            srv.app.runtime.catalog.stats()  # type: ignore[union-attr]
+        with SkulensClient(ClientConfig(addr=srv.addr, timeout=2)) as c:  # the port is closed now
+            assert rpc_error(c.stats).code() is C.UNAVAILABLE
+    finally:
+        gated.open()
+        srv.stop()
+
+
+def test_sigterm_stops_a_real_server(effnet_model_dir: Path, tmp_path: Path) -> None:
+    """`skulens serve` in a subprocess: port 0 is logged; SIGTERM drains and exits 0, catalog closed."""
+    env = {
+        **os.environ,
+        "SKULENS_MODEL_DIR": str(effnet_model_dir),
+        "SKULENS_DATA_DIR": str(tmp_path / "data"),
+        "SKULENS_LOG_FORMAT": "text",
+        "PYTHONPATH": f"{REPO}:{REPO / 'proto'}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--max-batch", "2"],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        port = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"gRPC listening on 127\.0\.0\.1:(\d+)", line)
+            port = int(m.group(1)) if m else port
+            if 'msg="serving' in line or "msg=serving" in line:
+                break
+        assert port, "".join(lines)
+        with SkulensClient(ClientConfig(addr=f"127.0.0.1:{port}", timeout=10)) as c:
+            assert c.health() == "SERVING"
+            assert c.stats().dim == 1280
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+        lines.append(rest)
+        assert proc.returncode == 0, "".join(lines)
+        log = "".join(lines)
+        assert "signal SIGTERM" in log and "msg=stopped" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,187 @@
+"""CatalogService over a real server: CRUD, streamed enrolment with per-image statuses, paging, stats,
+restart, and a catalog built by another model (FAILED_PRECONDITION)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from service_harness import SHARED, RunningServer, make_settings, pattern_image, rpc_error
+from skulens.v1 import catalog_pb2, common_pb2
+
+from catalog.catalog import Catalog
+from catalog.settings import CatalogSettings
+from server.client import SkulensClient, image_input
+
+C = grpc.StatusCode
+
+
+def req(
+    pid: str, content: bytes, source: str = "", region: tuple[int, int, int, int] | None = None
+) -> catalog_pb2.AddReferenceImagesRequest:
+    r = catalog_pb2.AddReferenceImagesRequest(product_id=pid, content=content, source=source)
+    if region is not None:
+        r.region.CopyFrom(common_pb2.Box(x=region[0], y=region[1], width=region[2], height=region[3]))
+    return r
+
+
+@pytest.fixture(scope="module")
+def engine(clip_model_dir: Path) -> object:
+    return SHARED.engine(clip_model_dir)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("catalog") / "data"
+
+
+@pytest.fixture(scope="module")
+def server(engine: object, data_dir: Path) -> Iterator[RunningServer]:
+    srv = RunningServer(make_settings(data_dir, enroll_chunk=4), engine)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def client(server: RunningServer) -> Iterator[SkulensClient]:
+    with server.client() as c:
+        yield c
+
+
+def test_upsert_creates_then_updates(client: SkulensClient) -> None:
+    r = client.upsert_product("milk-1l", display_name="Milk 1 l", category="dairy", labels={"brand": "arla"})
+    assert r.created and r.product.product_id == "milk-1l" and r.product.labels["brand"] == "arla"
+    r = client.upsert_product("milk-1l", display_name="Milk, 1 litre", category="dairy")
+    assert not r.created and r.product.display_name == "Milk, 1 litre" and not r.product.labels
+
+
+def test_invalid_product_id_names_the_field(client: SkulensClient) -> None:
+    err = rpc_error(client.upsert_product, "")
+    assert err.code() is C.INVALID_ARGUMENT
+    assert "product_id" in err.details()
+    assert dict(err.trailing_metadata())["skulens-error-field"] == "product_id"
+
+
+def test_add_references_per_image_status(client: SkulensClient) -> None:
+    client.upsert_product("juice")
+    img0, img1 = pattern_image(10), pattern_image(11)
+    stream = [
+        req("juice", img0, "a.png"),
+        req("juice", b"garbage", "b.png"),
+        req("nobody", img1, "c.png"),
+        req("juice", img1, "d.png"),
+        req("juice", pattern_image(12), "e.png", region=(0, 0, 48, 48)),
+        req("juice", pattern_image(13), "f.png"),
+    ]
+    resp = client.add_references(stream)
+    assert [r.index for r in resp.results] == list(range(6))
+    codes = [r.status.code for r in resp.results]
+    assert codes == [0, C.INVALID_ARGUMENT.value[0], C.NOT_FOUND.value[0], 0, 0, 0]
+    assert (resp.added, resp.duplicates, resp.failed) == (4, 0, 2)
+    assert resp.results[1].status.field == "requests[1].content"
+    assert resp.results[0].content_sha256 == hashlib.sha256(img0).hexdigest()
+    assert all(r.reference_id > 0 for r in resp.results if r.status.code == 0)
+    again = client.add_references([req("juice", img0)])
+    assert again.results[0].duplicate and again.results[0].reference_id == resp.results[0].reference_id
+    assert (again.added, again.duplicates) == (0, 1)
+
+
+def test_get_product_lists_references(client: SkulensClient) -> None:
+    client.upsert_product("soap", display_name="Soap")
+    images = [pattern_image(20), pattern_image(21)]
+    client.add_references([req("soap", b, f"s{i}.png") for i, b in enumerate(images)])
+    got = client.get_product("soap")
+    assert got is not None and got.product.reference_count == 2
+    assert [r.source for r in got.references] == ["s0.png", "s1.png"]
+    assert {r.content_sha256 for r in got.references} == {hashlib.sha256(b).hexdigest() for b in images}
+    assert all(r.has_image for r in got.references)
+    assert client.get_product("no-such-product") is None
+    err = rpc_error(
+        client.catalog.GetProduct, catalog_pb2.GetProductRequest(product_id="no-such"), timeout=10
+    )
+    assert err.code() is C.NOT_FOUND
+
+
+def test_list_products_pages(client: SkulensClient) -> None:
+    for i in range(5):
+        client.upsert_product(f"page-{i}", category="paged")
+    page = client.catalog.ListProducts(
+        catalog_pb2.ListProductsRequest(page_size=2, category="paged"), timeout=10
+    )
+    assert [p.product_id for p in page.products] == ["page-0", "page-1"] and page.next_page_token
+    everything = list(client.list_products(category="paged", page_size=2))
+    assert [p.product_id for p in everything] == [f"page-{i}" for i in range(5)]
+    assert {p.product_id for p in client.list_products()} >= {"page-0", "milk-1l"}
+    err = rpc_error(
+        client.catalog.ListProducts, catalog_pb2.ListProductsRequest(page_token="garbage"), timeout=10
+    )
+    assert err.code() is C.INVALID_ARGUMENT
+
+
+def test_delete_reference_and_product(client: SkulensClient) -> None:
+    client.upsert_product("gone")
+    added = client.add_references([req("gone", pattern_image(30)), req("gone", pattern_image(31))])
+    rid = added.results[0].reference_id
+    client.delete_reference(rid)
+    got = client.get_product("gone")
+    assert got is not None and [r.reference_id for r in got.references] == [added.results[1].reference_id]
+    err = rpc_error(client.delete_reference, rid)
+    assert err.code() is C.NOT_FOUND
+    assert client.delete_product("gone") == 1
+    assert client.get_product("gone") is None
+    assert rpc_error(client.delete_product, "gone").code() is C.NOT_FOUND
+    resp = client.recognize([image_input(pattern_image(31))])
+    assert all(m.product_id != "gone" for m in resp.results[0].recognition.matches)
+
+
+def test_stats(client: SkulensClient, engine: object) -> None:
+    st = client.stats()
+    products = list(client.list_products())
+    assert st.product_count == len(products)
+    assert st.reference_count == sum(p.reference_count for p in products) > 0
+    assert st.dim == 512 and st.model_fingerprint == engine.fingerprint  # type: ignore[attr-defined]
+    assert st.index_type == "flat" and st.index_device == "cpu" and st.db_size_bytes > 0
+    assert st.references_with_image == st.reference_count
+
+
+def test_restart_keeps_the_catalog(server: RunningServer, engine: object, data_dir: Path) -> None:
+    with server.client() as c:
+        c.upsert_product("durable", display_name="Durable")
+        c.add_references([req("durable", pattern_image(40))])
+        before = c.stats()
+    server.stop()
+    again = RunningServer(make_settings(data_dir), engine)
+    try:
+        with again.client() as c:
+            after = c.stats()
+            assert (after.product_count, after.reference_count) == (
+                before.product_count,
+                before.reference_count,
+            )
+            top = c.recognize([image_input(pattern_image(40))]).results[0].recognition.matches[0]
+            assert (top.product_id, top.display_name) == ("durable", "Durable")
+    finally:
+        again.stop()
+
+
+def test_catalog_of_another_model_is_failed_precondition(engine: object, tmp_path: Path) -> None:
+    data = tmp_path / "other"
+    Catalog.open(
+        data, fingerprint="other-model/x/512:0", dim=512, settings=CatalogSettings(use_gpu="never")
+    ).close()
+    srv = RunningServer(make_settings(data, allow_model_mismatch=True), engine)
+    try:
+        with srv.client() as c:
+            err = rpc_error(c.recognize, [image_input(pattern_image(0))])
+            assert err.code() is C.FAILED_PRECONDITION
+            assert "skulens reembed" in err.details()
+            err = rpc_error(c.add_references, [req("x", pattern_image(0))])
+            assert err.code() is C.FAILED_PRECONDITION
+            assert c.stats().model_fingerprint == "other-model/x/512:0"  # reads still work
+            assert c.health("skulens.v1.CatalogService") == "SERVING"
+            assert c.health("skulens.v1.RecognitionService") == "NOT_SERVING"
+    finally:
+        srv.stop()
