@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -289,7 +289,7 @@ class SpeedRow:
 
     def pct(self, q: float) -> float:
         xs = sorted(self.latencies_ms)
-        return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+        return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
 def load_test(
@@ -390,12 +390,8 @@ def write_report(
 
     m = load_manifest(args.model)
     cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     lines = [
         "# Service benchmarks: recognition through the gRPC API",
         "",
@@ -414,7 +410,8 @@ def write_report(
         "*numpy* = the same embeddings (from `Embed`) ranked offline with plain numpy. The two must agree "
         "within 0.5 points.",
         "",
-        "| references | count | enrol (images/s) | top-1 API | top-5 API | top-1 numpy | top-5 numpy | Δ top-1 | Δ top-5 |",
+        "| references | count | enrol (images/s) | top-1 API | top-5 API | top-1 numpy | top-5 numpy "
+        "| Δ top-1 | Δ top-5 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:

@@ -40,8 +40,9 @@ def tiny(tmp_path: Path) -> Path:
     return tiny_model_dir(tmp_path / "tiny")
 
 
-def _engine_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("skulens-")]
+def _engine_threads(before: frozenset[threading.Thread] = frozenset()) -> list[str]:
+    """Names of live skulens worker threads started after `before` was taken (other tests' servers may run)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("skulens-") and t not in before]
 
 
 async def test_per_image_results_and_errors(tiny: Path) -> None:
@@ -164,6 +165,7 @@ async def test_cancelled_request_is_dropped(tiny: Path) -> None:
 async def test_properties_text_unsupported_random_warning_and_close(
     tiny: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    before = frozenset(threading.enumerate())
     with caplog.at_level(logging.WARNING, logger="server.engine"):
         engine = Engine.load(tiny, _options(random_weights_warn_interval_s=0.0))
         await engine.embed_images([encode(photo(32, 32), "PNG")])
@@ -175,9 +177,9 @@ async def test_properties_text_unsupported_random_warning_and_close(
     assert not engine.has_text
     with pytest.raises(Unsupported, match="no text tower"):
         await engine.embed_texts(["milk"])
-    assert _engine_threads()
+    assert _engine_threads(before)
     await engine.close()
-    assert _engine_threads() == []
+    assert _engine_threads(before) == []
     with pytest.raises(Cancelled):
         await engine.embed_images([b"x"])
 
