@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.manifest import Manifest, ManifestError, TensorSpec, TowerSpec, load_manifest
+from export.manifest import (
+    ORT_CPU_FP16_DISABLED_OPTIMIZERS,
+    Manifest,
+    ManifestError,
+    TensorSpec,
+    TowerSpec,
+    load_manifest,
+)
 from server.errors import ModelLoadError, Unsupported
 from server.inference_settings import EncoderOptions
 
@@ -132,6 +139,7 @@ class TowerSession:
         embedding_dim: int,
         options: EncoderOptions,
         providers: tuple[str, ...],
+        disabled_optimizers: Sequence[str] = (),
     ) -> None:
         self.kind = kind
         self.spec = spec
@@ -150,7 +158,12 @@ class TowerSession:
             else:
                 provider_args.append(p)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=provider_args)
+            self.session = ort.InferenceSession(
+                str(path),
+                sess_options=so,
+                providers=provider_args,
+                disabled_optimizers=list(disabled_optimizers) or None,
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelLoadError(f"cannot load {kind} tower {path}: {exc}") from exc
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -235,10 +248,15 @@ class Encoder:
         usable = tuple(p for p in requested if p in available)
         if "CPUExecutionProvider" not in usable:
             usable += ("CPUExecutionProvider",)
-        image = TowerSession("image", model_dir, manifest.image, manifest.embedding_dim, options, usable)
+        # fp16 graphs crash onnxruntime's CPU NCHWc layout pass (see the manifest constant); the pass only
+        # rewrites CPU kernels, so disabling it costs nothing on GPU.
+        disabled = ORT_CPU_FP16_DISABLED_OPTIMIZERS if manifest.variant == "fp16" else ()
+        image = TowerSession("image", model_dir, manifest.image, manifest.embedding_dim, options, usable, disabled)
         text = None
         if manifest.text is not None:
-            text = TowerSession("text", model_dir, manifest.text, manifest.embedding_dim, options, usable)
+            text = TowerSession(
+                "text", model_dir, manifest.text, manifest.embedding_dim, options, usable, disabled
+            )
         report = _provider_report(requested, available, image.active_providers)
         _log_providers(report, model_dir)
         if options.require_gpu and not report.gpu_active:

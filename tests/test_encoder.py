@@ -142,3 +142,14 @@ def test_real_clip_batched_equals_single(clip_model_dir: Path) -> None:
     assert t.shape == (2, 512)
     t1 = enc.embed_texts(ids[1:])
     assert np.abs(t[1:] - t1).max() <= 1e-5
+
+
+def test_fp16_model_serves_on_cpu_close_to_fp32(clip_model_dir: Path, clip_fp16_model_dir: Path) -> None:
+    """fp16 graphs crash ORT's CPU NCHWc pass unless the encoder disables it; the result tracks fp32."""
+    x = np.random.default_rng(3).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    ref = Encoder.load(clip_model_dir, EncoderOptions()).embed_images(x)
+    half = Encoder.load(clip_fp16_model_dir, EncoderOptions())
+    assert half.manifest.variant == "fp16"
+    got = half.embed_images(x)
+    assert got.dtype == np.float32
+    assert float((got * ref).sum(axis=1).min()) >= 0.999
