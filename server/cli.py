@@ -47,10 +47,12 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--token", help="bearer token [env SKULENS_TOKEN; prefer the variable: flags show in ps]")
     g.add_argument("--tls", action="store_true", default=None, help="use TLS with the system CA roots")
-    g.add_argument("--tls-ca", type=Path, help="CA bundle to verify the server [env SKULENS_TLS_CA]")
-    g.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS [env SKULENS_TLS_CERT]")
-    g.add_argument("--tls-key", type=Path, help="client key for mutual TLS [env SKULENS_TLS_KEY]")
-    g.add_argument("--tls-server-name", help="expected server name in its certificate")
+    g.add_argument("--tls-ca", type=Path, help="CA bundle to verify the server [env SKULENS_CLIENT_TLS_CA]")
+    g.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS [env SKULENS_CLIENT_TLS_CERT]")
+    g.add_argument("--tls-key", type=Path, help="client key for mutual TLS [env SKULENS_CLIENT_TLS_KEY]")
+    g.add_argument(
+        "--tls-server-name", help="expected server name in its certificate [env SKULENS_CLIENT_TLS_SERVER_NAME]"
+    )
     g.add_argument("--timeout", type=float, default=None, help="seconds per call (default 60)")
 
 

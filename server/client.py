@@ -1,8 +1,10 @@
 """A thin synchronous client for the skulens gRPC API (used by the CLI, the benchmark and tests).
 
 Connection settings come from arguments or the environment: `SKULENS_ADDR` (host:port, default
-127.0.0.1:$SKULENS_PORT or 127.0.0.1:50051), `SKULENS_TOKEN` (bearer token), `SKULENS_TLS_CA`,
-`SKULENS_TLS_CERT` / `SKULENS_TLS_KEY` (client certificate for mutual TLS), `SKULENS_TLS_SERVER_NAME`.
+127.0.0.1:$SKULENS_PORT or 127.0.0.1:50051), `SKULENS_TOKEN` (bearer token), `SKULENS_CLIENT_TLS_CA`,
+`SKULENS_CLIENT_TLS_CERT` / `SKULENS_CLIENT_TLS_KEY` (client certificate for mutual TLS),
+`SKULENS_CLIENT_TLS_SERVER_NAME`. The client's TLS variables are distinct from the server's (`SKULENS_TLS_CERT`…),
+so a shell or container that runs both never hands the server's key to the client.
 """
 
 from __future__ import annotations
@@ -59,10 +61,10 @@ class ClientConfig:
         base: dict[str, Any] = {
             "addr": default_addr(env),
             "token": env.get("SKULENS_TOKEN") or None,
-            "tls_ca": path("SKULENS_TLS_CA"),
-            "tls_cert": path("SKULENS_TLS_CERT"),
-            "tls_key": path("SKULENS_TLS_KEY"),
-            "tls_server_name": env.get("SKULENS_TLS_SERVER_NAME") or None,
+            "tls_ca": path("SKULENS_CLIENT_TLS_CA"),
+            "tls_cert": path("SKULENS_CLIENT_TLS_CERT"),
+            "tls_key": path("SKULENS_CLIENT_TLS_KEY"),
+            "tls_server_name": env.get("SKULENS_CLIENT_TLS_SERVER_NAME") or None,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)

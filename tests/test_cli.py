@@ -12,6 +12,7 @@ import pytest
 from service_harness import SHARED, RunningServer, make_settings, pattern_image
 
 from server.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
+from server.client import ClientConfig
 from server.enroll import parse_labels, plan_from_csv
 
 N_PRODUCTS = 5
@@ -225,3 +226,18 @@ def test_serve_help_names_environment_variables(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     for cmd in ("serve", "enroll", "recognize", "search", "catalog", "calibrate", "reembed", "export"):
         assert cmd in out
+
+
+def test_client_tls_environment_is_separate_from_the_server_s() -> None:
+    server_side = {"SKULENS_TLS_CERT": "/srv/cert.pem", "SKULENS_TLS_KEY": "/srv/key.pem", "SKULENS_PORT": "6000"}
+    cfg = ClientConfig.from_env(server_side)
+    assert cfg.tls_cert is None and cfg.tls_key is None and cfg.addr == "127.0.0.1:6000"
+    client_side = {
+        "SKULENS_CLIENT_TLS_CA": "/c/ca.pem",
+        "SKULENS_CLIENT_TLS_CERT": "/c/cert.pem",
+        "SKULENS_CLIENT_TLS_KEY": "/c/key.pem",
+        "SKULENS_CLIENT_TLS_SERVER_NAME": "skulens.example.com",
+    }
+    cfg = ClientConfig.from_env({**server_side, **client_side}, tls_key=Path("/flag/key.pem"))
+    assert (cfg.tls_ca, cfg.tls_cert, cfg.tls_key) == (Path("/c/ca.pem"), Path("/c/cert.pem"), Path("/flag/key.pem"))
+    assert cfg.tls_server_name == "skulens.example.com"
