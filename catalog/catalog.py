@@ -408,13 +408,17 @@ class Catalog:
 
     # ================================================================ writes
     def upsert_product(self, product_id: str, display_name: str = "", category: str = "",
-                       labels: Mapping[str, str] | None = None) -> tuple[Product, bool]:
-        """Create a product, or replace its display name, category and labels; returns (product, created)."""
+                       labels: Mapping[str, str] | None = None, *,
+                       create_only: bool = False) -> tuple[Product, bool]:
+        """Create a product, or replace its display name, category and labels; returns (product, created).
+
+        `create_only`: an existing product is left as it is and `AlreadyExists` is raised.
+        """
         self._check_open()
         pid = v.product_id(product_id)
         name, cat, lab = v.display_name(display_name), v.category(category), v.labels(labels)
         with self._write_lock:
-            row, created, count, gen = self._store.upsert_product(pid, name, cat, lab)
+            row, created, count, gen = self._store.upsert_product(pid, name, cat, lab, create_only)
             with self._rw.write():
                 ok = self._advance(gen)
                 self._put_product(row)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from catalog.errors import CatalogClosed, CatalogError, NotFound
+from catalog.errors import AlreadyExists, CatalogClosed, CatalogError, NotFound
 from catalog.models import Product, ReferenceInfo
 
 SCHEMA_VERSION = 1
@@ -235,8 +235,11 @@ class Store:
 
     # ---------------------------------------------------------------- products
     def upsert_product(self, product_id: str, display_name: str, category: str,
-                       labels: dict[str, str]) -> tuple[ProductRow, bool, int, int]:
-        """Create or replace a product's fields; returns (row, created, reference count, generation)."""
+                       labels: dict[str, str], create_only: bool = False) -> tuple[ProductRow, bool, int, int]:
+        """Create or replace a product's fields; returns (row, created, reference count, generation).
+
+        With `create_only`, an existing product raises `AlreadyExists` and nothing is written.
+        """
         now = time.time()
         lj = _labels_json(labels)
         with self.transaction() as tx:
@@ -248,6 +251,8 @@ class Store:
                     "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (product_id, display_name, category, lj, now, now))
                 pk, created_at, created = int(cur.lastrowid or 0), now, True
+            elif create_only:
+                raise AlreadyExists(f"product {product_id!r} exists already (create_only)", field="product_id")
             else:
                 pk, created_at, created = int(row[0]), float(row[1]), False
                 tx.execute("UPDATE products SET display_name=?, category=?, labels=?, updated_at=? "

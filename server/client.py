@@ -186,11 +186,16 @@ class SkulensClient:
         category: str = "",
         labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        create_only: bool = False,
     ) -> catalog_pb2.UpsertProductResponse:
-        """Create or update a product."""
+        """Create or update a product (`create_only`: ALREADY_EXISTS instead of updating)."""
         return self.catalog.UpsertProduct(
             catalog_pb2.UpsertProductRequest(
-                product_id=product_id, display_name=display_name, category=category, labels=dict(labels or {})
+                product_id=product_id,
+                display_name=display_name,
+                category=category,
+                labels=dict(labels or {}),
+                create_only=create_only,
             ),
             **self._kw(timeout),
         )

@@ -206,12 +206,12 @@ class TowerSession:
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         return emb / np.maximum(norms, np.float32(1e-12))
 
-    def dummy_input(self, batch: int) -> np.ndarray:
-        """A valid input of `batch` rows (zeros pixels / start-end tokens) for warm-up."""
+    def dummy_input(self, batch: int, row: np.ndarray | None = None) -> np.ndarray:
+        """A valid input of `batch` rows for warm-up: zeros, or `row` (e.g. the tokens of an empty text)."""
         shape = [batch] + [d if isinstance(d, int) else 1 for d in self.spec.input.shape[1:]]
         x = np.zeros(shape, dtype=self.input_dtype)
-        if self.kind == "text" and x.ndim == 2 and x.shape[1] >= 2:
-            x[:, 0], x[:, 1] = 49406, 49407
+        if row is not None:
+            x[:] = np.asarray(row, dtype=self.input_dtype).reshape(shape[1:])
         return x
 
 
@@ -289,12 +289,15 @@ class Encoder:
             )
         return self.text.run(ids)
 
-    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Run each tower once per batch size (first-run allocations and kernel selection happen here)."""
+    def warmup(self, batch_sizes: Sequence[int] = (1,), text_row: np.ndarray | None = None) -> None:
+        """Run each tower once per batch size (first-run allocations and kernel selection happen here).
+
+        `text_row`: one tokenized text (from the model's tokenizer) for the text tower; zeros otherwise.
+        """
         for n in batch_sizes:
             self.image.run(self.image.dummy_input(n))
             if self.text is not None:
-                self.text.run(self.text.dummy_input(n))
+                self.text.run(self.text.dummy_input(n, text_row))
 
 
 def _provider_report(

@@ -108,7 +108,8 @@ class Engine:
         if options.encoder.warmup:
             t0 = time.perf_counter()
             sizes = sorted({1, options.batcher.max_batch})
-            encoder.warmup(sizes)
+            text_row = tokenizer.encode_batch([""])[0] if tokenizer is not None else None
+            encoder.warmup(sizes, text_row)
             log.info("warm-up at batch sizes %s took %.2f s", sizes, time.perf_counter() - t0)
         return cls(model_dir, options, encoder, pre, tokenizer)
 

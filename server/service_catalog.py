@@ -7,6 +7,7 @@ blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections import defaultdict
@@ -47,11 +48,14 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         _, catalog = self.rt.ready()
         call_fields()["product_id"] = request.product_id
         product, created = await asyncio.to_thread(
-            catalog.upsert_product,
-            request.product_id,
-            request.display_name,
-            request.category,
-            dict(request.labels),
+            functools.partial(
+                catalog.upsert_product,
+                request.product_id,
+                request.display_name,
+                request.category,
+                dict(request.labels),
+                create_only=request.create_only,
+            )
         )
         return pb.UpsertProductResponse(product=product_pb(product), created=created)
 

@@ -12,6 +12,7 @@ import pytest
 from catalog_helpers import fake_model, image_bytes, product_refs, unit
 
 from catalog import (
+    AlreadyExists,
     Catalog,
     CatalogClosed,
     CatalogError,
@@ -66,6 +67,16 @@ def assert_index_agrees_with_store(c: Catalog) -> None:
 
 
 # ------------------------------------------------------------------ CRUD
+def test_create_only_refuses_an_existing_product_and_changes_nothing(cat: Catalog) -> None:
+    p, created = cat.upsert_product("sku-co", "Original", "drinks", {"brand": "a"}, create_only=True)
+    assert created and p.display_name == "Original"
+    with pytest.raises(AlreadyExists, match="sku-co") as info:
+        cat.upsert_product("sku-co", "Overwritten", "snacks", {}, create_only=True)
+    assert info.value.field == "product_id"
+    product = cat.get_product("sku-co").product
+    assert (product.display_name, product.category, product.labels) == ("Original", "drinks", {"brand": "a"})
+
+
 def test_products_and_references_crud(cat: Catalog) -> None:
     p, created = cat.upsert_product("sku-1", "Cola 0.5l", "drinks", {"brand": "cola", "size": "0.5l"})
     assert created and p.product_id == "sku-1" and p.reference_count == 0

@@ -58,6 +58,14 @@ def test_upsert_creates_then_updates(client: SkulensClient) -> None:
     assert not r.created and r.product.display_name == "Milk, 1 litre" and not r.product.labels
 
 
+def test_create_only_on_an_existing_product_is_already_exists(client: SkulensClient) -> None:
+    assert client.upsert_product("tea-20", display_name="Tea", create_only=True).created
+    err = rpc_error(client.upsert_product, "tea-20", display_name="Other tea", create_only=True)
+    assert err.code() is C.ALREADY_EXISTS and "tea-20" in err.details()
+    assert dict(err.trailing_metadata())["skulens-error-field"] == "product_id"
+    assert client.get_product("tea-20").product.display_name == "Tea"
+
+
 def test_invalid_product_id_names_the_field(client: SkulensClient) -> None:
     err = rpc_error(client.upsert_product, "")
     assert err.code() is C.INVALID_ARGUMENT

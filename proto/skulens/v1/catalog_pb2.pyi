@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UpsertProductRequest(_message.Message):
-    __slots__ = ("product_id", "display_name", "category", "labels")
+    __slots__ = ("product_id", "display_name", "category", "labels", "create_only")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -20,11 +20,13 @@ class UpsertProductRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     display_name: str
     category: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    create_only: bool
+    def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_only: _Optional[bool] = ...) -> None: ...
 
 class UpsertProductResponse(_message.Message):
     __slots__ = ("product", "created")
