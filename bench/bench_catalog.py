@@ -4,7 +4,7 @@ Vectors are D=512 unit vectors with catalog-like structure: brands (gaussian mix
 their brand, about five references per product around their product, so recall@10 is meaningful. Queries are
 held-out "new photos": stored references plus noise (cosine about 0.9 to the original).
 
-    python bench/bench_catalog.py --sizes 10000,100000,1000000 --out docs/BENCHMARKS_catalog.md
+    python bench/bench_catalog.py --sizes 10000,100000,1000000 --out docs/BENCHMARKS.md
 
 Uses catalog.index.VectorIndex and catalog.matching (the code Catalog.search runs), not SQLite.
 """
@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import write_section
 from catalog.index import VectorIndex
 from catalog.matching import RefMap, search_products
 from catalog.settings import CatalogSettings
@@ -260,7 +264,8 @@ def main() -> None:
     ap.add_argument("--single-queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: faiss default)")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md",
+                    help="its section is replaced")
     args = ap.parse_args()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -315,8 +320,7 @@ def main() -> None:
     text = render(rows, sweeps, blas, info, total, args)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_section(args.out, "catalog", text)
 
 
 def render(

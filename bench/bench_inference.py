@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import onnxruntime as ort  # noqa: E402
 
+from bench.report import write_section  # noqa: E402
 from export.preprocess_config import PreprocessConfig  # noqa: E402
 from server.batcher import MicroBatcher  # noqa: E402
 from server.encoder import Encoder  # noqa: E402
@@ -237,7 +238,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     ap.add_argument("--callers", nargs="*", type=int, default=[1, 4, 16, 64])
     ap.add_argument("--batched-variants", nargs="*", default=["int8", "fp32"])
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS_inference.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md", help="its section is replaced")
     args = ap.parse_args()
     desc = machine()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
@@ -319,7 +320,7 @@ def main() -> None:
         ]
     )
     print("\n" + text)
-    args.out.write_text(text)
+    write_section(args.out, "inference", text)
     print(f"wrote {args.out}")
 
 

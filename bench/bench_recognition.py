@@ -12,7 +12,7 @@ Starts `skulens serve` (a subprocess) on a fresh catalog, then:
 
 Usage:
     python bench/bench_recognition.py --model .cache/models/effnet --data /work/shared/data/grocery \
-        --out docs/BENCHMARKS_service.md
+        --out docs/BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "proto")]
 
+from bench.report import write_section  # noqa: E402
 from server.client import ClientConfig, SkulensClient, image_input, search_options  # noqa: E402
 from server.enroll import ProductPlan, enroll  # noqa: E402
 
@@ -475,7 +476,7 @@ def write_report(
         "",
     ]
     text = "\n".join(lines)
-    out.write_text(text)
+    write_section(out, "service", text)
     return text
 
 
@@ -483,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=REPO / ".cache" / "models" / "effnet")
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/grocery"))
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS_service.md")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md", help="its section is replaced")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--bare-batch", type=int, default=32)

@@ -172,8 +172,8 @@ def rpc_error(call: Any, *args: Any, **kwargs: Any) -> grpc.RpcError:
 
 
 # ------------------------------------------------------------------------------------------------ TLS
-def make_certs(out: Path) -> dict[str, Path]:
-    """CA, server (SAN localhost + 127.0.0.1) and client certificates (EC P-256) from the openssl CLI."""
+def make_certs(out: Path, server_san: str = "DNS:localhost,IP:127.0.0.1") -> dict[str, Path]:
+    """CA, server (subjectAltName `server_san`) and client certificates (EC P-256) from the openssl CLI."""
     if shutil.which("openssl") is None:  # pragma: no cover
         raise RuntimeError("openssl not found")
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,7 @@ def make_certs(out: Path) -> dict[str, Path]:
         "/CN=skulens-test-ca",
     )
     for name, ext in (
-        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("server", f"subjectAltName={server_san}\nextendedKeyUsage=serverAuth\n"),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ):
         (out / f"{name}.ext").write_text(ext)
