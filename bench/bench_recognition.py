@@ -393,14 +393,17 @@ def write_report(
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
         cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    extra = f" --server-args='{args.server_args}'" if args.server_args else ""
     lines = [
         "# Service benchmarks: recognition through the gRPC API",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} with `python bench/bench_recognition.py --model {args.model} "
-        f"--data {args.data} --duration {args.duration:g}` on {os.cpu_count()} CPU cores ({cpu}), no GPU, "
+        f"--data {args.data} --duration {args.duration:g}{extra}` on {os.cpu_count()} CPU cores ({cpu}), no GPU, "
         f"ONNX Runtime {onnxruntime.__version__} (CPUExecutionProvider), Python {platform.python_version()}.",
         f"Model: `{m.model_name}` ({m.variant}, {m.embedding_dim}-d, real ImageNet weights), fingerprint "
-        f"`{m.fingerprint}`. Server: `skulens serve` defaults (max_batch 32, max_wait_ms 5) in its own process; "
+        f"`{m.fingerprint}`. Server: `skulens serve` defaults (max_batch 32, max_wait_ms 5)"
+        f"{' plus ' + args.server_args if args.server_args else ''} "
+        "in its own process; "
         f"clients are threads of the benchmark process on the same machine (they share its {os.cpu_count()} cores). "
         f"Server ready (load + warm-up + catalog open) in {ready_s:.1f} s.",
         "",
@@ -489,10 +492,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--bare-batch", type=int, default=32)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument(
+        "--server-args", default="", help="extra `skulens serve` flags, e.g. '--ort-spinning' (shown in the report)"
+    )
     args = ap.parse_args(argv)
     ds = load_dataset(args.data)
     with tempfile.TemporaryDirectory(prefix="skulens-bench-") as tmp:
-        server = Server(args.model, Path(tmp) / "catalog")
+        server = Server(args.model, Path(tmp) / "catalog", args.server_args.split())
         try:
             runs = []
             for name, refs in (

@@ -151,6 +151,9 @@ class TowerSession:
         so.graph_optimization_level = _OPT_LEVELS[options.graph_optimization]
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
+        spin = "1" if options.spinning else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         provider_args: list[str | tuple[str, dict[str, object]]] = []
         for p in providers:
             if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider"):

@@ -31,6 +31,9 @@ class EncoderOptions:
 
     `providers=None` means TensorRT → CUDA → CPU, keeping those this onnxruntime build has. `io_binding=None`
     means "on when a GPU provider is active". Thread counts of 0 leave the choice to onnxruntime.
+    `spinning`: let onnxruntime's idle intra-op threads busy-wait for the next run (its default). Off here: in a
+    server the decode threads, the gRPC loop and the model share the cores, and spinning threads starve them
+    (docs/BENCHMARKS.md, service section).
     """
 
     providers: tuple[str, ...] | None = None
@@ -41,6 +44,7 @@ class EncoderOptions:
     graph_optimization: str = "all"
     io_binding: bool | None = None
     warmup: bool = True
+    spinning: bool = False
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:

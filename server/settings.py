@@ -186,6 +186,12 @@ class Settings:
         False, "refuse to start when no GPU provider is active", parse_bool, group="inference"
     )
     intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads (0 = its choice)", int, group="inference")
+    ort_spinning: bool = _opt(
+        False,
+        "let idle ONNX Runtime threads busy-wait (faster bare model, starves decode and gRPC on few cores)",
+        parse_bool,
+        group="inference",
+    )
     max_batch: int = _opt(32, "micro-batch size", int, group="inference")
     max_wait_ms: float = _opt(5.0, "micro-batch wait after the first item", float, group="inference")
     max_queue: int = _opt(
@@ -365,6 +371,7 @@ class Settings:
                 providers=self.providers or None,
                 require_gpu=self.require_gpu,
                 intra_op_threads=self.intra_op_threads,
+                spinning=self.ort_spinning,
             ),
             batcher=BatcherOptions(
                 max_batch=self.max_batch, max_wait_ms=self.max_wait_ms, max_queue=self.max_queue

@@ -115,6 +115,13 @@ def test_wrong_dtype_and_rank_refused(tiny: Path) -> None:
         Encoder.load(tiny)
 
 
+@pytest.mark.parametrize("spinning", [False, True])
+def test_thread_spinning_follows_the_options(tiny: Path, spinning: bool) -> None:
+    enc = Encoder.load(tiny, EncoderOptions(spinning=spinning))
+    so = enc.image.session.get_session_options()
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spinning else "0")
+
+
 def test_missing_manifest_is_model_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"no manifest\.json"):
         Encoder.load(tmp_path)

@@ -147,8 +147,10 @@ def test_engine_and_catalog_options_follow_settings() -> None:
         sync_commits=False,
         max_top_k=50,
         default_top_k=3,
+        ort_spinning=True,
     )
     eo = s.engine_options()
+    assert eo.encoder.spinning and not Settings().engine_options().encoder.spinning
     assert (eo.batcher.max_batch, eo.batcher.max_wait_ms, eo.batcher.max_queue) == (4, 1.5, 9)
     assert eo.decode.max_bytes == 2 * 1024 * 1024 and eo.encoder.providers == ("CPUExecutionProvider",)
     cs = s.catalog_settings()
