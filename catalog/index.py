@@ -26,7 +26,8 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,24 @@ _IVF_TRAIN_POINTS_PER_LIST = 40
 _IVF_TRAIN_NITER = 10
 
 GpuFactory = Callable[[Any], Any]
+
+
+@contextmanager
+def omp_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` faiss OpenMP threads in this thread (0: unchanged), then restore the old count.
+
+    OpenMP's thread count is per calling thread, so searches on worker threads and a build on its own thread
+    each get their own setting without touching the others.
+    """
+    if n <= 0:  # keep this thread's count (the process default: OMP_NUM_THREADS or all cores)
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 _faiss: Any = faiss  # faiss's type stubs lack SearchParametersHNSW/IVF keywords and PyCallbackIO*
 
 
@@ -124,6 +143,12 @@ class VectorIndex:
     def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, settings: CatalogSettings, kind: str, *,
               cancel: Callable[[], bool] | None = None, gpu_factory: GpuFactory | None = None) -> VectorIndex:
         """Build an index of `kind` over (ids, vectors); approximate kinds measure recall@10 vs exact."""
+        with omp_threads(settings.build_threads):
+            return cls._build(dim, ids, vectors, settings, kind, cancel=cancel, gpu_factory=gpu_factory)
+
+    @classmethod
+    def _build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, settings: CatalogSettings, kind: str, *,
+               cancel: Callable[[], bool] | None, gpu_factory: GpuFactory | None) -> VectorIndex:
         t0 = time.perf_counter()
         ids, vectors = _as_ids(ids), _as_f32(vectors)
         n = len(ids)
@@ -240,8 +265,14 @@ class VectorIndex:
 
         `allowed`: optional bool mask indexed by reference id; only those ids are returned. HNSW efSearch and
         IVF nprobe grow with k, with the share the filter removes, and double with each deepening round
-        `depth` (0, 1, ...). A row is exhausted when no deeper search could return more ids.
+        `depth` (0, 1, ...). A row is exhausted when no deeper search could return more ids. Runs with
+        `settings.search_threads` OpenMP threads.
         """
+        with omp_threads(self.settings.search_threads):
+            return self._search(queries, k, allowed=allowed, depth=depth)
+
+    def _search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None,
+                depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         q = _as_f32(queries)
         n = self.ntotal
         k = max(1, min(int(k), max(n, 1)))

@@ -33,6 +33,10 @@ class CatalogSettings:
         with just those vectors (exact) instead of walking the graph.
     blas_threshold: faiss `distance_compute_blas_threshold`: query batches at least this large use BLAS
         (faiss default 128000 makes a 64-query flat search ~10x slower).
+    search_threads: faiss OpenMP threads of one search call (0 = faiss default, all cores). 1 by default: a
+        server runs many searches at once next to the model, and concurrent multi-threaded OpenMP teams spin
+        and starve each other (4 concurrent clients: 31.7 → 104.0 images/s, docs/BENCHMARKS.md).
+    build_threads: faiss OpenMP threads of an index build, recall measurement included (0 = all cores).
     """
 
     synchronous: Synchronous = "FULL"
@@ -54,6 +58,8 @@ class CatalogSettings:
     snapshot: bool = True
     store_images: bool = True
     blas_threshold: int = 16
+    search_threads: int = 1
+    build_threads: int = 0
     norm_tolerance: float = 0.01
     max_references_per_call: int = 1024
     max_image_bytes: int = 32 * 1024 * 1024
@@ -79,8 +85,9 @@ class CatalogSettings:
                 raise bad(name, ">= 1")
         if self.ivf_nlist < 0:
             raise bad("ivf_nlist", ">= 0")
-        if self.filter_exact_limit < 0:
-            raise bad("filter_exact_limit", ">= 0")
+        for name in ("filter_exact_limit", "search_threads", "build_threads"):
+            if int(getattr(self, name)) < 0:
+                raise bad(name, ">= 0")
         if not -1.0 <= self.unknown_threshold <= 1.0:
             raise bad("unknown_threshold", "in [-1, 1]")
         if not 0.0 <= self.ambiguity_margin <= 2.0:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from catalog_helpers import clustered, unit
 
-from catalog.index import VectorIndex, choose_kind, gpu_available, ivf_nlist
+from catalog.index import VectorIndex, choose_kind, gpu_available, ivf_nlist, omp_threads
 from catalog.settings import CatalogSettings
 
 DIM = 64
@@ -90,6 +90,27 @@ def test_selector_returns_only_allowed_ids(data, built, kind: str) -> None:  # t
     everything = np.ones(int(ids.max()) + 1, dtype=bool)
     top1 = idx.search(q[:5], 3, allowed=everything)[1][:, 0]
     np.testing.assert_array_equal(top1, idx.search(q[:5], 3)[1][:, 0])
+
+
+def test_omp_threads_is_per_call_and_restored() -> None:
+    before = faiss.omp_get_max_threads()
+    with omp_threads(1):
+        assert faiss.omp_get_max_threads() == 1
+    assert faiss.omp_get_max_threads() == before
+    with omp_threads(0):  # 0 leaves the count alone
+        assert faiss.omp_get_max_threads() == before
+
+
+@pytest.mark.parametrize("threads", [1, 0])
+def test_search_thread_setting_gives_the_same_answers(data, built, threads: int) -> None:  # type: ignore[no-untyped-def]
+    queries = data[2]
+    before = faiss.omp_get_max_threads()
+    for kind, idx in built.items():
+        tuned = VectorIndex(DIM, kind, idx.faiss_index, CatalogSettings(search_threads=threads))
+        _, got, _ = tuned.search(queries, 10)
+        _, ref, _ = idx.search(queries, 10)
+        assert np.array_equal(got, ref), kind
+    assert faiss.omp_get_max_threads() == before  # the caller's thread count is untouched
 
 
 def test_incremental_add_remove(data) -> None:  # type: ignore[no-untyped-def]
