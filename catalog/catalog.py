@@ -330,8 +330,8 @@ class Catalog:
                 if new.kind == "hnsw":
                     new.tombstones = new.ntotal - self._refs.live
                 self._index = new
-            log.info("index rebuilt as %s over %d references in %.2fs (recall@10 %s)", new.kind, new.ntotal,
-                     new.build_seconds, new.recall_at_10)
+            log.info("index rebuilt as %s over %d references in %.2fs (recall@10 %s, search width %d)", new.kind,
+                     new.ntotal, new.build_seconds, new.recall_at_10, new.search_width)
         except BuildCancelled:
             pass
         except Exception:
@@ -528,6 +528,7 @@ class Catalog:
                 index_kind=idx.kind if idx else "none", index_device=idx.device if idx else "cpu",
                 index_size=idx.ntotal if idx else 0, index_tombstones=idx.tombstones if idx else 0,
                 index_bytes=idx.nbytes() if idx else 0, recall_at_10=idx.recall_at_10 if idx else None,
+                index_search_width=idx.search_width if idx and idx.kind != "flat" else 0,
                 index_build_seconds=idx.build_seconds if idx else 0.0, index_generation=self._generation,
                 store_generation=store_gen, rebuild_in_progress=running, snapshot=self._snapshot_info,
                 db_size_bytes=self._store.size_bytes(), schema_version=self._store.meta().schema_version)

@@ -118,11 +118,14 @@ class VectorIndex:
 
     def __init__(self, dim: int, kind: str, index: Any, settings: CatalogSettings, *,
                  recall_at_10: float | None = None, build_seconds: float = 0.0, trained_size: int = 0,
-                 tombstones: int = 0, gpu_factory: GpuFactory | None = None) -> None:
+                 tombstones: int = 0, gpu_factory: GpuFactory | None = None,
+                 search_width: int | None = None) -> None:
         self.dim = dim
         self.kind = kind
         self.settings = settings
         self.recall_at_10 = recall_at_10
+        # HNSW efSearch / IVF nprobe of a plain search (tuned at build time to reach settings.recall_target)
+        self.search_width = int(search_width or (settings.ivf_nprobe if kind == "ivf" else settings.hnsw_ef_search))
         self.build_seconds = build_seconds
         self.trained_size = trained_size
         self.tombstones = tombstones
@@ -182,9 +185,26 @@ class VectorIndex:
             index.add_with_ids(vectors[start:start + chunk], ids[start:start + chunk])
         out = cls(dim, kind, index, settings, trained_size=n, gpu_factory=gpu_factory)
         if kind != "flat":
-            out.recall_at_10 = out.measure_recall(ids, vectors)
+            out.tune(ids, vectors, cancel)
         out.build_seconds = time.perf_counter() - t0
         return out
+
+    def tune(self, ids: np.ndarray, vectors: np.ndarray, cancel: Callable[[], bool] | None = None) -> float:
+        """Measure recall@10 and double the search width until it reaches `settings.recall_target` (or the
+        width cap); sets and returns `recall_at_10`."""
+        s = self.settings
+        cap = s.ivf_max_nprobe if self.kind == "ivf" else s.hnsw_max_ef_search
+        if self.kind == "ivf":
+            cap = min(cap, int(self._index.nlist))
+        q, exact = self._recall_probe(ids, vectors)
+        recall = self._recall(q, exact)
+        while recall < s.recall_target and self.search_width < cap:
+            if cancel is not None and cancel():
+                raise BuildCancelled()
+            self.search_width = min(cap, self.search_width * 2)
+            recall = self._recall(q, exact)
+        self.recall_at_10 = recall
+        return recall
 
     def measure_recall(self, ids: np.ndarray, vectors: np.ndarray, k: int = 10) -> float:
         """Mean recall@k of this index against exact search over (ids, vectors).
@@ -192,20 +212,28 @@ class VectorIndex:
         Queries are stored vectors plus gaussian noise (cosine about 0.9 to the original, like another photo
         of the same product), seeded, so the measure is reproducible.
         """
+        q, exact = self._recall_probe(ids, vectors, k)
+        return self._recall(q, exact)
+
+    def _recall_probe(self, ids: np.ndarray, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Seeded queries (stored vectors plus noise) and their exact top-k ids."""
         n = len(ids)
-        if n == 0:
-            return 1.0
-        k = min(k, n)
+        k = max(1, min(k, n))
         rng = np.random.default_rng(self.settings.seed + 1)
         rows = rng.choice(n, min(self.settings.recall_queries, n), replace=False)
         noise = rng.standard_normal((len(rows), self.dim)).astype(np.float32) * (0.5 / math.sqrt(self.dim))
         q = vectors[rows] + noise
         q = _as_f32(q / np.linalg.norm(q, axis=1, keepdims=True))
         _, exact_pos = faiss.knn(q, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-        exact = ids[exact_pos]
+        return q, ids[exact_pos]
+
+    def _recall(self, q: np.ndarray, exact: np.ndarray) -> float:
+        if len(q) == 0:
+            return 1.0
+        k = exact.shape[1]
         _, approx, _ = self.search(q, k)
         hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approx, exact, strict=True))
-        return float(hits) / float(k * len(rows))
+        return float(hits) / float(k * len(q))
 
     # ---------------------------------------------------------------- properties
     @property
@@ -288,13 +316,13 @@ class VectorIndex:
         # share of the index a filter lets through: a restrictive filter needs a wider approximate search
         frac = max(float(np.count_nonzero(allowed)) / max(n, 1), 1e-6) if allowed is not None else 1.0
         if self.kind == "hnsw":
-            ef = max(self.settings.hnsw_ef_search, k, math.ceil(2 * k / frac)) << min(depth, 30)
+            ef = max(self.search_width, k, math.ceil(2 * k / frac)) << min(depth, 30)
             ef = min(ef, max(n, 1))
             params = _faiss.SearchParametersHNSW(efSearch=ef)
         elif self.kind == "ivf":
             nlist = int(self._index.nlist)
             # probe enough lists to hold about 8k allowed vectors (filtered neighbours sit farther away)
-            base = max(self.settings.ivf_nprobe, math.ceil(8 * k * nlist / (frac * max(n, 1))))
+            base = max(self.search_width, math.ceil(8 * k * nlist / (frac * max(n, 1))))
             nprobe = min(nlist, base << min(depth, 30))
             params = _faiss.SearchParametersIVF(nprobe=nprobe)
         elif sel is not None:
@@ -365,7 +393,7 @@ class VectorIndex:
         header = json.dumps({
             "stamp": stamp, "kind": self.kind, "dim": self.dim, "recall_at_10": self.recall_at_10,
             "build_seconds": self.build_seconds, "trained_size": self.trained_size,
-            "tombstones": self.tombstones,
+            "tombstones": self.tombstones, "search_width": self.search_width,
         }, sort_keys=True).encode()
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
@@ -407,7 +435,8 @@ class VectorIndex:
                    build_seconds=float(header.get("build_seconds", 0.0)),
                    trained_size=int(header.get("trained_size", 0)),
                    tombstones=int(header.get("tombstones", 0)),
-                   gpu_factory=gpu_factory)
+                   gpu_factory=gpu_factory,
+                   search_width=header.get("search_width"))
 
 
 class BuildCancelled(Exception):

@@ -123,6 +123,7 @@ class CatalogStats:
     index_tombstones: int
     index_bytes: int
     recall_at_10: float | None  # measured against the exact index when an approximate index was built
+    index_search_width: int  # HNSW efSearch / IVF nprobe chosen at build time (0 for the exact index)
     index_build_seconds: float
     index_generation: int
     store_generation: int

@@ -37,6 +37,9 @@ class CatalogSettings:
         server runs many searches at once next to the model, and concurrent multi-threaded OpenMP teams spin
         and starve each other (4 concurrent clients: 31.7 → 104.0 images/s, docs/BENCHMARKS.md).
     build_threads: faiss OpenMP threads of an index build, recall measurement included (0 = all cores).
+    recall_target: after building an approximate index, its search width (HNSW efSearch / IVF nprobe, starting
+        at `hnsw_ef_search` / `ivf_nprobe`) is doubled until the measured recall@10 reaches this target or the
+        width reaches `hnsw_max_ef_search` / `ivf_max_nprobe`; 0 keeps the starting width.
     """
 
     synchronous: Synchronous = "FULL"
@@ -49,6 +52,9 @@ class CatalogSettings:
     hnsw_max_tombstone_fraction: float = 0.2
     ivf_nlist: int = 0  # 0: about 2*sqrt(n) (see catalog.index.ivf_nlist)
     ivf_nprobe: int = 32
+    recall_target: float = 0.95
+    hnsw_max_ef_search: int = 1024
+    ivf_max_nprobe: int = 512
     recall_queries: int = 500
     filter_exact_limit: int = 20_000
     max_top_k: int = 100
@@ -80,7 +86,7 @@ class CatalogSettings:
         for name in ("approximate_threshold", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search",
                      "ivf_nprobe", "recall_queries", "max_top_k", "max_references_per_call",
                      "max_image_bytes",
-                     "max_page_size", "build_chunk", "blas_threshold"):
+                     "max_page_size", "build_chunk", "blas_threshold", "hnsw_max_ef_search", "ivf_max_nprobe"):
             if int(getattr(self, name)) < 1:
                 raise bad(name, ">= 1")
         if self.ivf_nlist < 0:
@@ -94,10 +100,13 @@ class CatalogSettings:
             raise bad("ambiguity_margin", "in [0, 2]")
         if not 0.0 < self.hnsw_max_tombstone_fraction <= 1.0:
             raise bad("hnsw_max_tombstone_fraction", "in (0, 1]")
+        if not 0.0 <= self.recall_target <= 1.0:
+            raise bad("recall_target", "in [0, 1]")
         if not 0.0 < self.norm_tolerance < 1.0:
             raise bad("norm_tolerance", "in (0, 1)")
 
     def index_config(self) -> dict[str, object]:
         """The settings an index snapshot depends on (a snapshot built with others is rebuilt)."""
-        keep = ("approximate_threshold", "approximate_kind", "hnsw_m", "hnsw_ef_construction", "ivf_nlist")
+        keep = ("approximate_threshold", "approximate_kind", "hnsw_m", "hnsw_ef_construction", "ivf_nlist",
+                "hnsw_ef_search", "ivf_nprobe", "recall_target", "hnsw_max_ef_search", "ivf_max_nprobe")
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in keep}

@@ -204,4 +204,6 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             index_device=st.index_device,
             db_size_bytes=st.db_size_bytes,
             rebuild_in_progress=st.rebuild_in_progress,
+            index_recall_at_10=st.recall_at_10,
+            index_search_width=st.index_search_width,
         )

@@ -205,6 +205,16 @@ class Settings:
     )
     # -- catalog
     unknown_threshold: float = _opt(0.70, "score under which the verdict is UNKNOWN", float, group="catalog")
+    index_approximate_threshold: int = _opt(
+        200_000, "references past which an approximate index replaces the exact one", int, group="catalog"
+    )
+    index_kind: str = _opt("hnsw", "approximate index: hnsw or ivf", group="catalog")
+    index_recall_target: float = _opt(
+        0.95,
+        "recall@10 an approximate index is tuned to at build time (search width doubled until reached; 0 = off)",
+        float,
+        group="catalog",
+    )
     ambiguity_margin: float = _opt(
         0.02, "best-minus-second score under which the verdict is AMBIGUOUS", float, group="catalog"
     )
@@ -249,6 +259,7 @@ class Settings:
             "enroll_chunk",
             "max_batch",
             "max_queue",
+            "index_approximate_threshold",
         ):
             if getattr(self, name) < 1:
                 raise bad(name, ">= 1")
@@ -277,6 +288,10 @@ class Settings:
             raise SettingsError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if not -1.0 <= self.unknown_threshold <= 1.0:
             raise bad("unknown_threshold", "in [-1, 1]")
+        if self.index_kind not in ("hnsw", "ivf"):
+            raise bad("index_kind", "hnsw or ivf")
+        if not 0.0 <= self.index_recall_target <= 1.0:
+            raise bad("index_recall_target", "in [0, 1]")
         if not 0.0 <= self.ambiguity_margin <= 2.0:
             raise bad("ambiguity_margin", "in [0, 2]")
         if not -1.0 <= self.text_unknown_threshold <= 1.0:
@@ -388,6 +403,9 @@ class Settings:
             unknown_threshold=self.unknown_threshold,
             ambiguity_margin=self.ambiguity_margin,
             store_images=self.store_images,
+            approximate_threshold=self.index_approximate_threshold,
+            approximate_kind="ivf" if self.index_kind == "ivf" else "hnsw",
+            recall_target=self.index_recall_target,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -356,6 +356,7 @@ def test_switches_to_approximate_in_background(tmp_path: Path, kind: str) -> Non
     assert c.wait_for_index(60)
     st = c.stats()
     assert st.index_kind == kind and st.recall_at_10 is not None and st.recall_at_10 > 0.9
+    assert st.index_search_width >= (32 if kind == "ivf" else 96)
     assert_index_agrees_with_store(c)  # writes made while it was rebuilding were replayed
     res = c.search(centres[:50], top_k=1)
     assert np.mean([r.matches[0].product_id == f"p{i}" for i, r in enumerate(res)]) > 0.95

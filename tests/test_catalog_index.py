@@ -65,6 +65,25 @@ def test_approximate_recall_against_exact(data, built, kind: str, cheap: bool) -
     assert recall >= (0.8 if cheap else RECALL_BOUND), recall
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_build_widens_the_search_until_the_recall_target(data, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ids, vecs, q = data
+    narrow = {"hnsw_ef_search": 8, "ivf_nprobe": 1}
+    untuned = VectorIndex.build(DIM, ids, vecs, CatalogSettings(recall_target=0, **narrow), kind)  # type: ignore[arg-type]
+    assert untuned.search_width == (1 if kind == "ivf" else 8) and untuned.recall_at_10 is not None
+    assert untuned.recall_at_10 < 0.995  # the narrow start is not good enough: tuning has work to do
+    s = CatalogSettings(recall_target=0.995, **narrow)  # type: ignore[arg-type]
+    idx = VectorIndex.build(DIM, ids, vecs, s, kind)
+    assert idx.search_width > untuned.search_width and idx.recall_at_10 is not None and idx.recall_at_10 >= 0.995
+    _, got, _ = idx.search(q, 10)  # the exact oracle on other queries agrees
+    exact = _exact_topk(ids, vecs, q, 10)
+    assert float(np.mean([len(np.intersect1d(a, e)) / 10 for a, e in zip(got, exact, strict=True)])) >= 0.95
+    idx.save(tmp_path / "snap", {"generation": 1})
+    assert VectorIndex.load(tmp_path / "snap", s).search_width == idx.search_width
+    capped = CatalogSettings(recall_target=1.0, hnsw_max_ef_search=16, ivf_max_nprobe=2, **narrow)  # type: ignore[arg-type]
+    assert VectorIndex.build(DIM, ids, vecs, capped, kind).search_width == (2 if kind == "ivf" else 16)
+
+
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "hnsw-walk", "ivf"])
 def test_selector_returns_only_allowed_ids(data, built, kind: str) -> None:  # type: ignore[no-untyped-def]
     ids, vecs, q = data

@@ -4,6 +4,7 @@ restart, and a catalog built by another model (FAILED_PRECONDITION)."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,6 +154,7 @@ def test_stats(client: SkulensClient, engine: object) -> None:
     assert st.dim == 512 and st.model_fingerprint == engine.fingerprint  # type: ignore[attr-defined]
     assert st.index_type == "flat" and st.index_device == "cpu" and st.db_size_bytes > 0
     assert st.references_with_image == st.reference_count
+    assert not st.HasField("index_recall_at_10") and st.index_search_width == 0  # exact: nothing to measure
 
 
 def test_restart_keeps_the_catalog(server: RunningServer, engine: object, data_dir: Path) -> None:
@@ -191,5 +193,23 @@ def test_catalog_of_another_model_is_failed_precondition(engine: object, tmp_pat
             assert c.stats().model_fingerprint == "other-model/x/512:0"  # reads still work
             assert c.health("skulens.v1.CatalogService") == "SERVING"
             assert c.health("skulens.v1.RecognitionService") == "NOT_SERVING"
+    finally:
+        srv.stop()
+
+
+def test_stats_report_the_approximate_index_recall_and_width(engine: object, tmp_path: Path) -> None:
+    srv = RunningServer(make_settings(tmp_path / "data", index_approximate_threshold=8, index_kind="ivf"), engine)
+    try:
+        with srv.client() as c:
+            for i in range(12):
+                c.upsert_product(f"ivf-{i}")
+            c.add_references([req(f"ivf-{i}", pattern_image(300 + i)) for i in range(12)])
+            deadline = time.monotonic() + 30
+            while (st := c.stats()).index_type != "ivf" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert st.index_type == "ivf" and st.HasField("index_recall_at_10")
+            assert 0.0 < st.index_recall_at_10 <= 1.0 and st.index_search_width >= 1
+            top = c.recognize([image_input(pattern_image(305))]).results[0].recognition.matches[0]
+            assert top.product_id == "ivf-5"
     finally:
         srv.stop()

@@ -147,7 +147,7 @@ class GetCatalogStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCatalogStatsResponse(_message.Message):
-    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress")
+    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress", "index_recall_at_10", "index_search_width")
     PRODUCT_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCES_WITH_IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,8 @@ class GetCatalogStatsResponse(_message.Message):
     INDEX_DEVICE_FIELD_NUMBER: _ClassVar[int]
     DB_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     REBUILD_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    INDEX_SEARCH_WIDTH_FIELD_NUMBER: _ClassVar[int]
     product_count: int
     reference_count: int
     references_with_image: int
@@ -166,4 +168,6 @@ class GetCatalogStatsResponse(_message.Message):
     index_device: str
     db_size_bytes: int
     rebuild_in_progress: bool
-    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ...) -> None: ...
+    index_recall_at_10: float
+    index_search_width: int
+    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ..., index_recall_at_10: _Optional[float] = ..., index_search_width: _Optional[int] = ...) -> None: ...
