@@ -62,10 +62,12 @@ def test_settings_validation_and_index_config() -> None:
     s = CatalogSettings()
     assert s.synchronous == "FULL" and s.use_gpu == "auto" and s.blas_threshold == 16
     assert set(s.index_config()) == {"approximate_threshold", "approximate_kind", "hnsw_m",
-                                     "hnsw_ef_construction", "ivf_nlist"}
+                                     "hnsw_ef_construction", "ivf_nlist", "hnsw_ef_search", "ivf_nprobe",
+                                     "recall_target", "hnsw_max_ef_search", "ivf_max_nprobe"}
     for kwargs, field in [({"max_top_k": 0}, "max_top_k"), ({"approximate_kind": "lsh"}, "approximate_kind"),
                           ({"unknown_threshold": 1.5}, "unknown_threshold"), ({"use_gpu": "yes"}, "use_gpu"),
-                          ({"ambiguity_margin": -0.1}, "ambiguity_margin"), ({"ivf_nlist": -1}, "ivf_nlist")]:
+                          ({"ambiguity_margin": -0.1}, "ambiguity_margin"), ({"ivf_nlist": -1}, "ivf_nlist"),
+                          ({"recall_target": 1.5}, "recall_target"), ({"search_threads": -1}, "search_threads")]:
         with pytest.raises(InvalidArgument) as err:
             CatalogSettings(**kwargs)  # type: ignore[arg-type]
         assert err.value.field == field
