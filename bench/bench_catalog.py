@@ -346,7 +346,7 @@ def render(
     args: argparse.Namespace,
 ) -> str:
     lines = [
-        "## Catalog index (`bench/bench_catalog.py`)",
+        "# Catalog index (`bench/bench_catalog.py`)",
         "",
         f"Machine: {info}.",
         f"Command: `python bench/bench_catalog.py --sizes {args.sizes} --kinds {args.kinds} "
