@@ -332,6 +332,11 @@ class Catalog:
                 self._index = new
             log.info("index rebuilt as %s over %d references in %.2fs (recall@10 %s, search width %d)", new.kind,
                      new.ntotal, new.build_seconds, new.recall_at_10, new.search_width)
+            if new.recall_at_10 is not None and new.recall_at_10 < self.settings.recall_target:
+                log.warning("approximate index recall@10 %.3f stays below the target %.3f at the widest allowed "
+                            "search (%d): raise hnsw_max_ef_search / ivf_max_nprobe, or the approximate "
+                            "threshold to keep exact search longer", new.recall_at_10,
+                            self.settings.recall_target, new.search_width)
         except BuildCancelled:
             pass
         except Exception:

@@ -342,6 +342,25 @@ def test_concurrent_searches_during_writes(cat: Catalog) -> None:
 
 
 # ------------------------------------------------------------------ approximate index switch
+def test_unreachable_recall_target_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    s = CatalogSettings(synchronous="NORMAL", approximate_threshold=1000, approximate_kind="ivf", ivf_nprobe=1,
+                        ivf_max_nprobe=1, recall_target=1.0)
+    c = Catalog.open(tmp_path, fingerprint=FP, dim=DIM, settings=s)
+    try:
+        _, refs = product_refs(400, 4, DIM, seed=5)
+        with caplog.at_level("WARNING", logger="catalog.catalog"):
+            for i in range(400):
+                c.upsert_product(f"p{i}")
+                c.add_references(f"p{i}", [NewReference(r) for r in refs[i]])
+            assert c.wait_for_index(60)
+        st = c.stats()
+        assert st.index_kind == "ivf" and st.recall_at_10 is not None and st.recall_at_10 < 1.0
+        assert st.index_search_width == 1
+        assert any("stays below the target" in r.getMessage() for r in caplog.records)
+    finally:
+        c.close()
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_switches_to_approximate_in_background(tmp_path: Path, kind: str) -> None:
     s = CatalogSettings(synchronous="NORMAL", approximate_threshold=600, approximate_kind=kind,  # type: ignore[arg-type]
