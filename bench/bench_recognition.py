@@ -376,6 +376,18 @@ def _q(s: Scores) -> str:
     return f"{s.top1:.1f} | {s.top5:.1f}"
 
 
+def _breakdown(
+    title: str, label: str, runs: Sequence[QualityRun], tables: Sequence[dict[str, tuple[Scores, Scores]]]
+) -> list[str]:
+    """A markdown table: one row per key of `tables[0]`, top-1 and top-5 (API, then numpy) for each run."""
+    cols = [f"{r.name} {src} top-{k}" for r in runs for src in ("API", "numpy") for k in (1, 5)]
+    lines = ["", f"### {title} (top-1 / top-5, API then numpy)", "", f"| {label} | val photos | " + " | ".join(cols)
+             + " |", "|---|---:|" + "---:|" * len(cols)]
+    for g, (api, _) in tables[0].items():
+        lines.append(f"| {g} | {api.n} | " + " | ".join(f"{_q(t[g][0])} | {_q(t[g][1])}" for t in tables) + " |")
+    return lines
+
+
 def write_report(
     out: Path,
     args: argparse.Namespace,
@@ -424,36 +436,8 @@ def write_report(
             f"{r.offline.top1:.1f} | {r.offline.top5:.1f} | {abs(r.api.top1 - r.offline.top1):.2f} | "
             f"{abs(r.api.top5 - r.offline.top5):.2f} |"
         )
-    lines += [
-        "",
-        "### Per group (top-1 | top-5, API then numpy)",
-        "",
-        "| group | val photos | " + " | ".join(f"{r.name}: API | {r.name}: numpy" for r in runs) + " |",
-        "|---|---:|" + "---:|---:|" * len(runs),
-    ]
-    for g in runs[0].by_group:
-        n = runs[0].by_group[g][0].n
-        lines.append(
-            f"| {g} | {n} | "
-            + " | ".join(f"{_q(r.by_group[g][0])} | {_q(r.by_group[g][1])}" for r in runs)
-            + " |"
-        )
-    lines += [
-        "",
-        "### Per coarse class (top-1 | top-5, API then numpy)",
-        "",
-        "| coarse class | val photos | "
-        + " | ".join(f"{r.name}: API | {r.name}: numpy" for r in runs)
-        + " |",
-        "|---|---:|" + "---:|---:|" * len(runs),
-    ]
-    for g in runs[0].by_coarse:
-        n = runs[0].by_coarse[g][0].n
-        lines.append(
-            f"| {g} | {n} | "
-            + " | ".join(f"{_q(r.by_coarse[g][0])} | {_q(r.by_coarse[g][1])}" for r in runs)
-            + " |"
-        )
+    lines += _breakdown("Per group", "group", runs, [r.by_group for r in runs])
+    lines += _breakdown("Per coarse class", "coarse class", runs, [r.by_coarse for r in runs])
     lines += [
         "",
         "## Throughput and latency",
