@@ -179,12 +179,14 @@ class Engine:
     def _prepare(self, data: bytes, boxes: Sequence[Box] | None, i: int) -> list[np.ndarray | InferenceError]:
         """Decode + preprocess one image (runs in the decode pool)."""
         field = f"images[{i}]"
+        if boxes is not None and not boxes:
+            return []  # no region asked for: no result, nothing to decode
         try:
             if boxes is None:
                 return [self.preprocessor.image_tensor(data, field=field)]
             return self.preprocessor.region_tensors(data, boxes, field=field, field_prefix=f"regions[{i}]")
         except InferenceError as exc:
-            return [exc] * max(1, len(boxes or ()))
+            return [exc] * (1 if boxes is None else len(boxes))
 
     async def embed_images(
         self,

@@ -89,6 +89,8 @@ async def test_regions_give_one_result_per_box(tiny: Path) -> None:
     assert isinstance(out[2], np.ndarray) and isinstance(out[3], np.ndarray)
     bad = await engine.embed_images([b"nope"], regions=[[Box(0, 0, 20, 20), Box(0, 0, 30, 30)]])
     assert len(bad) == 2 and all(isinstance(e, InvalidImage) and e.field == "images[0]" for e in bad)
+    mixed = await engine.embed_images([b"nope", data], regions=[[], None])  # bad image, no box: no result
+    assert len(mixed) == 1 and isinstance(mixed[0], np.ndarray)
     await engine.close()
 
 
