@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from catalog import validation as v
-from catalog.errors import CatalogClosed, CatalogError, FingerprintMismatch, InvalidArgument, NotFound
+from catalog.errors import (
+    CatalogClosed,
+    CatalogCorrupt,
+    CatalogError,
+    FingerprintMismatch,
+    InvalidArgument,
+    NotFound,
+)
 from catalog.index import (
     BuildCancelled,
     GpuFactory,
@@ -32,6 +40,7 @@ from catalog.index import (
     default_gpu_factory,
     gpu_available,
 )
+from catalog.integrity import DB_FILE, SNAPSHOT_FILE, refuse_lost_store
 from catalog.matching import ProductHit, RefMap, decide, search_products
 from catalog.models import (
     AddedReference,
@@ -48,12 +57,10 @@ from catalog.models import (
 )
 from catalog.rwlock import RWLock
 from catalog.settings import CatalogSettings
-from catalog.store import ProductRow, RefRow, Store, StoreSnapshot
+from catalog.store import ProductRow, RefRow, Store, StoreSnapshot, store_error
 
 log = logging.getLogger(__name__)
 
-DB_FILE = "catalog.db"
-SNAPSHOT_FILE = "index.snapshot"
 SNAPSHOT_FORMAT = 1
 
 EmbedImages = Callable[[list[bytes]], Sequence[np.ndarray | Exception]]
@@ -98,7 +105,10 @@ class Catalog:
              allow_fingerprint_mismatch: bool = False, gpu_factory: GpuFactory | None = None) -> Catalog:
         """Open (creating if new) the catalog in directory `path` for the model `fingerprint` / `dim`.
 
-        Loads the index snapshot when its stamp matches the store, else rebuilds the index from the store.
+        Loads the index snapshot when its stamp matches the store and its checksum its content, else rebuilds
+        the index from the store. A damaged store, or a missing / empty / schema-less one next to evidence that
+        the catalog held data (snapshot, WAL), raises `CatalogCorrupt` naming the file and what to do; other
+        SQLite errors (read-only, unreadable) raise `CatalogError` naming the file.
         A catalog made by another model raises `FingerprintMismatch`, unless `allow_fingerprint_mismatch`, in
         which case only `reembed`, reads and deletes are allowed until the catalog is re-embedded.
         `gpu_factory` (CPU index -> searchable copy) overrides the faiss-gpu mirror; tests pass a CPU copy.
@@ -114,7 +124,8 @@ class Catalog:
             gpu_factory = None
         elif gpu_factory is None and gpu_available(settings.use_gpu):
             gpu_factory = default_gpu_factory()
-        store = Store(path / DB_FILE, settings.synchronous, settings.busy_timeout_ms)
+        evidence = refuse_lost_store(path)
+        store = Store(path / DB_FILE, settings.synchronous, settings.busy_timeout_ms, evidence=evidence)
         try:
             meta = store.claim_identity(fingerprint, dim)
             stored_fp, stored_dim = str(meta.fingerprint), int(meta.dim or 0)
@@ -124,6 +135,9 @@ class Catalog:
                       requested_fingerprint=fingerprint, requested_dim=dim, gpu_factory=gpu_factory)
             with cat._rw.write():
                 cat._reload_locked(use_snapshot=settings.snapshot)
+        except sqlite3.Error as exc:
+            store.close()
+            raise store_error(store.path, exc) from exc
         except BaseException:
             store.close()
             raise
@@ -223,7 +237,7 @@ class Catalog:
             if self._mismatch() is not None:
                 self._index = None  # vectors of the stored model; nothing may search them with another model
                 return
-            index = self._load_snapshot(snap, len(ids)) if use_snapshot else None
+            index = self._load_snapshot(snap, ids) if use_snapshot else None
             if index is None:
                 all_ids, vectors = self._read_vectors(snap, self._dim)
                 kind = choose_kind(len(all_ids), self.settings)
@@ -246,8 +260,11 @@ class Catalog:
             at += len(chunk_ids)
         return ids[:at], vectors[:at]
 
-    def _load_snapshot(self, snap: StoreSnapshot, live: int) -> VectorIndex | None:
+    def _load_snapshot(self, snap: StoreSnapshot, ids: np.ndarray) -> VectorIndex | None:
+        """The snapshot's index when it is current (stamp), intact (checksum) and holds exactly the store's
+        reference ids `ids`; else None (rebuild), with a WARNING naming the file when it was damaged."""
         path = self.snapshot_path
+        live = len(ids)
         header = VectorIndex.read_header(path)
         size = path.stat().st_size if path.exists() else 0
 
@@ -255,8 +272,15 @@ class Catalog:
             gen = None if header is None else header.get("stamp", {}).get("generation")
             self._snapshot_info = SnapshotInfo(str(path), True, loaded, detail, gen, size)
 
+        def discard(detail: str, why: str) -> None:
+            log.warning("index snapshot %s discarded (%s); rebuilding the index from the store", path, why)
+            info(False, detail)
+
         if header is None:
-            info(False, "no snapshot" if not path.exists() else "unreadable snapshot")
+            if path.exists():
+                discard("unreadable snapshot", "not a skulens index snapshot or its header is garbled")
+            else:
+                info(False, "no snapshot")
             return None
         stamp = header.get("stamp", {})
         expected = {"format": SNAPSHOT_FORMAT, "catalog_uuid": snap.catalog_uuid,
@@ -273,12 +297,18 @@ class Catalog:
             return None
         try:
             index = VectorIndex.load(path, self.settings, gpu_factory=self._gpu_factory)
+        except CatalogCorrupt as exc:
+            why = str(exc).removeprefix(f"index snapshot {path} ")
+            discard(f"corrupt snapshot: {why}", why)
+            return None
         except Exception as exc:
-            info(False, f"unreadable snapshot: {exc}")
+            discard(f"unreadable snapshot: {exc}", f"faiss cannot read it ({exc})")
             return None
         physical = index.ntotal - (index.tombstones if index.kind == "hnsw" else 0)
-        if physical != live:
-            info(False, f"snapshot holds {physical} live vectors, store has {live}")
+        held = index.reference_ids()
+        if physical != live or not np.isin(ids, held).all():
+            discard(f"snapshot holds {physical} live vectors, store has {live}",
+                    f"it holds {physical} live vectors with ids that differ from the store's {live} references")
             return None
         info(True, "loaded")
         self._snapshot_generation = snap.generation
@@ -467,6 +497,17 @@ class Catalog:
                     self._apply(gen, "add", ids, vecs[new_pos])
             self._after_write(not ok)
         return [AddedReference(rid, pid, dup) for rid, dup in results]
+
+    def existing_hashes(self, product_id: str, content_sha256s: Sequence[str]) -> dict[str, int]:
+        """{content_sha256: reference_id} of the given image hashes the product already has a reference for.
+
+        A cheap pre-check so callers can skip embedding images that `add_references` would report as
+        duplicates (it stays the transactional check). NotFound if the product does not exist.
+        """
+        self._check_open()
+        pid = v.product_id(product_id)
+        shas = [v.sha256_hex(s, f"content_sha256s[{i}]") for i, s in enumerate(content_sha256s)]
+        return self._store.existing_hashes(pid, shas) if shas else {}
 
     def delete_product(self, product_id: str) -> int:
         """Delete a product and all its references; returns how many references were removed."""

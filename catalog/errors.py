@@ -62,3 +62,11 @@ class CatalogClosed(CatalogError):
 
     def __init__(self, message: str = "catalog is closed", field: str | None = None) -> None:
         super().__init__(message, field)
+
+
+class CatalogCorrupt(CatalogError):
+    """A catalog file is damaged, or lost next to evidence that the catalog held data; nothing was changed.
+
+    The message names the file, what is wrong with it and what to do (restore from a backup, move the
+    directory aside to start empty, or run `skulens catalog check`).
+    """

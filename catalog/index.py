@@ -20,6 +20,7 @@ over just those vectors (read from the HNSW storage), which is exact and much fa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -34,10 +35,15 @@ from typing import Any
 import faiss
 import numpy as np
 
-from catalog.errors import CatalogError
+from catalog.errors import CatalogCorrupt, CatalogError
 from catalog.settings import CatalogSettings
 
-SNAPSHOT_MAGIC = b"SKULENS-FAISS-SNAPSHOT\x00\x01"
+# Snapshot file: magic | u64 header length | JSON header | faiss index | trailer tag | sha256 of all before the tag.
+# Version 1 (magic ending \x01) had no trailer: it is read for its header but never believed.
+SNAPSHOT_MAGIC = b"SKULENS-FAISS-SNAPSHOT\x00\x02"
+_SNAPSHOT_MAGIC_V1 = b"SKULENS-FAISS-SNAPSHOT\x00\x01"
+_TRAILER_TAG = b"SKULENS-SHA256\x00\x00"
+_TRAILER_SIZE = len(_TRAILER_TAG) + 32
 GPU_MAX_K = 2048  # faiss-gpu's k limit for flat search
 # IVF training cost (k-means over nlist * points-per-list vectors, niter rounds) dominates IVF builds on few
 # cores: 40 points per list (faiss warns below 39) and 10 rounds keep a 1M build in minutes on 2 cores.
@@ -248,6 +254,34 @@ class VectorIndex:
     def faiss_index(self) -> Any:
         return self._index
 
+    def reference_ids(self) -> np.ndarray:
+        """Every id the index holds (HNSW: tombstones included), int64, in storage order."""
+        if self.kind == "ivf":
+            return self._ivf_contents(False)[0]
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+
+    def stored_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 [n], float32 vectors [n, dim]) exactly as the index holds them (HNSW: with tombstones)."""
+        if self.kind == "ivf":
+            return self._ivf_contents(True)
+        inner = _faiss.downcast_index(self._index.index)
+        vectors = inner.reconstruct_n(0, self.ntotal) if self.ntotal else np.empty((0, self.dim), np.float32)
+        return self.reference_ids(), np.asarray(vectors, dtype=np.float32)
+
+    def _ivf_contents(self, with_vectors: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors or an empty array) of an IVF-Flat index, list by list (its codes are raw float32)."""
+        inv, d = self._index.invlists, self.dim
+        ids: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+        vecs: list[np.ndarray] = [np.empty((0, d), dtype=np.float32)]
+        for lst in range(int(self._index.nlist)):
+            n = int(inv.list_size(lst))
+            if n:
+                ids.append(faiss.rev_swig_ptr(inv.get_ids(lst), n).astype(np.int64))
+                if with_vectors:
+                    codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * d * 4).copy()
+                    vecs.append(codes.view(np.float32).reshape(n, d))
+        return np.concatenate(ids), np.concatenate(vecs)
+
     def nbytes(self) -> int:
         """Approximate memory held by the index (vectors, ids and graph links / centroids)."""
         n, d = self.ntotal, self.dim
@@ -389,7 +423,8 @@ class VectorIndex:
 
     # ---------------------------------------------------------------- snapshots
     def save(self, path: Path, stamp: dict[str, Any]) -> int:
-        """Write the index and its stamp atomically (tmp file, fsync, rename); returns bytes written."""
+        """Write the index, its stamp and a sha256 trailer atomically (tmp file, fsync, rename); returns bytes
+        written. `load` believes the file only when the checksum matches."""
         header = json.dumps({
             "stamp": stamp, "kind": self.kind, "dim": self.dim, "recall_at_10": self.recall_at_10,
             "build_seconds": self.build_seconds, "trained_size": self.trained_size,
@@ -397,13 +432,20 @@ class VectorIndex:
         }, sort_keys=True).encode()
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
+        digest = hashlib.sha256()
         with open(tmp, "wb") as f:
-            f.write(SNAPSHOT_MAGIC)
-            f.write(struct.pack("<Q", len(header)))
-            f.write(header)
-            writer = _faiss.PyCallbackIOWriter(f.write)
+
+            def write(data: bytes) -> int:
+                digest.update(data)
+                return f.write(data)
+
+            write(SNAPSHOT_MAGIC)
+            write(struct.pack("<Q", len(header)))
+            write(header)
+            writer = _faiss.PyCallbackIOWriter(write)
             faiss.write_index(self._index, writer)
             del writer
+            f.write(_TRAILER_TAG + digest.digest())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -419,10 +461,49 @@ class VectorIndex:
         except (OSError, ValueError):
             return None
 
+    @staticmethod
+    def verify_snapshot(path: Path) -> str | None:
+        """Why the snapshot at `path` must not be believed (no, garbled or mismatching checksum), or None when
+        its sha256 trailer matches its content. Reads the whole file once."""
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                magic = f.read(len(SNAPSHOT_MAGIC))
+                if magic == _SNAPSHOT_MAGIC_V1:
+                    return "has no checksum (written by an older skulens)"
+                if magic != SNAPSHOT_MAGIC:
+                    return "is not a skulens index snapshot"
+                if size < len(SNAPSHOT_MAGIC) + 8 + _TRAILER_SIZE:
+                    return f"is truncated ({size} bytes)"
+                digest = hashlib.sha256(magic)
+                left = size - _TRAILER_SIZE - len(magic)
+                while left > 0:
+                    chunk = f.read(min(left, 1 << 22))
+                    if not chunk:
+                        return "is truncated (it shrank while being read)"
+                    digest.update(chunk)
+                    left -= len(chunk)
+                trailer = f.read(_TRAILER_SIZE)
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror or exc})"
+        if trailer[:len(_TRAILER_TAG)] != _TRAILER_TAG:
+            return "has no checksum trailer (truncated or garbled)"
+        if trailer[len(_TRAILER_TAG):] != digest.digest():
+            return (f"fails its checksum (content sha256 {digest.hexdigest()[:16]}..., recorded "
+                    f"{trailer[len(_TRAILER_TAG):].hex()[:16]}...): it was changed or damaged after it was written")
+        return None
+
     @classmethod
     def load(cls, path: Path, settings: CatalogSettings,
              gpu_factory: GpuFactory | None = None) -> VectorIndex:
-        """Read a snapshot written by `save` (the caller has checked the stamp)."""
+        """Read a snapshot written by `save` (the caller has checked the stamp).
+
+        The sha256 trailer is verified before any of the index is parsed: `CatalogCorrupt` (naming the file and
+        why) when it is missing or does not match.
+        """
+        problem = cls.verify_snapshot(path)
+        if problem is not None:
+            raise CatalogCorrupt(f"index snapshot {path} {problem}")
         with open(path, "rb") as f:
             header = _read_header(f)
             reader = _faiss.PyCallbackIOReader(f.read)
@@ -444,7 +525,7 @@ class BuildCancelled(Exception):
 
 
 def _read_header(f: Any) -> dict[str, Any]:
-    if f.read(len(SNAPSHOT_MAGIC)) != SNAPSHOT_MAGIC:
+    if f.read(len(SNAPSHOT_MAGIC)) not in (SNAPSHOT_MAGIC, _SNAPSHOT_MAGIC_V1):
         raise ValueError("not a skulens index snapshot")
     (size,) = struct.unpack("<Q", f.read(8))
     if size > 1 << 24:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from catalog.errors import AlreadyExists, CatalogClosed, CatalogError, NotFound
+from catalog.errors import AlreadyExists, CatalogClosed, CatalogCorrupt, CatalogError, NotFound
 from catalog.models import Product, ReferenceInfo
 
 SCHEMA_VERSION = 1
@@ -112,16 +112,75 @@ class Meta:
     dim: int | None
 
 
-def _connect(path: Path, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
+REQUIRED_TABLES = ("meta", "products", "refs", "ref_images", "reembed_staging")
+REQUIRED_META = ("schema_version", "catalog_uuid", "generation")
+
+
+def remedy(path: Path) -> str:
+    """What to do about a damaged or lost catalog whose store is `path` (said in every refusal)."""
+    d = path.parent
+    return (f"restore {d} from a backup, or move {d} aside to start with an empty catalog; "
+            f"`skulens catalog check --data {d}` reports what is wrong")
+
+
+def store_error(path: Path, exc: sqlite3.Error) -> CatalogError:
+    """The domain error for an SQLite error on the store at `path`: it names the file and what to do."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return CatalogCorrupt(f"catalog store {path} is damaged ({exc}); {remedy(path)}")
+    if name.startswith("SQLITE_READONLY"):
+        return CatalogError(f"catalog store {path} is read-only ({exc}): skulens needs write access to the file, "
+                            "its -wal and -shm files and its directory; fix the permissions or the mount")
+    return CatalogError(f"cannot use catalog store {path} ({exc}): check that it is a database file and that "
+                        "it and its directory are readable and writable")
+
+
+def _check_file(conn: sqlite3.Connection, path: Path, evidence: Sequence[str]) -> None:
+    """Cheap checks before anything is written: `PRAGMA quick_check`, then a schema that is either absent (a
+    new store, allowed only without `evidence` that the catalog held data) or has its `meta` rows."""
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+    except sqlite3.DatabaseError as exc:  # some damage stops the check itself
+        if str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_CORRUPT"):
+            rows = [str(exc)]
+        else:
+            raise
+    if rows != ["ok"]:
+        lines = [ln.strip() for row in rows for ln in row.splitlines() if ln.strip() and not ln.startswith("***")]
+        raise CatalogCorrupt(f"catalog store {path} failed SQLite's quick_check ({'; '.join(lines)}); "
+                             f"{remedy(path)}")
+    tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables:
+        if evidence:
+            raise CatalogCorrupt(f"catalog store {path} holds no catalog schema, yet {' and '.join(evidence)}: "
+                                 f"the catalog's data are lost; {remedy(path)}")
+        if tables - {"sqlite_sequence"}:
+            raise CatalogCorrupt(f"{path} is an SQLite database but not a skulens catalog (tables "
+                                 f"{sorted(tables)}); use another directory")
+        return
+    kv = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    missing = [k for k in REQUIRED_META if k not in kv]
+    bad = [k for k in ("schema_version", "generation") if k in kv and not str(kv[k]).isdigit()]
+    if missing or bad:
+        what = ", ".join([f"{k} missing" for k in missing] + [f"{k} is {kv[k]!r}" for k in bad])
+        raise CatalogCorrupt(f"catalog store {path} has damaged metadata ({what}); {remedy(path)}")
+
+
+def _connect(path: Path, synchronous: str, busy_timeout_ms: int,
+             evidence: Sequence[str] = ()) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                            timeout=busy_timeout_ms / 1000.0)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        _check_file(conn, path, evidence)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise CatalogError(f"catalog store {path} could not switch to WAL journal mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
         conn.close()
-        raise CatalogError(f"catalog store {path} could not switch to WAL journal mode (got {mode!r})")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    conn.execute("PRAGMA foreign_keys = ON")
+        raise
     return conn
 
 
@@ -137,16 +196,30 @@ def _labels_json(labels: dict[str, str]) -> str:
 
 
 class Store:
-    """Thread-safe access to one catalog database file (one connection, one lock)."""
+    """Thread-safe access to one catalog database file (one connection, one lock).
 
-    def __init__(self, path: Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> None:
+    Opening runs `PRAGMA quick_check` and checks the schema and metadata: a damaged store raises
+    `CatalogCorrupt`, and so does a store without schema when `evidence` (phrases such as "index.snapshot
+    exists") says the catalog held data; any other SQLite error names the file (`store_error`).
+    """
+
+    def __init__(self, path: Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000, *,
+                 evidence: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = _connect(self.path, synchronous, busy_timeout_ms)
+        self._conn: sqlite3.Connection | None = None
         try:
+            self._conn = _connect(self.path, synchronous, busy_timeout_ms, evidence)
             self._migrate()
+            tables = {str(r[0]) for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            missing = [t for t in REQUIRED_TABLES if t not in tables]
+            if missing:
+                raise CatalogCorrupt(f"catalog store {self.path} lacks the tables {missing}; {remedy(self.path)}")
+        except sqlite3.Error as exc:
+            self.close()
+            raise store_error(self.path, exc) from exc
         except BaseException:
             self.close()
             raise
@@ -345,6 +418,25 @@ class Store:
             gen = self._bump(tx) if wrote else int(
                 tx.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
         return pk, out, gen
+
+    def existing_hashes(self, product_id: str, shas: Sequence[str]) -> dict[str, int]:
+        """{content_sha256: reference_id} of the given hashes that the product holds already.
+
+        Uses the unique index refs_product_sha (product_pk, content_sha256). NotFound if the product does
+        not exist.
+        """
+        wanted = list(dict.fromkeys(shas))
+        out: dict[str, int] = {}
+        with self._lock:
+            pk = self._product_pk(self.conn, product_id)
+            for at in range(0, len(wanted), 500):  # stay under SQLite's bound-parameter limit
+                part = wanted[at:at + 500]
+                marks = ",".join("?" * len(part))
+                rows = self.conn.execute(
+                    f"SELECT content_sha256, reference_id FROM refs WHERE product_pk = ? "
+                    f"AND content_sha256 IN ({marks})", (pk, *part)).fetchall()
+                out.update((str(r[0]), int(r[1])) for r in rows)
+        return out
 
     def delete_reference(self, reference_id: int) -> tuple[int, int]:
         """Delete one reference; returns (product pk, generation). NotFound if absent."""

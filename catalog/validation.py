@@ -44,8 +44,50 @@ def _text(value: object, field: str, lo: int, hi: int) -> str:
     return value
 
 
+# Identifiers (product ids, categories, label keys) are compared and stored in NFC, and must be printable:
+# these general categories are refused (control, format such as U+200B / U+202E / U+FEFF, line and paragraph
+# separators, code points unassigned in the server's Unicode version); unpaired surrogates fail the UTF-8 check.
+_ID_FORBIDDEN = {
+    "Cc": "control characters",
+    "Cf": "format characters",
+    "Zl": "line separators",
+    "Zp": "paragraph separators",
+    "Cn": "unassigned code points",
+}
+
+
+def _code_point(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X}" + (f" {name}" if name else "")
+
+
+def identifier(value: object, field: str, lo: int, hi: int) -> str:
+    """An identifier in NFC: printable code points only (see `_ID_FORBIDDEN`), no leading/trailing whitespace.
+
+    Code points are checked as sent (positions refer to the client's string); the length limit applies to the
+    NFC form, which is what is stored and compared, so NFC and NFD spellings name the same object.
+    """
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be a string, got {type(value).__name__}", field=field)
+    for i, ch in enumerate(value):
+        kind = unicodedata.category(ch)
+        if kind in _ID_FORBIDDEN:
+            raise InvalidArgument(f"{field} must not contain {_ID_FORBIDDEN[kind]} ({kind}): {_code_point(ch)} "
+                                  f"at position {i}", field=field)
+    value = unicodedata.normalize("NFC", value)
+    if value and value.isspace():
+        raise InvalidArgument(f"{field} must not be whitespace only ({len(value)} characters)", field=field)
+    for i in (0, len(value) - 1) if value else ():
+        if value[i].isspace():
+            where = "leading" if i == 0 else "trailing"
+            raise InvalidArgument(f"{field} must not have {where} whitespace: {_code_point(value[i])} at "
+                                  f"position {i}", field=field)
+    return _text(value, field, lo, hi)
+
+
 def product_id(value: object, field: str = "product_id") -> str:
-    return _text(value, field, 1, PRODUCT_ID_MAX)
+    """A product id: 1-128 characters under the identifier rule (`identifier`), returned in NFC."""
+    return identifier(value, field, 1, PRODUCT_ID_MAX)
 
 
 def display_name(value: object) -> str:
@@ -53,7 +95,8 @@ def display_name(value: object) -> str:
 
 
 def category(value: object, field: str = "category") -> str:
-    return _text(value, field, 0, CATEGORY_MAX)
+    """A category (may be empty) under the identifier rule, returned in NFC."""
+    return identifier(value, field, 0, CATEGORY_MAX)
 
 
 def source(value: object, field: str) -> str:
@@ -81,8 +124,12 @@ def labels(value: Mapping[str, str] | None, field: str = "labels") -> dict[str, 
                               field=field)
     out: dict[str, str] = {}
     for k, v in value.items():
-        key = _text(k, f"{field} key", 1, LABEL_KEY_MAX)
-        out[key] = _text(v, f"{field}[{key!r}]", 0, LABEL_VALUE_MAX)
+        key = identifier(k, f"{field} key", 1, LABEL_KEY_MAX)
+        if key in out:
+            raise InvalidArgument(f"{field} has the key {key!r} twice (its spellings are equal in NFC)",
+                                  field=f"{field} key")
+        value_ = v if not isinstance(v, str) else unicodedata.normalize("NFC", v)
+        out[key] = _text(value_, f"{field}[{key!r}]", 0, LABEL_VALUE_MAX)
     return out
 
 

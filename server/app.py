@@ -57,6 +57,20 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments that keep dead or idle clients from holding connections (settings group
+    "connections"): keepalive pings find vanished peers even while a call waits for data, idle connections
+    are closed."""
+    out = [
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging a connection whose calls send nothing
+    ]
+    if settings.max_connection_idle_seconds > 0:
+        out.append(("grpc.max_connection_idle_ms", int(settings.max_connection_idle_seconds * 1000)))
+    return out
+
+
 def create_server(
     settings: Settings,
     engine: Engine | None = None,
@@ -86,9 +100,12 @@ def create_server(
         ("grpc.so_reuseport", 0),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        *connection_options(settings),
     ]
+    read_timeout = settings.request_read_timeout_seconds or None
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(runtime.metrics), AuthInterceptor(tokens)], options=options
+        interceptors=[CallInterceptor(runtime.metrics, read_timeout=read_timeout), AuthInterceptor(tokens)],
+        options=options,
     )
     recognition_pb2_grpc.add_RecognitionServiceServicer_to_server(RecognitionServicer(runtime), server)
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(runtime), server)
@@ -140,6 +157,7 @@ class ServerApp:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.runtime = Runtime(settings, self.metrics)
+        self.metrics.bind(admission=self.runtime.admission)
         self._given = (engine, catalog)
         self._own_given = own
         self.health = health.aio.HealthServicer()

@@ -15,7 +15,7 @@ everything through.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -75,12 +75,23 @@ class TokenTable:
         return found
 
 
-def check(tokens: TokenTable, method: str, metadata: Mapping[str, str]) -> None:
-    """Raise Unauthenticated / PermissionDenied unless `metadata` carries a token good for `method`."""
+def _authorization(metadata: Mapping[str, str] | Iterable[tuple[str, Any]]) -> list[str]:
+    """Every `authorization` value in `metadata` (a mapping or the call's (key, value) pairs)."""
+    pairs = metadata.items() if isinstance(metadata, Mapping) else metadata
+    return [v if isinstance(v, str) else "" for k, v in pairs if k == "authorization"]
+
+
+def check(tokens: TokenTable, method: str, metadata: Mapping[str, str] | Iterable[tuple[str, Any]]) -> None:
+    """Raise Unauthenticated / PermissionDenied unless `metadata` carries one token good for `method`."""
     needed = required_scopes(method)
     if not tokens or needed is None:
         return
-    header = metadata.get("authorization", "")
+    headers = _authorization(metadata)
+    if len(headers) > 1:
+        raise Unauthenticated(
+            f"{len(headers)} 'authorization' metadata entries: send exactly one, 'authorization: Bearer <token>'"
+        )
+    header = headers[0] if headers else ""
     if not header:
         raise Unauthenticated("missing bearer token: send metadata 'authorization: Bearer <token>'")
     scheme, _, token = header.strip().partition(" ")
@@ -110,22 +121,26 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not self._tokens:
             return handler
-        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
         try:
-            check(self._tokens, handler_call_details.method, metadata)
+            check(self._tokens, handler_call_details.method, tuple(handler_call_details.invocation_metadata or ()))
         except (Unauthenticated, PermissionDenied) as exc:
             return _refusing(handler, exc)
         return handler
 
 
 def _refusing(handler: grpc.RpcMethodHandler, exc: Exception) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that ends every call with the status for `exc`."""
+    """A handler that ends every call with the status for `exc` WITHOUT reading its request.
+
+    It is streaming-request shaped whatever the method's shape (the wire format is the same) and never iterates
+    the request stream, so a refused caller's body is never received: a unary-request handler would make gRPC
+    read the whole message (up to the message size limit) before the refusal. The response shape is kept.
+    """
     code, message, _ = describe(exc)
 
-    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def refuse(_requests: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(code, message)
 
-    async def refuse_stream(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def refuse_stream(_requests: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
@@ -133,10 +148,6 @@ def _refusing(handler: grpc.RpcMethodHandler, exc: Exception) -> grpc.RpcMethodH
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, **kw)
-    return grpc.stream_stream_rpc_method_handler(refuse_stream, **kw)
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, **kw)
+    return grpc.stream_unary_rpc_method_handler(refuse, **kw)

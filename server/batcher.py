@@ -54,7 +54,8 @@ class MicroBatcher:
     """Merges single items (equal-shape arrays) into batches for `infer([N, ...]) -> [N, D]`.
 
     `infer` runs on `executor` (a dedicated single-thread pool unless one is shared in). Deadlines are
-    absolute `time.monotonic()` values.
+    absolute `time.monotonic()` values. `on_batch(size, seconds)` is told how long each successful model run
+    took (a cost model learns from it).
     """
 
     def __init__(
@@ -64,8 +65,10 @@ class MicroBatcher:
         *,
         name: str = "batcher",
         executor: Executor | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.options = options or BatcherOptions()
+        self._on_batch = on_batch
         self.name = name
         self._infer = infer
         self._executor = executor
@@ -262,7 +265,10 @@ class MicroBatcher:
                 item.future.set_result(row)
 
     def _stack_and_infer(self, values: list[np.ndarray]) -> np.ndarray:
+        t0 = time.perf_counter()
         out = self._infer(np.stack(values))
         if len(out) != len(values):
             raise RuntimeError(f"{self.name} inference returned {len(out)} rows for a batch of {len(values)}")
+        if self._on_batch is not None:
+            self._on_batch(len(values), time.perf_counter() - t0)
         return out

@@ -2,7 +2,10 @@
 
 Client commands (enroll, recognize, search, catalog) talk to a running server (`--addr`, `SKULENS_ADDR`);
 calibrate and reembed work offline on a data directory and a model directory; export needs the `export` extra.
-Exit status: 0 success, 1 failure, 2 usage or configuration error.
+Exit status: 0 success, 1 failure (`catalog check`: the catalog is not healthy), 2 usage or configuration error.
+Commands that start a server or open a catalog offline (serve, calibrate, reembed, catalog check) report a
+domain error (settings, model, manifest, catalog, a catalog file's OS error) as one line `skulens: error: ...`
+on stderr with status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +22,14 @@ from typing import Any
 import grpc
 
 from catalog.errors import CatalogError
+from export.manifest import ManifestError
 from server.errors import InferenceError
 from server.settings import SettingsError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+# Domain errors a starting command reports as one line (ManifestError is a ValueError; sqlite3.Error is a net
+# under the catalog's own mapping of SQLite errors, which names the file).
+STARTUP_ERRORS = (CatalogError, SettingsError, InferenceError, ManifestError, OSError, sqlite3.Error)
 
 
 # ---------------------------------------------------------------------------------------------- serve
@@ -197,6 +205,8 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
+    if args.catalog_cmd == "check":
+        return _cmd_catalog_check(args)
     with _client(args) as c:
         if args.catalog_cmd == "stats":
             st = c.stats()
@@ -238,6 +248,26 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- offline
+def _cmd_catalog_check(args: argparse.Namespace) -> int:
+    """Offline full check of a catalog directory (server stopped): 0 healthy, 1 not."""
+    from catalog.integrity import check_catalog
+
+    fingerprint: str | None = None
+    dim: int | None = None
+    if args.model is not None:
+        from export.manifest import load_manifest
+
+        manifest = load_manifest(args.model)
+        fingerprint, dim = manifest.fingerprint, manifest.embedding_dim
+    report = check_catalog(args.data, fingerprint=fingerprint, dim=dim)
+    if args.json:
+        findings = [{"level": level, "text": text} for level, text in report.lines]
+        print(json.dumps({"path": str(report.path), "healthy": report.healthy, "findings": findings}, indent=2))
+    else:
+        print(report.format())
+    return EXIT_OK if report.healthy else EXIT_FAIL
+
+
 def _open_catalog(model_dir: Path, data_dir: Path, allow_mismatch: bool = False) -> Any:
     from catalog.catalog import Catalog
     from export.manifest import load_manifest
@@ -352,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_args(p)
     p.set_defaults(func=_cmd_search)
 
-    p = sub.add_parser("catalog", help="catalog administration: stats, list, get, delete")
+    p = sub.add_parser("catalog", help="catalog administration: stats, list, get, delete, check")
     csub = p.add_subparsers(dest="catalog_cmd", required=True, metavar="ACTION")
     c = csub.add_parser("stats", help="catalog statistics")
     c.add_argument("--json", action="store_true")
@@ -368,6 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("product_ids", nargs="*", help="products to delete")
     c.add_argument("--reference", type=int, action="append", help="a reference id to delete (repeatable)")
     _add_client_args(c)
+    c = csub.add_parser(
+        "check",
+        help="offline: full integrity check of a catalog directory (server stopped)",
+        description="Run SQLite's full integrity_check on catalog.db and compare the index snapshot with the "
+        "store (checksum, reference ids, count, vectors). Exit 0 when healthy, 1 when not, 2 on usage errors.",
+    )
+    c.add_argument("--data", type=Path, required=True, help="catalog directory")
+    c.add_argument("--model", type=Path, help="model directory to compare the catalog's model with (optional)")
+    c.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.set_defaults(func=_cmd_catalog)
 
     p = sub.add_parser("calibrate", help="offline: suggest thresholds from the catalog's own references")
@@ -400,6 +439,14 @@ def _missing_export(exc: ImportError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `skulens` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "calibrate", "reembed") or getattr(args, "catalog_cmd", None) == "check":
+        try:
+            return int(args.func(args) or 0)
+        except STARTUP_ERRORS as exc:
+            print(f"skulens: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            return 130
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:
@@ -415,6 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """A domain error as one line (SQLite errors that escaped the catalog's mapping say what they are)."""
+    text = " ".join(str(exc).splitlines()).strip() or type(exc).__name__
+    return f"SQLite: {text}" if isinstance(exc, sqlite3.Error) else text
 
 
 if __name__ == "__main__":

@@ -240,3 +240,16 @@ def _orientation(im: Image.Image) -> int:
     except Exception:
         return 1
     return value if 1 <= value <= 8 else 1
+
+
+def peek_size(data: bytes) -> tuple[int, int, str] | None:
+    """(width, height, format) from the header alone, no pixel decoded; None when the header is unreadable
+    (such data fails fast at decode, so it costs nothing worth admitting for)."""
+    if not data:
+        return None
+    try:
+        im = _open_header(data, None)
+    except (InvalidImage, ImageTooLarge):
+        return None
+    width, height = im.size
+    return int(width), int(height), im.format or "unknown"

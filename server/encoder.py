@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,15 +293,20 @@ class Encoder:
             )
         return self.text.run(ids)
 
-    def warmup(self, batch_sizes: Sequence[int] = (1,), text_row: np.ndarray | None = None) -> None:
+    def warmup(self, batch_sizes: Sequence[int] = (1,), text_row: np.ndarray | None = None) -> dict[int, float]:
         """Run each tower once per batch size (first-run allocations and kernel selection happen here).
 
         `text_row`: one tokenized text (from the model's tokenizer) for the text tower; zeros otherwise.
+        Returns the image tower's seconds per batch size (a first cost estimate for admission control).
         """
+        seconds: dict[int, float] = {}
         for n in batch_sizes:
+            t0 = time.perf_counter()
             self.image.run(self.image.dummy_input(n))
+            seconds[n] = time.perf_counter() - t0
             if self.text is not None:
                 self.text.run(self.text.dummy_input(n, text_row))
+        return seconds
 
 
 def _provider_report(

@@ -47,7 +47,17 @@ class ImageTooSmall(InferenceError):
 
 
 class Overloaded(InferenceError):
-    """The inference queue is full; retry later."""
+    """The server cannot take this work now; retry later (after `retry_after_s` when it is known)."""
+
+    def __init__(self, message: str, field: str | None = None, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message, field)
+        self.retry_after_s = retry_after_s
+
+    def with_field(self, field: str | None) -> InferenceError:
+        """The same error attached to another request field (the retry hint kept)."""
+        clone = type(self)(self.message, field, retry_after_s=self.retry_after_s)
+        clone.__cause__ = self.__cause__
+        return clone
 
 
 class DeadlineExceeded(InferenceError):

@@ -11,11 +11,12 @@ text and its traceback goes to the log only.
 | catalog NotFound                                          | NOT_FOUND           |
 | catalog AlreadyExists                                     | ALREADY_EXISTS      |
 | FingerprintMismatch, ModelLoadError, ManifestError        | FAILED_PRECONDITION |
-| Overloaded, TooMany (images/texts/regions per request)    | RESOURCE_EXHAUSTED  |
+| Overloaded (incl. admission's Shed), TooMany             | RESOURCE_EXHAUSTED  |
 | DeadlineExceeded                                          | DEADLINE_EXCEEDED   |
 | Cancelled                                                 | CANCELLED           |
 | Unsupported (e.g. text on an image-only model)            | UNIMPLEMENTED       |
 | NotReady (loading), Draining, CatalogClosed               | UNAVAILABLE         |
+| catalog CatalogCorrupt (store or snapshot damaged)        | DATA_LOSS           |
 | Unauthenticated                                           | UNAUTHENTICATED     |
 | PermissionDenied                                          | PERMISSION_DENIED   |
 | anything else                                             | INTERNAL (generic)  |
@@ -37,6 +38,8 @@ log = logging.getLogger("skulens.errors")
 
 INTERNAL_MESSAGE = "internal error; see the server log (request id in trailing metadata x-request-id)"
 FIELD_METADATA_KEY = "skulens-error-field"
+#: gRPC's standard server pushback trailer (retry design A6): milliseconds a client should wait before retrying.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class ServiceError(Exception):
@@ -85,6 +88,7 @@ STATUS_TABLE: dict[type[BaseException], grpc.StatusCode] = {
     cat.NotFound: C.NOT_FOUND,
     cat.AlreadyExists: C.ALREADY_EXISTS,
     cat.FingerprintMismatch: C.FAILED_PRECONDITION,
+    cat.CatalogCorrupt: C.DATA_LOSS,
     inf.ModelLoadError: C.FAILED_PRECONDITION,
     ManifestError: C.FAILED_PRECONDITION,
     inf.Overloaded: C.RESOURCE_EXHAUSTED,
@@ -139,10 +143,14 @@ def code_name(value: int) -> str:
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
-    """End the call with the status for `exc` (field in trailing metadata `skulens-error-field`)."""
+    """End the call with the status for `exc` (field in trailing metadata `skulens-error-field`; a retry hint
+    of an overload refusal in `grpc-retry-pushback-ms`)."""
     code, message, field = describe(exc)
     trailing = tuple(context.trailing_metadata() or ())
     if field:
         trailing += ((FIELD_METADATA_KEY, field),)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if code is C.RESOURCE_EXHAUSTED and isinstance(retry_after, (int, float)):
+        trailing += ((RETRY_PUSHBACK_KEY, str(max(1, round(retry_after * 1000)))),)
     await context.abort(code, message, trailing)
     raise AssertionError("unreachable")  # context.abort raises

@@ -13,6 +13,23 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("skulens_reques
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "fields"}
 
+# Characters that end or forge a line, or drive a terminal: C0 and C1 controls (Unicode category Cc) and the
+# line/paragraph separators. They never reach a log line raw (one record = one line).
+_CONTROL = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+_SHORT = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+_KV_QUOTED = {c: _SHORT.get(c, f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _CONTROL}
+_KV_QUOTED.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+_JSON_LEFT_RAW = {c: f"\\u{c:04x}" for c in (*range(0x7F, 0xA0), 0x2028, 0x2029)}  # json.dumps keeps these
+_UNSAFE = frozenset(map(chr, _CONTROL)) | frozenset(' ="\\')
+
+
+def kv_token(text: str) -> str:
+    """`text` as a key or value of a key=value line: bare when plain, else double-quoted with `\\`, `"` and
+    every control character escaped (\\n, \\xNN, \\u2028), so that it can never break or forge a line."""
+    if text and not _UNSAFE.intersection(text):
+        return text
+    return '"' + text.translate(_KV_QUOTED) + '"'
+
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     out: dict[str, Any] = {
@@ -39,7 +56,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, request_id, extra fields, exc (traceback)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record), default=str, ensure_ascii=False)
+        return json.dumps(_fields(record), default=str, ensure_ascii=False).translate(_JSON_LEFT_RAW)
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -51,9 +68,7 @@ class KeyValueFormatter(logging.Formatter):
         parts = []
         for k, v in d.items():
             s = v if isinstance(v, str) else json.dumps(v, default=str)
-            if not s or any(c in s for c in ' ="'):
-                s = json.dumps(s)
-            parts.append(f"{k}={s}")
+            parts.append(f"{kv_token(str(k))}={kv_token(s)}")
         line = " ".join(parts)
         return f"{line}\n{exc}" if exc else line
 

@@ -13,6 +13,10 @@
 | skulens_catalog_products      | gauge     |              | products in the catalog                  |
 | skulens_catalog_references    | gauge     |              | reference images in the catalog          |
 | skulens_ready                 | gauge     |              | 1 serving, 0 loading or draining         |
+| skulens_admission_backlog_seconds | gauge |              | expected seconds of admitted work        |
+| skulens_admission_calls       | gauge     |              | embedding calls admitted and running     |
+| skulens_admission_inflight_bytes | gauge  |              | image bytes held by admitted work        |
+| skulens_admission_refused_total | counter | reason     | refused before decoding, by check |
 """
 
 from __future__ import annotations
@@ -39,13 +43,27 @@ class _LiveCollector(Collector):
         self.engine_stats: Callable[[], Any] | None = None
         self.queue_depth: Callable[[], int] | None = None
         self.catalog_stats: Callable[[], Any] | None = None
+        self.admission_stats: Callable[[], Any] | None = None
 
     def collect(self) -> Iterator[Any]:
         depth = GaugeMetricFamily("skulens_inference_queue_depth", "Items waiting for the model")
         batches = CounterMetricFamily("skulens_model_batches", "Model micro-batches by size", labels=["size"])
         products = GaugeMetricFamily("skulens_catalog_products", "Products in the catalog")
         refs = GaugeMetricFamily("skulens_catalog_references", "Reference images in the catalog")
+        backlog = GaugeMetricFamily("skulens_admission_backlog_seconds", "Expected seconds of admitted work")
+        calls = GaugeMetricFamily("skulens_admission_calls", "Embedding calls admitted and running")
+        held = GaugeMetricFamily("skulens_admission_inflight_bytes", "Image bytes held by admitted work")
+        refused = CounterMetricFamily(
+            "skulens_admission_refused", "Work refused at admission, before decoding", labels=["reason"]
+        )
         try:
+            if self.admission_stats is not None:
+                ad = self.admission_stats()
+                backlog.add_metric([], float(ad.backlog_s))
+                calls.add_metric([], float(ad.calls))
+                held.add_metric([], float(ad.inflight_bytes))
+                for reason, n in sorted(ad.refused.items()):
+                    refused.add_metric([reason], float(n))
             if self.queue_depth is not None:
                 depth.add_metric([], float(self.queue_depth()))
             if self.engine_stats is not None:
@@ -58,7 +76,7 @@ class _LiveCollector(Collector):
                 refs.add_metric([], float(st.references))
         except Exception:  # a scrape must never take the endpoint down
             log.warning("metrics collection failed", exc_info=True)
-        yield from (depth, batches, products, refs)
+        yield from (depth, batches, products, refs, backlog, calls, held, refused)
 
 
 class Metrics:
@@ -94,8 +112,11 @@ class Metrics:
         self._live = _LiveCollector()
         registry.register(self._live)
 
-    def bind(self, engine: Any | None = None, catalog: Any | None = None) -> None:
-        """Read queue depth / batch sizes from `engine` and sizes from `catalog` at scrape time."""
+    def bind(self, engine: Any | None = None, catalog: Any | None = None, admission: Any | None = None) -> None:
+        """Read queue depth / batch sizes from `engine`, sizes from `catalog` and the admission books at
+        scrape time."""
+        if admission is not None:
+            self._live.admission_stats = admission.stats
         if engine is not None:
             self._live.queue_depth = lambda: int(engine.queue_depth)
             self._live.engine_stats = engine.stats if hasattr(engine, "stats") else None

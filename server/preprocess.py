@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from export.preprocess_config import PreprocessConfig
-from server.decode import DecodedImage, decode_image
+from server.decode import DRAFT_SCALES, DecodedImage, decode_image, peek_size
 from server.errors import ImageTooSmall, InferenceError, InvalidRegion
 from server.inference_settings import DecodeLimits
 
@@ -142,6 +142,22 @@ class Preprocessor:
         if not self.fast:
             return None
         return math.ceil(self.draft_factor * max(self.config.size))
+
+    def decode_pixels(self, data: bytes) -> int:
+        """Pixels the decoder will produce for `data` (after the fast path's JPEG scale), read from the header
+        alone: the decode cost an admission check weighs. 0 for data that will fail before decoding."""
+        size = peek_size(data)
+        if size is None:
+            return 0
+        width, height, fmt = size
+        if width * height > self.limits.max_pixels or min(width, height) < self.limits.min_side:
+            return 0
+        min_side = self._draft_min_side()
+        if fmt in ("JPEG", "MPO") and min_side is not None:
+            for s in DRAFT_SCALES:
+                if min(width, height) // s >= min_side:
+                    return (width // s) * (height // s)
+        return width * height
 
     def decode(self, data: bytes, *, field: str | None = None, draft_max_scale: int = 8) -> DecodedImage:
         """Decode under the limits, at a reduced JPEG scale when the fast path is on."""

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 from skulens.v1 import common_pb2, recognition_pb2, recognition_pb2_grpc
 
+from server.admission import Ticket
 from server.calllog import call_fields
 from server.convert import (
     SearchParams,
@@ -58,14 +59,16 @@ async def embed_batch(
     deadline: float | None,
     max_bytes: int | None = None,
     field: str = "images",
+    caller: object | None = None,
 ) -> list[_Embedded]:
     """Embed images (each whole, or each of its boxes); regroup the engine's flat results per image.
 
-    Images over `max_bytes` are not decoded: they fail with ImageTooLarge naming the limit.
+    Images over `max_bytes` are not decoded: they fail with ImageTooLarge naming the limit. Calls with the
+    same `caller` share one turn of the decode threads (a stream's images).
     """
     too_big = {i for i, im in enumerate(images) if max_bytes is not None and len(im.content) > max_bytes}
     contents = [b"" if i in too_big else im.content for i, im in enumerate(images)]
-    flat = await engine.embed_images(contents, regions=list(boxes), deadline=deadline)
+    flat = await engine.embed_images(contents, regions=list(boxes), deadline=deadline, caller=caller)
     out, k = [], 0
     for i, b in enumerate(boxes):
         n = len(b) if b is not None else 1
@@ -96,6 +99,36 @@ async def _search(
     return [recognition_pb(r) for r in results]
 
 
+def admit_images(
+    runtime: Runtime,
+    engine: Engine,
+    images: Sequence[pb.ImageInput],
+    boxes: Sequence[list[Box] | None],
+    deadline: float | None,
+    max_bytes: int,
+    *,
+    new_call: bool = True,
+    field: str = "images",
+) -> Ticket:
+    """Admission for embedding `images` (their boxes): cost from sizes and image headers, before decoding.
+
+    Raises `Shed` (RESOURCE_EXHAUSTED with a retry hint) or `TooMany` (the request's pixel budget)."""
+    fits = [im.content for im in images if len(im.content) <= max_bytes]
+
+    def pixels() -> int:
+        return sum(engine.preprocessor.decode_pixels(c) for c in fits)
+
+    return runtime.admission.admit(
+        engine.costs,
+        items=sum(1 if b is None else len(b) for b in boxes),
+        nbytes=sum(len(c) for c in fits),
+        pixels=pixels,
+        deadline=deadline,
+        new_call=new_call,
+        field=field,
+    )
+
+
 class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     """gRPC servicer; reads engine and catalog from the shared `Runtime` on every call."""
 
@@ -121,10 +154,11 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         deadline: float | None,
         t_start: float,
         boxes: Sequence[list[Box] | None],
+        caller: object | None = None,
     ) -> list[pb.ImageResult]:
         engine, catalog = self.rt.searchable()
         t0 = time.perf_counter()
-        embedded = await embed_batch(engine, images, boxes, deadline, self.max_image_bytes)
+        embedded = await embed_batch(engine, images, boxes, deadline, self.max_image_bytes, caller=caller)
         t1 = time.perf_counter()
         good = [o for e in embedded for o in e.outputs if isinstance(o, np.ndarray)]
         found = iter(await _search(catalog, good, params))
@@ -152,28 +186,39 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     ) -> pb.RecognizeResponse:
         """See recognition.proto."""
         t_start = time.perf_counter()
-        self.rt.searchable()
+        engine, _ = self.rt.searchable()
         check_images(request.images, self.settings)
         params = search_params(request.options, self.settings)
         boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(request.images)]
         call_fields()["images"] = len(request.images)
         if self.rt.metrics is not None:
             self.rt.metrics.observe_items("Recognize", len(request.images))
-        results = await self._recognize(request.images, params, deadline_of(context), t_start, boxes)
+        deadline = deadline_of(context)
+        ticket = admit_images(self.rt, engine, request.images, boxes, deadline, self.max_image_bytes)
+        try:
+            results = await self._recognize(request.images, params, deadline, t_start, boxes)
+        finally:
+            self.rt.admission.release(ticket)
         self._count("Recognize", results)
-        engine = self.rt.engine
         return pb.RecognizeResponse(
             results=results,
-            model_fingerprint=self.rt.model_fingerprint,
-            random_weights=bool(engine is not None and engine.random_weights),
+            model_fingerprint=engine.fingerprint,
+            random_weights=bool(engine.random_weights),
         )
 
     async def RecognizeStream(
         self, request_iterator: AsyncIterator[pb.RecognizeStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RecognizeStreamResponse]:
-        """See recognition.proto: one response per image, as soon as it is ready."""
-        self.rt.searchable()
+        """See recognition.proto: one response per image, as soon as it is ready.
+
+        The stream counts as one call against the concurrency cap for its whole life; each image is admitted
+        on its own (a refused image answers RESOURCE_EXHAUSTED in its result, the stream goes on), and the
+        stream's images share one turn of the decode threads."""
+        engine, _ = self.rt.searchable()
         deadline = deadline_of(context)
+        admission = self.rt.admission
+        stream_ticket = admission.open_call()
+        stream_key = object()
         window = asyncio.Semaphore(self.settings.stream_window)
         out: asyncio.Queue[pb.ImageResult | BaseException | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
@@ -183,11 +228,17 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         async def one(
             image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float
         ) -> None:
+            ticket: Ticket | None = None
             try:
-                res = (await self._recognize([image], params, deadline, t_in, [boxes]))[0]
+                ticket = admit_images(
+                    self.rt, engine, [image], [boxes], deadline, self.max_image_bytes, new_call=False, field="image"
+                )
+                res = (await self._recognize([image], params, deadline, t_in, [boxes], stream_key))[0]
             except Exception as exc:  # per-image failure (overload, draining, ...): its own status
                 res = pb.ImageResult(id=image.id, status=item_status(exc))
             finally:
+                if ticket is not None:
+                    admission.release(ticket)
                 window.release()
             self._count("RecognizeStream", [res])
             await out.put(res)
@@ -231,6 +282,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                 t.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(read_task, *tasks, return_exceptions=True)
+            admission.release(stream_ticket)
 
     async def SearchByText(
         self, request: pb.SearchByTextRequest, context: grpc.aio.ServicerContext
@@ -240,7 +292,12 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         check_texts(request.texts, self.settings)
         params = search_params(request.options, self.settings)
         call_fields()["texts"] = len(request.texts)
-        vectors = await engine.embed_texts(list(request.texts), deadline=deadline_of(context))
+        deadline = deadline_of(context)
+        ticket = self.rt.admission.admit(engine.costs, items=len(request.texts), deadline=deadline, field="texts")
+        try:
+            vectors = await engine.embed_texts(list(request.texts), deadline=deadline)
+        finally:
+            self.rt.admission.release(ticket)
         if self.rt.metrics is not None:
             self.rt.metrics.observe_items("SearchByText", len(request.texts))
             self.rt.metrics.texts.labels("SearchByText").inc(len(request.texts))
@@ -259,6 +316,19 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(request.images)]
         deadline = deadline_of(context)
         call_fields().update(images=len(request.images), texts=len(request.texts))
+        ticket = admit_images(self.rt, engine, request.images, boxes, deadline, self.max_image_bytes)
+        try:
+            return await self._embed(engine, request, boxes, deadline)
+        finally:
+            self.rt.admission.release(ticket)
+
+    async def _embed(
+        self,
+        engine: Engine,
+        request: pb.EmbedRequest,
+        boxes: Sequence[list[Box] | None],
+        deadline: float | None,
+    ) -> pb.EmbedResponse:
         resp = pb.EmbedResponse(dim=engine.dim, model_fingerprint=engine.fingerprint)
         if request.texts:
             vectors = await engine.embed_texts(list(request.texts), deadline=deadline)

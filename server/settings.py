@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog.settings import CatalogSettings
+from server.admission_options import AdmissionOptions
 from server.inference_settings import BatcherOptions, DecodeLimits, EncoderOptions, EngineOptions
 
 SCOPE_RECOGNIZE = "recognize"
@@ -142,6 +143,29 @@ class Settings:
         float,
         group="limits",
     )
+    # -- connections: hostile or vanished clients must not hold the server's resources
+    request_read_timeout_seconds: float = _opt(
+        30.0,
+        "unary methods: seconds to wait for the whole request message after the call starts (a half-sent "
+        "request is then ended with DEADLINE_EXCEEDED, freeing its stream); 0 = no limit",
+        float,
+        group="connections",
+    )
+    keepalive_time_seconds: float = _opt(
+        60.0,
+        "seconds without traffic on a connection after which the server pings the client (finds dead peers)",
+        float,
+        group="connections",
+    )
+    keepalive_timeout_seconds: float = _opt(
+        20.0, "seconds to wait for a ping's answer before the connection is closed", float, group="connections"
+    )
+    max_connection_idle_seconds: float = _opt(
+        300.0,
+        "close a connection that has had no call for this many seconds (clients reconnect); 0 = never",
+        float,
+        group="connections",
+    )
     # -- security
     tokens_file: Path | None = _opt(  # noqa: RUF009
         None,
@@ -199,6 +223,22 @@ class Settings:
     )
     decode_workers: int | None = _opt(
         None, "image decode threads (default: CPU count)", _opt_int, group="inference"
+    )
+    # -- admission (server/admission.py): refuse before decoding, keep goodput under overload
+    max_concurrent_calls: int = _opt(
+        64, "embedding calls (Recognize, Embed, SearchByText, streams, enrolment) in progress at once",
+        int, group="admission",
+    )
+    max_inflight_mb: float = _opt(
+        256.0, "MiB of encoded image bytes held by admitted calls (bounds memory under overload)", float,
+        group="admission",
+    )
+    queue_budget_ms: float = _opt(
+        1000.0, "longest expected queue wait (ms) a call is admitted into; past it RESOURCE_EXHAUSTED at once",
+        float, group="admission",
+    )
+    max_request_megapixels: float = _opt(
+        1000.0, "decoded megapixels per request (all its images together)", float, group="admission"
     )
     fast_decode: bool = _opt(
         True, "decode JPEGs at reduced scale when large enough", parse_bool, group="inference"
@@ -259,6 +299,7 @@ class Settings:
             "enroll_chunk",
             "max_batch",
             "max_queue",
+            "max_concurrent_calls",
             "index_approximate_threshold",
         ):
             if getattr(self, name) < 1:
@@ -269,6 +310,15 @@ class Settings:
             raise bad("max_image_mb", f"in (0, max_message_mb={self.max_message_mb}]")
         if self.drain_delay_seconds < 0:
             raise bad("drain_delay_seconds", ">= 0")
+        for name in ("request_read_timeout_seconds", "max_connection_idle_seconds"):
+            if not 0 <= getattr(self, name) <= 86_400:
+                raise bad(name, "in [0, 86400] (0 = off)")
+        for name in ("keepalive_time_seconds", "keepalive_timeout_seconds"):
+            if not 1 <= getattr(self, name) <= 86_400:
+                raise bad(name, "in [1, 86400]")
+        for name in ("max_inflight_mb", "queue_budget_ms", "max_request_megapixels"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "> 0")
         if self.grace_seconds < 0 or self.max_wait_ms < 0 or self.intra_op_threads < 0:
             raise bad(
                 "grace_seconds"
@@ -393,6 +443,15 @@ class Settings:
             ),
             fast_decode=self.fast_decode,
             decode_workers=self.decode_workers,
+        )
+
+    def admission_options(self) -> AdmissionOptions:
+        """Admission control limits from these settings."""
+        return AdmissionOptions(
+            max_calls=self.max_concurrent_calls,
+            max_inflight_bytes=max(1, int(self.max_inflight_mb * MIB)),
+            queue_budget_s=self.queue_budget_ms / 1000.0,
+            max_request_pixels=max(1, int(self.max_request_megapixels * 1_000_000)),
         )
 
     def catalog_settings(self) -> CatalogSettings:

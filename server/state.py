@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from catalog.errors import FingerprintMismatch
+from server.admission import Admission
 from server.errors_grpc import Draining, NotReady
 from server.metrics import Metrics
 from server.settings import Settings
@@ -37,6 +38,11 @@ class Runtime:
     engine: Engine | None = None
     catalog: Catalog | None = None
     phase: Phase = Phase.LOADING
+    admission: Admission = None  # type: ignore[assignment]  # built from settings when not given
+
+    def __post_init__(self) -> None:
+        if self.admission is None:
+            self.admission = Admission(self.settings.admission_options())
 
     def ready(self) -> tuple[Engine, Catalog]:
         """(engine, catalog) when serving; raises NotReady while loading, Draining when shutting down."""

@@ -249,11 +249,13 @@ class GatedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def embed_images(self, images: Any, *, regions: Any = None, deadline: float | None = None) -> Any:
+    async def embed_images(
+        self, images: Any, *, regions: Any = None, deadline: float | None = None, caller: object | None = None
+    ) -> Any:
         self.deadlines.append(deadline)
         self.entered.set()
         await self.gate.wait()
-        return await self._inner.embed_images(images, regions=regions, deadline=deadline)
+        return await self._inner.embed_images(images, regions=regions, deadline=deadline, caller=caller)
 
     def open(self) -> None:
         self._lt.loop.call_soon_threadsafe(self.gate.set)

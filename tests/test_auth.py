@@ -50,6 +50,9 @@ def test_check_unit() -> None:
     ):
         auth.check(table, write, {"authorization": f"Bearer {READER}"})
     auth.check(auth.TokenTable(()), write, {})  # no tokens configured: everything passes
+    auth.check(table, rec, [("x-request-id", "r"), ("authorization", f"Bearer {READER}")])  # the call's pairs
+    with pytest.raises(Unauthenticated, match="2 'authorization' metadata entries: send exactly one"):
+        auth.check(table, rec, [("authorization", f"Bearer {WRITER}"), ("authorization", f"Bearer {READER}")])
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +189,92 @@ def test_mutual_tls(engine: object, certs: dict[str, Path], tmp_path: Path) -> N
             assert rpc_error(no_cert.stats).code() is C.UNAVAILABLE
     finally:
         srv.stop()
+
+
+# ---------------------------------------------------------------------------------------------- hostile callers
+def test_two_authorization_headers_are_refused(secured: RunningServer) -> None:
+    """The last header used to win: a proxy adding its own token after the caller's could be overridden."""
+    from skulens.v1 import recognition_pb2, recognition_pb2_grpc
+
+    with grpc.insecure_channel(secured.addr) as ch:
+        stub = recognition_pb2_grpc.RecognitionServiceStub(ch)
+        request = recognition_pb2.RecognizeRequest(images=[image_input(pattern_image(0))])
+        for tokens in ((WRITER, READER), (READER, READER)):
+            meta = [("authorization", f"Bearer {t}") for t in tokens]
+            err = rpc_error(stub.Recognize, request, metadata=meta, timeout=10)
+            assert err.code() is C.UNAUTHENTICATED
+            assert "send exactly one" in (err.details() or "")
+        assert stub.Recognize(request, metadata=[("authorization", f"Bearer {READER}")], timeout=30).results
+
+
+BIG_CALLS = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import grpc
+from skulens.v1 import recognition_pb2 as pb
+
+addr, mib, tokens = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+body = pb.RecognizeRequest(images=[pb.ImageInput(id="big", content=bytes(mib << 20))]).SerializeToString()
+
+def call(token):
+    meta = [("authorization", "Bearer " + token)] if token != "-" else []
+    with grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", -1)]) as ch:
+        try:
+            ch.unary_unary("/skulens.v1.RecognitionService/Recognize")(body, metadata=meta, timeout=60)
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+with ThreadPoolExecutor(len(tokens)) as pool:
+    print(" ".join(pool.map(call, tokens)), flush=True)
+"""
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")  # pragma: no cover
+
+
+def test_refused_calls_are_not_read(secured: RunningServer, tmp_path: Path) -> None:
+    """6 concurrent 40 MiB Recognize calls without a good token (4 without any, 2 with a token lacking the
+    scope) are refused without their bodies being received: the server's RSS (this process) grows by far less
+    than even two bodies (it grew by all six, and more, when refusals came after reading the request)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    script = tmp_path / "big_calls.py"
+    script.write_text(BIG_CALLS)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "proto"), str(repo)])}
+    mib, callers = 40, ["-", "-", "-", "-", WRITER, WRITER]
+    peak, stop = [0.0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            stop.wait(0.005)
+
+    baseline = _rss_mib()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out = subprocess.run(
+            [sys.executable, str(script), secured.addr, str(mib), *callers],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.split()
+    finally:
+        stop.set()
+        sampler.join(5)
+    assert out == ["UNAUTHENTICATED"] * 4 + ["PERMISSION_DENIED"] * 2
+    growth = peak[0] - baseline
+    assert growth < 2 * mib, f"server RSS grew by {growth:.0f} MiB from {baseline:.0f} MiB"
+    print(f"RSS baseline {baseline:.0f} MiB, peak {peak[0]:.0f} MiB (+{growth:.1f}) for 6 refused {mib} MiB calls")

@@ -123,3 +123,21 @@ def test_list_products_order_and_category(store: Store) -> None:
     assert [r.product_id for r, _ in store.list_products("a", 10, "x")] == ["b"]
     row, refs = store.get_product("ä")
     assert row.labels == {"k": "ä"} and refs == []
+
+
+def test_existing_hashes_uses_the_hash_index(store: Store) -> None:
+    store.upsert_product("p1", "", "", {})
+    store.upsert_product("p2", "", "", {})
+    _, res, _ = store.add_references("p1", [_row(1, "a" * 64), _row(2, "b" * 64), _row(3)], "model-a")
+    store.add_references("p2", [_row(4, "c" * 64)], "model-a")
+    many = ["a" * 64, "c" * 64, "d" * 64] + [f"{i:064x}" for i in range(1200)]  # more than one IN (...) batch
+    assert store.existing_hashes("p1", many) == {"a" * 64: res[0][0]}
+    assert store.existing_hashes("p1", ["b" * 64, "b" * 64]) == {"b" * 64: res[1][0]}
+    assert store.existing_hashes("p2", ["a" * 64, "c" * 64]) == {"c" * 64: res[0][0] + 3}
+    assert store.existing_hashes("p1", []) == {}
+    with pytest.raises(NotFound):
+        store.existing_hashes("missing", ["a" * 64])
+    plan = " ".join(str(r[-1]) for r in store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT content_sha256, reference_id FROM refs WHERE product_pk = ? "
+        "AND content_sha256 IN (?, ?)", (1, "a" * 64, "b" * 64)))
+    assert "refs_product_sha" in plan

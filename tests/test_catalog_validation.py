@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 
@@ -112,3 +113,53 @@ def test_rwlock_readers_share_writer_excludes() -> None:
     for t in threads:
         t.join()
     assert not violations and peak[0] > 1
+
+
+def test_identifiers_are_nfc() -> None:
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    assert v.product_id(nfd) == nfc and v.product_id(nfc) == nfc
+    assert v.category(nfd) == nfc and v.category("") == ""
+    assert v.labels({nfd: "i\u0302le"}) == {nfc: "\u00eele"}  # keys and values compare in NFC
+    with pytest.raises(InvalidArgument, match="twice") as err:
+        v.labels({nfc: "a", nfd: "b"})
+    assert err.value.field == "labels key"
+    assert v.product_id("e\u0301" * 128) == "\u00e9" * 128  # the limit applies to the stored (NFC) form
+    assert v.product_id("milk 1 l") == "milk 1 l"
+
+
+@pytest.mark.parametrize(
+    ("ch", "kind", "name"),
+    [
+        ("\u202e", "Cf", "RIGHT-TO-LEFT OVERRIDE"),
+        ("\u200b", "Cf", "ZERO WIDTH SPACE"),
+        ("\ufeff", "Cf", "ZERO WIDTH NO-BREAK SPACE"),
+        ("\u2028", "Zl", "LINE SEPARATOR"),
+        ("\u2029", "Zp", "PARAGRAPH SEPARATOR"),
+        ("\x00", "Cc", ""),
+        ("\x85", "Cc", ""),
+        ("\u0378", "Cn", ""),
+    ],
+)
+def test_identifiers_refuse_unprintable_code_points(ch: str, kind: str, name: str) -> None:
+    for check, field in ((v.product_id, "product_id"), (v.category, "category")):
+        with pytest.raises(InvalidArgument) as err:
+            check("ab" + ch + "c")
+        msg = str(err.value)
+        assert err.value.field == field and msg.startswith(field)
+        assert f"({kind}): U+{ord(ch):04X}" in msg and name in msg and "at position 2" in msg
+    with pytest.raises(InvalidArgument) as err:
+        v.labels({"k" + ch: "x"})
+    assert err.value.field == "labels key"
+
+
+def test_identifiers_refuse_outer_and_only_whitespace() -> None:
+    for bad, what in ((" a", "leading whitespace: U+0020 SPACE at position 0"),
+                      ("a\u3000", "trailing whitespace: U+3000 IDEOGRAPHIC SPACE at position 1"),
+                      ("   ", "whitespace only"), ("\u00a0", "whitespace only")):
+        with pytest.raises(InvalidArgument, match=re.escape(what)):
+            v.product_id(bad)
+    with pytest.raises(InvalidArgument, match="whitespace only"):
+        v.category(" ")
+    with pytest.raises(InvalidArgument, match="unpaired surrogate at 1"):
+        v.product_id("a\ud800")
+    assert v.display_name(" any text\u200b ") == " any text\u200b "  # free text keeps the old rule (no Cc)

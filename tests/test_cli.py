@@ -241,3 +241,95 @@ def test_client_tls_environment_is_separate_from_the_server_s() -> None:
     cfg = ClientConfig.from_env({**server_side, **client_side}, tls_key=Path("/flag/key.pem"))
     assert (cfg.tls_ca, cfg.tls_cert, cfg.tls_key) == (Path("/c/ca.pem"), Path("/c/cert.pem"), Path("/flag/key.pem"))
     assert cfg.tls_server_name == "skulens.example.com"
+
+
+# ---------------------------------------------------------------------------------------------- integrity
+CHECK_FP, CHECK_DIM = "test-model/random/32:0123456789abcdef", 32
+
+
+def _small_catalog(path: Path) -> bytes:
+    """A real closed catalog (12 references) with its index snapshot; returns the stored vectors' bytes."""
+    from catalog_helpers import product_refs
+
+    from catalog import Catalog, NewReference
+
+    _, refs = product_refs(4, 3, CHECK_DIM, seed=5)
+    with Catalog.open(path, fingerprint=CHECK_FP, dim=CHECK_DIM) as cat:
+        for i in range(4):
+            cat.upsert_product(f"sku-{i}")
+            cat.add_references(f"sku-{i}", [NewReference(refs[i, j]) for j in range(3)])
+    return refs.reshape(-1, CHECK_DIM).astype("<f4").tobytes()
+
+
+def test_catalog_check_reports_and_exits_by_health(
+    tmp_path: Path, effnet_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "cat"
+    block = _small_catalog(data)
+    code, out, err = run(capsys, "catalog", "check", "--data", str(data))
+    assert code == EXIT_OK, out + err
+    assert out.startswith(f"catalog check of {data}\n") and "integrity_check passed" in out
+    assert "12 references" in out and out.rstrip().endswith("result: healthy")
+    code, out, _ = run(capsys, "catalog", "check", "--data", str(data), "--model", str(effnet_model_dir))
+    assert code == EXIT_FAIL and "but the model is efficientnet" in out and "skulens reembed" in out
+    snap = data / "index.snapshot"  # the drill: vector bytes overwritten, header and size intact
+    raw = snap.read_bytes()
+    at = raw.index(block)
+    snap.write_bytes(raw[:at] + block[::-1] + raw[at + len(block):])
+    code, out, _ = run(capsys, "catalog", "check", "--data", str(data), "--json")
+    report = json.loads(out)
+    assert code == EXIT_FAIL and report["healthy"] is False
+    (problem,) = [f["text"] for f in report["findings"] if f["level"] == "PROBLEM"]
+    assert problem.startswith(f"{snap} fails its checksum")
+    (data / "catalog.db").write_bytes(b"")
+    code, out, _ = run(capsys, "catalog", "check", "--data", str(data))
+    assert code == EXIT_FAIL and f"{data / 'catalog.db'} is empty (0 bytes), yet {snap} exists" in out
+    assert "restore" in out.splitlines()[-1]
+    code, _, err = run(capsys, "catalog", "check", "--data", str(data), "--model", str(tmp_path / "nope"))
+    assert code == EXIT_USAGE and err.startswith("skulens: error: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("truncate", "is empty (0 bytes), yet"),
+    ("garbage", "is damaged (file is not a database); restore"),
+    ("directory", "(unable to open database file): check that"),
+])
+def test_offline_commands_report_a_damaged_catalog_in_one_line(
+    tmp_path: Path, effnet_model_dir: Path, capsys: pytest.CaptureFixture[str], damage: str, says: str
+) -> None:
+    data = tmp_path / "cat"
+    _small_catalog(data)
+    db = data / "catalog.db"
+    if damage == "truncate":
+        db.write_bytes(b"")
+    elif damage == "garbage":
+        db.write_bytes(b"\x5a" * 8192)
+    else:
+        db.unlink()
+        db.mkdir()
+    code, out, err = run(capsys, "calibrate", "--model", str(effnet_model_dir), "--data", str(data))
+    assert code == EXIT_USAGE and out == ""
+    assert err.count("\n") == 1 and err.startswith("skulens: error: ") and str(db) in err and says in err
+    assert "Traceback" not in err
+
+
+def test_serve_refuses_a_damaged_catalog_without_a_traceback(
+    tmp_path: Path, effnet_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "cat"
+    _small_catalog(data)
+    (data / "catalog.db").write_bytes(b"")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        code, _, err = run(capsys, "serve", "--host", "127.0.0.1", "--port", "0", "--model", str(effnet_model_dir),
+                           "--data", str(data), "--log-format", "text")
+    finally:
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+    assert code == EXIT_USAGE and "Traceback" not in err
+    last = err.rstrip("\n").splitlines()[-1]
+    assert last.startswith(f"skulens: error: catalog store {data / 'catalog.db'} is empty (0 bytes)")
+    assert f"skulens catalog check --data {data}" in last

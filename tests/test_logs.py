@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import unicodedata
 from collections.abc import Iterator
 
 import grpc
@@ -125,3 +126,38 @@ def test_one_log_line_per_call_with_request_id(echo_server: str) -> None:
     done = [d for d in lines if d.get("method") == "Echo"]
     assert len(done) == 1 and done[0]["code"] == "OK" and done[0]["size"] == 4 and done[0]["ms"] >= 0
     assert done[0]["request_id"] == "req-77" and done[0]["peer"].startswith("ipv4:127.0.0.1")
+
+
+FORGED = 'p1\ncode=OK fake=1\r\x1b[2J\x85\u2028\u2029\x00"\\ end'
+
+
+def test_key_value_escapes_control_characters_in_values_and_keys() -> None:
+    """A rejected id full of line breaks, terminal escapes and separators stays inside one quoted value."""
+    rec = _record("rejected %s", FORGED, fields={"product_id": FORGED, "bad\nkey": 1, "plain": "café-ü"})
+    out = KeyValueFormatter().format(rec)
+    assert len(out.splitlines()) == 1  # splitlines breaks on \n \r \x1c-\x1e \x85 \u2028 \u2029
+    assert not any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029" for c in out)
+    want = '"p1\\ncode=OK fake=1\\r\\x1b[2J\\x85\\u2028\\u2029\\x00\\"\\\\ end"'
+    assert f"product_id={want}" in out
+    assert 'msg="rejected ' + want[1:] in out
+    assert '"bad\\nkey"=1' in out and "plain=café-ü" in out  # printable non-ASCII stays readable
+
+
+def test_key_value_traceback_still_follows_the_line() -> None:
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError:
+        import sys
+
+        rec = _record("failed %s", FORGED)
+        rec.exc_info = sys.exc_info()
+    first, *rest = KeyValueFormatter().format(rec).splitlines()
+    assert first.startswith("ts=") and "\\x1b" in first and "Traceback" in rest[0]
+
+
+def test_json_lines_escape_control_characters_too() -> None:
+    line = JsonFormatter().format(_record("rejected %s", FORGED, fields={"product_id": FORGED, "bad\nkey": 1}))
+    assert len(line.splitlines()) == 1
+    assert not any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029" for c in line)
+    d = json.loads(line)
+    assert d["product_id"] == FORGED and d["msg"] == f"rejected {FORGED}" and d["bad\nkey"] == 1

@@ -213,3 +213,151 @@ def test_stats_report_the_approximate_index_recall_and_width(engine: object, tmp
             assert top.product_id == "ivf-5"
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------------ enrolment robustness, ids (issue 10)
+@pytest.fixture(scope="module")
+def enrol_server(engine: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server of its own (the module's `server` is restarted by test_restart_keeps_the_catalog)."""
+    srv = RunningServer(make_settings(tmp_path_factory.mktemp("enrol") / "data", enroll_chunk=4), engine)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def enrol(enrol_server: RunningServer) -> Iterator[SkulensClient]:
+    with enrol_server.client() as c:
+        yield c
+
+
+def embedded(engine: object) -> int:
+    """Images the shared engine has embedded so far."""
+    return int(engine.stats().images_embedded)  # type: ignore[attr-defined]
+
+
+def test_a_bad_item_fails_alone_and_names_the_request_field(enrol: SkulensClient) -> None:
+    enrol.upsert_product("bulk")
+    images = [pattern_image(500 + i) for i in range(5)]
+    stream = [req("bulk", b, f"good{i}.png") for i, b in enumerate(images)]
+    stream.insert(2, req("bulk", pattern_image(505), "x" * 1025))  # chunk of 4: shares a chunk with 3 good ones
+    resp = enrol.add_references(stream)
+    assert (resp.added, resp.duplicates, resp.failed) == (5, 0, 1)
+    bad = resp.results[2]
+    assert bad.status.code == C.INVALID_ARGUMENT.value[0] and bad.reference_id == 0
+    assert bad.status.field == "requests[2].source"
+    assert bad.status.message.startswith("requests[2].source") and "1024" in bad.status.message
+    assert "references[" not in bad.status.message
+    got = enrol.get_product("bulk")
+    assert got is not None and sorted(r.source for r in got.references) == [f"good{i}.png" for i in range(5)]
+
+
+def test_each_bad_field_is_named_as_sent(enrol: SkulensClient) -> None:
+    enrol.upsert_product("fields")
+    stream = [
+        req("fields", pattern_image(510)),
+        req("fie\u202elds", pattern_image(511)),  # forbidden code point in the id
+        req("fields", pattern_image(512), region=(0, 0, 0, 10)),  # malformed box: refused before decoding
+        req("fields", pattern_image(513), region=(50, 50, 80, 80)),  # outside the 96x96 image: found at decode
+        req("fields", b""),
+        req("fields", b"not an image"),
+        req("no-such-product", pattern_image(514)),
+        req("fields", pattern_image(515)),
+    ]
+    resp = enrol.add_references(stream)
+    fields = [r.status.field for r in resp.results]
+    assert fields == ["", "requests[1].product_id", "requests[2].region", "requests[3].region",
+                      "requests[4].content", "requests[5].content", "requests[6].product_id", ""]
+    codes = [C.INVALID_ARGUMENT.value[0]] * 5 + [C.NOT_FOUND.value[0]]
+    assert [r.status.code for r in resp.results[1:7]] == codes
+    assert "U+202E" in resp.results[1].status.message
+    assert (resp.added, resp.failed) == (2, 6)
+
+
+def test_copies_of_one_photo_are_embedded_once(enrol: SkulensClient, engine: object) -> None:
+    enrol.upsert_product("copies")
+    enrol.upsert_product("copies-2")
+    photo = pattern_image(520)
+    stream = [req("copies", photo, f"c{i}.png") for i in range(40)] + [req("copies-2", photo)]
+    before = embedded(engine)
+    resp = enrol.add_references(stream)
+    assert embedded(engine) - before == 2  # once per product: the identity is (product, content sha256)
+    assert (resp.added, resp.duplicates, resp.failed) == (2, 39, 0)
+    first = resp.results[0].reference_id
+    assert not resp.results[0].duplicate and first > 0
+    assert all(r.duplicate and r.reference_id == first and r.status.code == 0 for r in resp.results[1:40])
+    assert not resp.results[40].duplicate and resp.results[40].reference_id not in (0, first)
+    got = enrol.get_product("copies")
+    assert got is not None and [r.reference_id for r in got.references] == [first]
+
+
+def test_an_enrolled_photo_sent_again_is_a_duplicate_without_embedding(
+    enrol: SkulensClient, engine: object
+) -> None:
+    enrol.upsert_product("again")
+    photo = pattern_image(530)
+    (ref,) = enrol.add_references([req("again", photo)]).results
+    before = embedded(engine)
+    resp = enrol.add_references([req("again", photo, region=(0, 0, 48, 48)), req("again", photo)])
+    assert embedded(engine) == before
+    assert [(r.duplicate, r.reference_id, r.status.code) for r in resp.results] == [(True, ref.reference_id, 0)] * 2
+    assert (resp.added, resp.duplicates) == (0, 2)
+
+
+def test_a_failed_first_copy_does_not_hide_a_good_one(enrol: SkulensClient, engine: object) -> None:
+    enrol.upsert_product("crop")
+    photo = pattern_image(540)
+    stream = [req("crop", photo, region=(90, 90, 40, 40)), req("crop", photo, region=(90, 90, 40, 40)),
+              req("crop", photo, region=(0, 0, 48, 48))]
+    resp = enrol.add_references(stream)
+    assert [r.status.field for r in resp.results] == ["requests[0].region", "requests[1].region", ""]
+    assert resp.results[1].status.message.startswith("requests[1].region")
+    assert (resp.added, resp.failed) == (1, 2)
+
+
+def test_nfc_and_nfd_spellings_are_one_product(enrol: SkulensClient) -> None:
+    nfc, nfd = "caf\u00e9-cr\u00e8me", "cafe\u0301-cre\u0300me"
+    cat_nfc, cat_nfd = "boissons-\u00e9t\u00e9", "boissons-e\u0301te\u0301"
+    assert enrol.upsert_product(nfc, category=cat_nfc, labels={"r\u00e9gion": "\u00eele"}).created
+    again = enrol.upsert_product(nfd, category=cat_nfd, labels={"re\u0301gion": "i\u0302le"})
+    assert not again.created and again.product.product_id == nfc
+    photo = pattern_image(550)
+    added = enrol.add_references([req(nfd, photo)])
+    assert added.results[0].status.code == 0 and added.results[0].product_id == nfd  # echoes the request
+    assert enrol.add_references([req(nfc, photo)]).results[0].duplicate
+    got = enrol.get_product(nfd)
+    assert got is not None and got.product.product_id == nfc and got.product.reference_count == 1
+    assert [p.product_id for p in enrol.list_products(category=cat_nfd)] == [nfc]
+    options = common_pb2.SearchOptions(category=cat_nfd, labels={"re\u0301gion": "i\u0302le"})
+    top = enrol.recognize([image_input(photo)], options).results[0].recognition.matches[0]
+    assert top.product_id == nfc
+    assert enrol.delete_product(nfd) == 1 and enrol.get_product(nfc) is None
+
+
+@pytest.mark.parametrize(
+    ("pid", "code_point", "name"),
+    [
+        ("a\u202eb", "U+202E", "RIGHT-TO-LEFT OVERRIDE"),
+        ("a\u200bb", "U+200B", "ZERO WIDTH SPACE"),
+        ("\ufeffab", "U+FEFF", "ZERO WIDTH NO-BREAK SPACE"),
+        ("a\u2028b", "U+2028", "LINE SEPARATOR"),
+        ("a\u2029b", "U+2029", "PARAGRAPH SEPARATOR"),
+        ("a\x1bb", "U+001B", ""),
+        ("a\u0378b", "U+0378", ""),  # unassigned
+        (" ab", "U+0020", "SPACE"),
+        ("ab\u00a0", "U+00A0", "NO-BREAK SPACE"),
+    ],
+)
+def test_forbidden_code_points_in_ids_are_refused(
+    enrol: SkulensClient, pid: str, code_point: str, name: str
+) -> None:
+    err = rpc_error(enrol.upsert_product, pid)
+    assert err.code() is C.INVALID_ARGUMENT
+    assert dict(err.trailing_metadata())["skulens-error-field"] == "product_id"
+    assert code_point in err.details() and name in err.details() and "position" in err.details()
+
+
+def test_whitespace_only_ids_are_refused(enrol: SkulensClient) -> None:
+    for pid in (" ", "\u3000\u3000", "\u00a0"):
+        err = rpc_error(enrol.upsert_product, pid)
+        assert err.code() is C.INVALID_ARGUMENT and "whitespace only" in err.details()
+    assert enrol.upsert_product("milk 1 l").created  # inner spaces are fine

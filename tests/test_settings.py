@@ -161,3 +161,36 @@ def test_engine_and_catalog_options_follow_settings() -> None:
         50,
     )
     assert Settings().engine_options().encoder.providers is None
+
+
+def test_connection_limits() -> None:
+    s = Settings()
+    assert (s.request_read_timeout_seconds, s.keepalive_time_seconds, s.keepalive_timeout_seconds) == (30, 60, 20)
+    assert s.max_connection_idle_seconds == 300
+    names = [f.name for f in fields(Settings)]
+    group = [f.name for f in fields(Settings) if f.metadata["group"] == "connections"]
+    assert names[names.index("drain_delay_seconds") + 1 : names.index("drain_delay_seconds") + 1 + len(group)] == group
+    s = Settings.from_sources(
+        _parse(["--request-read-timeout-seconds", "0", "--keepalive-time-seconds", "15"]),
+        {"SKULENS_MAX_CONNECTION_IDLE_SECONDS": "0", "SKULENS_KEEPALIVE_TIMEOUT_SECONDS": "5"},
+    )
+    assert (s.request_read_timeout_seconds, s.keepalive_time_seconds) == (0, 15)  # 0 = no read timeout
+    assert (s.max_connection_idle_seconds, s.keepalive_timeout_seconds) == (0, 5)  # 0 = never close idle
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        (
+            {"SKULENS_REQUEST_READ_TIMEOUT_SECONDS": "-1"},
+            "--request-read-timeout-seconds / SKULENS_REQUEST_READ_TIMEOUT_SECONDS must be in [0, 86400] (0 = off)",
+        ),
+        ({"SKULENS_MAX_CONNECTION_IDLE_SECONDS": "1e9"}, "SKULENS_MAX_CONNECTION_IDLE_SECONDS must be in [0, 86400]"),
+        ({"SKULENS_KEEPALIVE_TIME_SECONDS": "0"}, "--keepalive-time-seconds / SKULENS_KEEPALIVE_TIME_SECONDS must"),
+        ({"SKULENS_KEEPALIVE_TIMEOUT_SECONDS": "nan"}, "SKULENS_KEEPALIVE_TIMEOUT_SECONDS must be in [1, 86400]"),
+    ],
+)
+def test_bad_connection_limits(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_sources(None, env)
+    assert needle in str(info.value)

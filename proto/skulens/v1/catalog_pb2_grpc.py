@@ -90,7 +90,10 @@ class CatalogServiceServicer:
     def AddReferenceImages(self, request_iterator, context):
         """Enrols reference images, streamed one per message (bulk enrolment). The server embeds them with the model
         in use and adds them to their products; an image identical (same content sha256) to one of its product's
-        references is reported as a duplicate, not added twice. Each image gets its own status.
+        references, or to an earlier image of the same product in the stream, is reported as a duplicate with the
+        existing reference id and is neither decoded nor embedded again. Each image gets its own status: a bad
+        message (id, source, content, region) fails alone, its status.field naming it as `requests[i].<field>` with i
+        its position in the stream; the other images are still added.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
