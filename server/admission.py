@@ -168,13 +168,6 @@ class Admission:
         self._tickets += 1
         return Ticket(cost, nbytes, new_call)
 
-    def precheck(self, costs: CostModel | None) -> None:
-        """The O(1) checks for the least request (one model input, no bytes), before its body is even read:
-        raises `Shed` when even that would be refused."""
-        self._check_calls_and_bytes(0, True)
-        if costs is not None:
-            self._check_queue(costs.estimate(1, 0))
-
     def open_call(self) -> Ticket:
         """Count a long call (a stream) against `max_calls` without booking work; raises `Shed` only on the
         call cap (its images are admitted one by one, against the queue as it is then)."""

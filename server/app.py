@@ -103,20 +103,8 @@ def create_server(
         *connection_options(settings),
     ]
     read_timeout = settings.request_read_timeout_seconds or None
-
-    def precheck() -> None:
-        engine = runtime.engine
-        runtime.admission.precheck(engine.costs if engine is not None else None)
-
     server = grpc.aio.server(
-        interceptors=[
-            CallInterceptor(
-                runtime.metrics,
-                read_timeout=read_timeout,
-                prechecks={"Recognize": precheck, "Embed": precheck},
-            ),
-            AuthInterceptor(tokens),
-        ],
+        interceptors=[CallInterceptor(runtime.metrics, read_timeout=read_timeout), AuthInterceptor(tokens)],
         options=options,
     )
     recognition_pb2_grpc.add_RecognitionServiceServicer_to_server(RecognitionServicer(runtime), server)

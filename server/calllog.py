@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -165,20 +165,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     not a valid message is INVALID_ARGUMENT (counted, logged at WARNING, no traceback). Unary-request methods are
     served as streaming-request ones so that the body can be awaited with `read_timeout` seconds (None = no
     limit; expiry is DEADLINE_EXCEEDED, which frees the connection's stream) and a second message is refused.
-    `prechecks` maps a unary method's short name to a check run before its body is read (admission's O(1)
-    overload check): under overload a refused call costs neither the read nor the parse.
     """
 
-    def __init__(
-        self,
-        metrics: Metrics | None = None,
-        *,
-        read_timeout: float | None = 30.0,
-        prechecks: Mapping[str, Callable[[], None]] | None = None,
-    ) -> None:
+    def __init__(self, metrics: Metrics | None = None, *, read_timeout: float | None = 30.0) -> None:
         self._metrics = metrics
         self._read_timeout = read_timeout
-        self._prechecks = dict(prechecks or {})
 
     async def intercept_service(
         self,
@@ -195,11 +186,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             read = self._read_one(method, des)
             if handler.unary_unary:
                 behavior_uu = handler.unary_unary
-                precheck = self._prechecks.get(method)
 
                 async def run_uu(requests: AsyncIterable[bytes], context: grpc.aio.ServicerContext) -> Any:
-                    if precheck is not None:
-                        precheck()  # overload refused before the body is read or parsed
                     result = behavior_uu(await read(requests), context)
                     return await result if inspect.isawaitable(result) else result
 

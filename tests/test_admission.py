@@ -277,18 +277,3 @@ def test_enrolment_waits_for_room_instead_of_failing(held: GatedEngine, tmp_path
     finally:
         held.open()
         srv.stop()
-
-
-def test_precheck_refuses_the_least_request_without_booking_anything() -> None:
-    ad = Admission(AdmissionOptions(queue_budget_s=0.05, max_calls=2))
-    costs = _costs()
-    ad.precheck(costs)  # idle: passes
-    held = ad.admit(costs, items=4)
-    with pytest.raises(Shed, match="budget is 50 ms"):
-        ad.precheck(costs)  # one turn of a 1-input request (0.1 s) is already over the budget
-    ad.release(held)
-    ad.open_call()
-    ad.open_call()
-    with pytest.raises(Shed, match="calls in progress"):
-        ad.precheck(None)
-    assert ad.stats().refused == {"queue": 1, "calls": 1}
