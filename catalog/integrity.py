@@ -21,20 +21,13 @@ import numpy as np
 from catalog.errors import CatalogCorrupt
 from catalog.index import VectorIndex
 from catalog.settings import CatalogSettings
-from catalog.store import REQUIRED_META, REQUIRED_TABLES, remedy
+from catalog.store import REQUIRED_META, REQUIRED_TABLES, remedy, sqlite_findings, table_names
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "catalog.db"
 SNAPSHOT_FILE = "index.snapshot"
 StoreIdentity = tuple[int, str, int]  # (dim, fingerprint, generation) of a store
-
-
-def sqlite_findings(rows: list[str], limit: int = 5) -> str:
-    """SQLite check output (integrity_check / quick_check rows) as one line."""
-    lines = [ln.strip() for row in rows for ln in row.splitlines() if ln.strip() and not ln.startswith("***")]
-    more = f" (+{len(lines) - limit} more)" if len(lines) > limit else ""
-    return "; ".join(lines[:limit]) + more
 
 
 def evidence_of_data(path: Path) -> list[str]:
@@ -151,7 +144,7 @@ def _check_store(conn: sqlite3.Connection, db: Path, report: CheckReport, eviden
         report.add("ok", f"{db.name}: SQLite integrity_check passed ({db.stat().st_size} bytes)")
     else:
         report.add("PROBLEM", f"{db}: SQLite integrity_check failed: {sqlite_findings(rows)}")
-    tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = table_names(conn)
     if "meta" not in tables:
         why = f", yet {' and '.join(evidence)}: the catalog's data are lost" if evidence else ""
         report.add("PROBLEM", f"{db} holds no catalog schema{why}")

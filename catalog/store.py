@@ -135,6 +135,18 @@ def store_error(path: Path, exc: sqlite3.Error) -> CatalogError:
                         "it and its directory are readable and writable")
 
 
+def sqlite_findings(rows: list[str], limit: int = 5) -> str:
+    """SQLite check output (integrity_check / quick_check rows) as one line."""
+    lines = [ln.strip() for row in rows for ln in row.splitlines() if ln.strip() and not ln.startswith("***")]
+    more = f" (+{len(lines) - limit} more)" if len(lines) > limit else ""
+    return "; ".join(lines[:limit]) + more
+
+
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    """Names of the tables in the database."""
+    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def _check_file(conn: sqlite3.Connection, path: Path, evidence: Sequence[str]) -> None:
     """Cheap checks before anything is written: `PRAGMA quick_check`, then a schema that is either absent (a
     new store, allowed only without `evidence` that the catalog held data) or has its `meta` rows."""
@@ -146,10 +158,9 @@ def _check_file(conn: sqlite3.Connection, path: Path, evidence: Sequence[str]) -
         else:
             raise
     if rows != ["ok"]:
-        lines = [ln.strip() for row in rows for ln in row.splitlines() if ln.strip() and not ln.startswith("***")]
-        raise CatalogCorrupt(f"catalog store {path} failed SQLite's quick_check ({'; '.join(lines)}); "
+        raise CatalogCorrupt(f"catalog store {path} failed SQLite's quick_check ({sqlite_findings(rows)}); "
                              f"{remedy(path)}")
-    tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = table_names(conn)
     if "meta" not in tables:
         if evidence:
             raise CatalogCorrupt(f"catalog store {path} holds no catalog schema, yet {' and '.join(evidence)}: "
@@ -213,7 +224,7 @@ class Store:
         try:
             self._conn = _connect(self.path, synchronous, busy_timeout_ms, evidence)
             self._migrate()
-            tables = {str(r[0]) for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = table_names(self.conn)
             missing = [t for t in REQUIRED_TABLES if t not in tables]
             if missing:
                 raise CatalogCorrupt(f"catalog store {self.path} lacks the tables {missing}; {remedy(self.path)}")

@@ -220,6 +220,7 @@ class Engine:
         regions: Sequence[Sequence[Box] | None] | None = None,
         deadline: float | None = None,
         caller: object | None = None,
+        pixels: Sequence[int] | None = None,
     ) -> list[np.ndarray | InferenceError]:
         """Embed each image, or each box of an image that has regions: one [D] float32 unit vector or one
         `InferenceError` per image (or per box, in order), so one bad image never fails the others.
@@ -227,8 +228,9 @@ class Engine:
         `regions[i]` lists boxes for `images[i]` (None or missing: the whole image; an empty list: no
         result for that image). `deadline` is an absolute `time.monotonic()` value. Decoding shares the decode
         threads round-robin between callers: calls with the same `caller` (default: this call alone) take
-        turns with every other caller, so a request of many large images cannot starve a small one. Raises
-        `Overloaded`
+        turns with every other caller, so a request of many large images cannot starve a small one. `pixels`:
+        each image's decoded pixel count when the caller already read it from the headers (admission did);
+        otherwise the headers are read here. Raises `Overloaded`
         when the queue cannot take this request's items, `DeadlineExceeded` when the deadline passed before
         queueing.
         """
@@ -240,7 +242,10 @@ class Engine:
             regions[i] if regions is not None and i < len(regions) else None for i in range(len(images))
         ]
         key = caller if caller is not None else object()
-        pixels = [self.preprocessor.decode_pixels(data) for data in images]  # header only
+        if pixels is None:
+            pixels = [self.preprocessor.decode_pixels(data) for data in images]  # header only
+        elif len(pixels) != len(images):
+            raise ValueError(f"{len(pixels)} pixel counts for {len(images)} images")
         prepared = await asyncio.gather(
             *(
                 self._fair_decode.run(

@@ -298,12 +298,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         images = [recognition_pb2.ImageInput(content=it.msg.content) for it in items]
         boxes: list[list[Box] | None] = [[it.box] if it.box is not None else None for it in items]
         admission = self.rt.admission
+        pixels = [engine.preprocessor.decode_pixels(im.content) for im in images]  # headers, read once
         ticket = await admission.admit_waiting(
             engine.costs,
             deadline=deadline,
             items=len(images),
             nbytes=sum(len(im.content) for im in images),
-            pixels=sum(engine.preprocessor.decode_pixels(im.content) for im in images),
+            pixels=sum(pixels),
             new_call=False,
             check_pixels=False,
             field="requests",
@@ -311,7 +312,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         try:
             # every enrolment call shares one turn of the decode threads (caller=self): bulk enrolment, however
             # many streams, never holds the decoders against recognition calls
-            embedded = await embed_batch(engine, images, boxes, deadline, None, field="requests", caller=self)
+            embedded = await embed_batch(
+                engine, images, boxes, deadline, None, field="requests", caller=self, pixels=pixels
+            )
         finally:
             admission.release(ticket)
         groups: dict[str, list[tuple[_Item, NewReference]]] = defaultdict(list)

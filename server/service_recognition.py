@@ -60,15 +60,21 @@ async def embed_batch(
     max_bytes: int | None = None,
     field: str = "images",
     caller: object | None = None,
+    pixels: Sequence[int] | None = None,
 ) -> list[_Embedded]:
     """Embed images (each whole, or each of its boxes); regroup the engine's flat results per image.
 
     Images over `max_bytes` are not decoded: they fail with ImageTooLarge naming the limit. Calls with the
-    same `caller` share one turn of the decode threads (a stream's images).
+    same `caller` share one turn of the decode threads (a stream's images). `pixels`: per image, as
+    `admit_images` read them from the headers (so the engine does not read them again).
     """
     too_big = {i for i, im in enumerate(images) if max_bytes is not None and len(im.content) > max_bytes}
     contents = [b"" if i in too_big else im.content for i, im in enumerate(images)]
-    flat = await engine.embed_images(contents, regions=list(boxes), deadline=deadline, caller=caller)
+    if pixels is not None:
+        pixels = [0 if i in too_big else p for i, p in enumerate(pixels)]
+    flat = await engine.embed_images(
+        contents, regions=list(boxes), deadline=deadline, caller=caller, pixels=pixels
+    )
     out, k = [], 0
     for i, b in enumerate(boxes):
         n = len(b) if b is not None else 1
@@ -109,24 +115,31 @@ def admit_images(
     *,
     new_call: bool = True,
     field: str = "images",
-) -> Ticket:
-    """Admission for embedding `images` (their boxes): cost from sizes and image headers, before decoding.
+    extra_items: int = 0,
+) -> tuple[Ticket, list[int]]:
+    """Admission for embedding `images` (their boxes, plus `extra_items` other model inputs such as texts):
+    cost from sizes and image headers, before decoding. Returns the ticket and each image's decoded pixels
+    (0 over `max_bytes`), read once from the headers, for `embed_batch`.
 
     Raises `Shed` (RESOURCE_EXHAUSTED with a retry hint) or `TooMany` (the request's pixel budget)."""
-    fits = [im.content for im in images if len(im.content) <= max_bytes]
+    per_image: list[int] = []
 
     def pixels() -> int:
-        return sum(engine.preprocessor.decode_pixels(c) for c in fits)
+        per_image.extend(
+            engine.preprocessor.decode_pixels(im.content) if len(im.content) <= max_bytes else 0 for im in images
+        )
+        return sum(per_image)
 
-    return runtime.admission.admit(
+    ticket = runtime.admission.admit(
         engine.costs,
-        items=sum(1 if b is None else len(b) for b in boxes),
-        nbytes=sum(len(c) for c in fits),
+        items=sum(1 if b is None else len(b) for b in boxes) + extra_items,
+        nbytes=sum(len(im.content) for im in images if len(im.content) <= max_bytes),
         pixels=pixels,
         deadline=deadline,
         new_call=new_call,
         field=field,
     )
+    return ticket, per_image
 
 
 class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
@@ -155,10 +168,13 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         t_start: float,
         boxes: Sequence[list[Box] | None],
         caller: object | None = None,
+        pixels: Sequence[int] | None = None,
     ) -> list[pb.ImageResult]:
         engine, catalog = self.rt.searchable()
         t0 = time.perf_counter()
-        embedded = await embed_batch(engine, images, boxes, deadline, self.max_image_bytes, caller=caller)
+        embedded = await embed_batch(
+            engine, images, boxes, deadline, self.max_image_bytes, caller=caller, pixels=pixels
+        )
         t1 = time.perf_counter()
         good = [o for e in embedded for o in e.outputs if isinstance(o, np.ndarray)]
         found = iter(await _search(catalog, good, params))
@@ -194,9 +210,9 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         if self.rt.metrics is not None:
             self.rt.metrics.observe_items("Recognize", len(request.images))
         deadline = deadline_of(context)
-        ticket = admit_images(self.rt, engine, request.images, boxes, deadline, self.max_image_bytes)
+        ticket, pixels = admit_images(self.rt, engine, request.images, boxes, deadline, self.max_image_bytes)
         try:
-            results = await self._recognize(request.images, params, deadline, t_start, boxes)
+            results = await self._recognize(request.images, params, deadline, t_start, boxes, pixels=pixels)
         finally:
             self.rt.admission.release(ticket)
         self._count("Recognize", results)
@@ -230,10 +246,10 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         ) -> None:
             ticket: Ticket | None = None
             try:
-                ticket = admit_images(
+                ticket, pixels = admit_images(
                     self.rt, engine, [image], [boxes], deadline, self.max_image_bytes, new_call=False, field="image"
                 )
-                res = (await self._recognize([image], params, deadline, t_in, [boxes], stream_key))[0]
+                res = (await self._recognize([image], params, deadline, t_in, [boxes], stream_key, pixels))[0]
             except Exception as exc:  # per-image failure (overload, draining, ...): its own status
                 res = pb.ImageResult(id=image.id, status=item_status(exc))
             finally:
@@ -316,9 +332,11 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(request.images)]
         deadline = deadline_of(context)
         call_fields().update(images=len(request.images), texts=len(request.texts))
-        ticket = admit_images(self.rt, engine, request.images, boxes, deadline, self.max_image_bytes)
+        ticket, pixels = admit_images(
+            self.rt, engine, request.images, boxes, deadline, self.max_image_bytes, extra_items=len(request.texts)
+        )
         try:
-            return await self._embed(engine, request, boxes, deadline)
+            return await self._embed(engine, request, boxes, deadline, pixels)
         finally:
             self.rt.admission.release(ticket)
 
@@ -328,6 +346,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         request: pb.EmbedRequest,
         boxes: Sequence[list[Box] | None],
         deadline: float | None,
+        pixels: Sequence[int],
     ) -> pb.EmbedResponse:
         resp = pb.EmbedResponse(dim=engine.dim, model_fingerprint=engine.fingerprint)
         if request.texts:
@@ -337,7 +356,9 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                 for t, v in zip(request.texts, vectors, strict=True)
             )
         if request.images:
-            embedded = await embed_batch(engine, request.images, boxes, deadline, self.max_image_bytes)
+            embedded = await embed_batch(
+                engine, request.images, boxes, deadline, self.max_image_bytes, pixels=pixels
+            )
             for image, e in zip(request.images, embedded, strict=True):
                 for i, o in enumerate(e.outputs):
                     emb = pb.Embedding(id=image.id, region_index=i, has_region=e.boxes is not None)

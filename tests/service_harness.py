@@ -250,12 +250,20 @@ class GatedEngine:
         return getattr(self._inner, name)
 
     async def embed_images(
-        self, images: Any, *, regions: Any = None, deadline: float | None = None, caller: object | None = None
+        self,
+        images: Any,
+        *,
+        regions: Any = None,
+        deadline: float | None = None,
+        caller: object | None = None,
+        pixels: Any = None,
     ) -> Any:
         self.deadlines.append(deadline)
         self.entered.set()
         await self.gate.wait()
-        return await self._inner.embed_images(images, regions=regions, deadline=deadline, caller=caller)
+        return await self._inner.embed_images(
+            images, regions=regions, deadline=deadline, caller=caller, pixels=pixels
+        )
 
     def open(self) -> None:
         self._lt.loop.call_soon_threadsafe(self.gate.set)
