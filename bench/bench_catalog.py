@@ -6,7 +6,7 @@ held-out "new photos": stored references plus noise (cosine about 0.9 to the ori
 
     python bench/bench_catalog.py --sizes 10000,100000,1000000 --out docs/BENCHMARKS.md
 
-Uses catalog.index.VectorIndex and catalog.matching (the code Catalog.search runs), not SQLite.
+Uses skulens.catalog.index.VectorIndex and skulens.catalog.matching (the code Catalog.search runs), not SQLite.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+_REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(_REPO), *(str(_REPO / d) for d in ("proto", "server", "catalog", "export"))]
 
-from bench.report import write_section
-from catalog.index import VectorIndex
-from catalog.matching import RefMap, search_products
-from catalog.settings import CatalogSettings
+from bench.report import write_section  # noqa: E402
+from skulens.catalog.index import VectorIndex  # noqa: E402
+from skulens.catalog.matching import RefMap, search_products  # noqa: E402
+from skulens.catalog.settings import CatalogSettings  # noqa: E402
 
 DIM = 512
 REFS_PER_PRODUCT = 5

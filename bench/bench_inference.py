@@ -24,17 +24,17 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), *(str(ROOT / d) for d in ("proto", "server", "catalog", "export"))]
 
 import onnxruntime as ort  # noqa: E402
 
 from bench.report import write_section  # noqa: E402
-from export.preprocess_config import PreprocessConfig  # noqa: E402
-from server.batcher import MicroBatcher  # noqa: E402
-from server.encoder import Encoder  # noqa: E402
-from server.engine import Engine  # noqa: E402
-from server.inference_settings import BatcherOptions, EncoderOptions, EngineOptions  # noqa: E402
-from server.preprocess import Preprocessor  # noqa: E402
+from skulens.imaging.preprocess import Preprocessor  # noqa: E402
+from skulens.inference.batcher import MicroBatcher  # noqa: E402
+from skulens.inference.encoder import Encoder  # noqa: E402
+from skulens.inference.engine import Engine  # noqa: E402
+from skulens.inference.options import BatcherOptions, EncoderOptions, EngineOptions  # noqa: E402
+from skulens.model.preprocess_config import PreprocessConfig  # noqa: E402
 
 DATA = Path("/work/shared/data/grocery")
 MODELS = ROOT / ".cache" / "models"
@@ -288,7 +288,7 @@ def main() -> None:
             f"{os.cpu_count()} cores and the figures are low and noisy.",
             f"Run: `python bench/bench_inference.py` ({args.seconds:g} s per measurement), "
             f"{time.strftime('%Y-%m-%d')}. Models: ViT-B-32 random weights (seed 0) exported by "
-            "`export.clip` (fp32 and int8 dynamic quantisation). fp16 is a GPU variant: not measured on this "
+            "`skulens.export.clip` (fp32 and int8 dynamic quantisation). fp16 is a GPU variant: not measured on this "
             "CPU-only machine.",
             "",
             "## Decode + preprocess (JPEG → float32 [3, 224, 224])",

@@ -37,12 +37,11 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "proto")]
-
-from skulens.v1 import catalog_pb2, recognition_pb2, recognition_pb2_grpc  # noqa: E402
+sys.path[:0] = [str(REPO), *(str(REPO / d) for d in ("proto", "server", "catalog", "export"))]
 
 from bench.bench_recognition import Server, load_dataset  # noqa: E402
 from bench.report import write_section  # noqa: E402
+from skulens.v1 import catalog_pb2, recognition_pb2, recognition_pb2_grpc  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:

@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "proto")]
+sys.path[:0] = [str(REPO), *(str(REPO / d) for d in ("proto", "server", "catalog", "export"))]
 
 from bench.report import write_section  # noqa: E402
-from server.client import ClientConfig, SkulensClient, image_input, search_options  # noqa: E402
-from server.enroll import ProductPlan, enroll  # noqa: E402
+from skulens.client.client import ClientConfig, SkulensClient, image_input, search_options  # noqa: E402
+from skulens.client.enroll import ProductPlan, enroll  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -99,13 +99,30 @@ def plans(ds: Dataset, refs: dict[int, list[Path]]) -> list[ProductPlan]:
 
 
 # ------------------------------------------------------------------------------------------------ server
+@dataclass(frozen=True)
+class ServerLayout:
+    """Where a source tree keeps its code: PYTHONPATH entries and the CLI module."""
+
+    paths: tuple[str, ...]
+    cli: str
+
+
+def server_layout(tree: Path) -> ServerLayout:
+    """The layout of `tree`: the one-package layout (`server/skulens/…`), or the older one (`server/cli.py`)
+    so that `--baseline-tree` can serve a checkout of a commit from before the move."""
+    if (tree / "server" / "skulens" / "cli.py").exists():
+        return ServerLayout(("proto", "server", "catalog", "export"), "skulens.cli")
+    return ServerLayout((".", "proto"), "server.cli")
+
+
 class Server:
     """`skulens serve` in a subprocess on port 0."""
 
-    def __init__(self, model: Path, data: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(self, model: Path, data: Path, extra: Sequence[str] = (), tree: Path = REPO) -> None:
+        layout = server_layout(tree)
         env = {
             **os.environ,
-            "PYTHONPATH": f"{REPO}:{REPO / 'proto'}",
+            "PYTHONPATH": ":".join(str(tree / d) for d in layout.paths),
             "SKULENS_LOG_FORMAT": "text",
             "SKULENS_LOG_LEVEL": "WARNING",
         }
@@ -114,7 +131,7 @@ class Server:
             [
                 sys.executable,
                 "-m",
-                "server.cli",
+                layout.cli,
                 "serve",
                 "--model",
                 str(model),
@@ -127,7 +144,7 @@ class Server:
                 "--no-sync-commits",
                 *extra,
             ],
-            cwd=REPO,
+            cwd=tree,
             env=env,
             stderr=subprocess.PIPE,
             text=True,
@@ -336,7 +353,7 @@ def bare_model(model: Path, batch: int, seconds: float) -> float:
     """images/s of the ONNX image tower alone on pre-made float32 tensors."""
     import onnxruntime as ort
 
-    from export.manifest import load_manifest
+    from skulens.model.manifest import load_manifest
 
     m = load_manifest(model)
     sess = ort.InferenceSession(str(model / m.image.file), providers=["CPUExecutionProvider"])
@@ -352,10 +369,10 @@ def bare_model(model: Path, batch: int, seconds: float) -> float:
 
 def engine_in_process(model: Path, payloads: Sequence[bytes], seconds: float) -> float:
     """images/s of Engine.embed_images (decode + preprocess + micro-batching + model) with no gRPC."""
-    from server.settings import Settings
+    from skulens.service.settings import Settings
 
     async def run() -> float:
-        from server.engine import Engine
+        from skulens.inference.engine import Engine
 
         engine = await asyncio.to_thread(Engine.load, model, Settings().engine_options())
         try:
@@ -399,7 +416,7 @@ def write_report(
 ) -> str:
     import onnxruntime
 
-    from export.manifest import load_manifest
+    from skulens.model.manifest import load_manifest
 
     m = load_manifest(args.model)
     cpu = platform.processor() or platform.machine()

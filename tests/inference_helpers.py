@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from export.manifest import (
+from skulens.model.manifest import (
     Manifest,
     TensorSpec,
     TowerSpec,
@@ -16,7 +16,7 @@ from export.manifest import (
     sha256_file,
     write_manifest,
 )
-from export.preprocess_config import PreprocessConfig
+from skulens.model.preprocess_config import PreprocessConfig
 
 TINY_DIM = 4
 TINY_SIZE = 16

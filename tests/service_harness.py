@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from server.app import ServerApp
-from server.client import ClientConfig, SkulensClient
-from server.inference_settings import BatcherOptions, EngineOptions
-from server.settings import Settings
+from skulens.client.client import ClientConfig, SkulensClient
+from skulens.inference.options import BatcherOptions, EngineOptions
+from skulens.service.app import ServerApp
+from skulens.service.settings import Settings
 
 T = TypeVar("T")
 TEST_ENGINE_OPTIONS = EngineOptions(
@@ -74,7 +74,7 @@ class _Shared:
         lt = self.loop_thread()
         with self.lock:
             if model_dir not in self.engines:
-                from server.engine import Engine
+                from skulens.inference.engine import Engine
 
                 async def load() -> Any:
                     return await asyncio.to_thread(Engine.load, model_dir, TEST_ENGINE_OPTIONS)

@@ -1,4 +1,4 @@
-"""server.admission: refusals before any decoding (books, budgets, deadlines), alone and through a real server."""
+"""admission: refusals before any decoding (books, budgets, deadlines), alone and through a real server."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 from service_harness import SHARED, GatedEngine, RunningServer, make_settings, pattern_image
-from skulens.v1 import catalog_pb2, recognition_pb2
 
-from server.admission import Admission, Shed
-from server.admission_options import AdmissionOptions
-from server.client import image_input
-from server.cost_model import CostModel
-from server.errors_grpc import RETRY_PUSHBACK_KEY, TooMany
+from skulens.client.client import image_input
+from skulens.inference.cost_model import CostModel
+from skulens.service.admission import Admission, Shed
+from skulens.service.admission_options import AdmissionOptions
+from skulens.service.errors_grpc import RETRY_PUSHBACK_KEY, TooMany
+from skulens.v1 import catalog_pb2, recognition_pb2
 
 C = grpc.StatusCode
 

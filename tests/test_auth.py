@@ -9,10 +9,10 @@ import grpc
 import pytest
 from service_harness import SHARED, RunningServer, make_certs, make_settings, pattern_image, rpc_error
 
-from server import auth
-from server.client import SkulensClient, image_input
-from server.errors_grpc import PermissionDenied, Unauthenticated
-from server.settings import parse_tokens
+from skulens.client.client import SkulensClient, image_input
+from skulens.service import auth
+from skulens.service.errors_grpc import PermissionDenied, Unauthenticated
+from skulens.service.settings import parse_tokens
 
 READER = "reader-token-0123456789"
 WRITER = "writer-token-0123456789"

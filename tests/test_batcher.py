@@ -1,4 +1,4 @@
-"""server.batcher: flush by size/time, ordering, back-pressure, deadlines, cancellation, failures, close."""
+"""skulens.inference.batcher: flush by size/time, ordering, back-pressure, deadlines, cancellation, failures, close."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from server.batcher import MicroBatcher
-from server.errors import Cancelled, DeadlineExceeded, Overloaded
-from server.inference_settings import BatcherOptions
+from skulens.inference.batcher import MicroBatcher
+from skulens.inference.errors import Cancelled, DeadlineExceeded, Overloaded
+from skulens.inference.options import BatcherOptions
 
 
 class FakeModel:

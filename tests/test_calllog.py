@@ -14,11 +14,11 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 from service_harness import SHARED
-from skulens.v1 import catalog_pb2
 
-from server.calllog import CallInterceptor, message_name, parse_request
-from server.errors_grpc import BadRequest
-from server.metrics import Metrics
+from skulens.service.calllog import CallInterceptor, message_name, parse_request
+from skulens.service.errors_grpc import BadRequest
+from skulens.service.metrics import Metrics
+from skulens.v1 import catalog_pb2
 
 C = grpc.StatusCode
 BIG = b"x" * 100_000

@@ -1,4 +1,4 @@
-"""catalog.catalog: the facade — CRUD, search, filters, verdicts, snapshots, concurrency, reembed."""
+"""skulens.catalog.catalog: the facade — CRUD, search, filters, verdicts, snapshots, concurrency, reembed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from catalog_helpers import fake_model, image_bytes, product_refs, unit
 
-from catalog import (
+from skulens.catalog import (
     AlreadyExists,
     Catalog,
     CatalogClosed,
@@ -23,7 +23,7 @@ from catalog import (
     NotFound,
     Verdict,
 )
-from catalog.store import Store
+from skulens.catalog.store import Store
 
 DIM = 32
 FP = "test-model/random/32:0123456789abcdef"
@@ -348,7 +348,7 @@ def test_unreachable_recall_target_is_logged(tmp_path: Path, caplog: pytest.LogC
     c = Catalog.open(tmp_path, fingerprint=FP, dim=DIM, settings=s)
     try:
         _, refs = product_refs(400, 4, DIM, seed=5)
-        with caplog.at_level("WARNING", logger="catalog.catalog"):
+        with caplog.at_level("WARNING", logger="skulens.catalog.catalog"):
             for i in range(400):
                 c.upsert_product(f"p{i}")
                 c.add_references(f"p{i}", [NewReference(r) for r in refs[i]])
@@ -393,7 +393,7 @@ def test_switches_to_approximate_in_background(tmp_path: Path, kind: str) -> Non
 
 def test_writes_during_a_background_rebuild_are_replayed(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from catalog import catalog as catalog_module
+    from skulens.catalog import catalog as catalog_module
 
     release, started = threading.Event(), threading.Event()
     real_build = catalog_module.VectorIndex.build

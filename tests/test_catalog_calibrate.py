@@ -1,4 +1,4 @@
-"""catalog.calibrate: leave-one-out threshold / margin suggestions from the catalog itself."""
+"""skulens.catalog.calibrate: leave-one-out threshold / margin suggestions from the catalog itself."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from catalog_helpers import product_refs, unit
 
-from catalog import Catalog, CatalogSettings, NewReference, calibrate
+from skulens.catalog import Catalog, CatalogSettings, NewReference, calibrate
 
 DIM = 32
 

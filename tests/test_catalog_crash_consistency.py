@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog import Catalog, CatalogSettings
+from skulens.catalog import Catalog, CatalogSettings
 
 DIM = 24
 FP = "crash-model/24:0000"
@@ -28,7 +28,7 @@ CHILD = f"""
 import hashlib, os, sys
 from pathlib import Path
 import numpy as np
-from catalog import Catalog, CatalogSettings, NewReference
+from skulens.catalog import Catalog, CatalogSettings, NewReference
 
 path, seed = Path(sys.argv[1]), int(sys.argv[2])
 cat = Catalog.open(path, fingerprint={FP!r}, dim={DIM}, settings=CatalogSettings())  # synchronous=FULL

@@ -1,4 +1,4 @@
-"""catalog.index: exact index as oracle for HNSW / IVF, incremental add/remove, selectors, snapshots, GPU."""
+"""skulens.catalog.index: exact index as oracle for HNSW / IVF, incremental add/remove, selectors, snapshots, GPU."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from catalog_helpers import clustered, unit
 
-from catalog.index import VectorIndex, choose_kind, gpu_available, ivf_nlist, omp_threads
-from catalog.settings import CatalogSettings
+from skulens.catalog.index import VectorIndex, choose_kind, gpu_available, ivf_nlist, omp_threads
+from skulens.catalog.settings import CatalogSettings
 
 DIM = 64
 N = 6000

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from catalog_helpers import product_refs
 
-from catalog import Catalog, CatalogError, CatalogSettings, NewReference
-from catalog.errors import CatalogCorrupt
-from catalog.index import SNAPSHOT_MAGIC, VectorIndex
-from catalog.integrity import check_catalog
-from catalog.store import Store
+from skulens.catalog import Catalog, CatalogError, CatalogSettings, NewReference
+from skulens.catalog.errors import CatalogCorrupt
+from skulens.catalog.index import SNAPSHOT_MAGIC, VectorIndex
+from skulens.catalog.integrity import check_catalog
+from skulens.catalog.store import Store
 
 DIM = 32
 FP = "test-model/random/32:0123456789abcdef"
@@ -285,7 +285,7 @@ def test_not_a_database_and_unopenable_store_name_the_file(tmp_path: Path) -> No
 
 _PROBE = """
 import sys
-from catalog import Catalog, CatalogError
+from skulens.catalog import Catalog, CatalogError
 try:
     Catalog.open(sys.argv[1], fingerprint=sys.argv[2], dim=32).close()
 except CatalogError as exc:

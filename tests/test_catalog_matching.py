@@ -1,11 +1,11 @@
-"""catalog.matching: aggregation per product, deepening search, verdicts, the reference → product map."""
+"""skulens.catalog.matching: aggregation per product, deepening search, verdicts, the reference → product map."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from catalog.matching import ProductHit, RefMap, aggregate, decide, search_products
-from catalog.models import Verdict
+from skulens.catalog.matching import ProductHit, RefMap, aggregate, decide, search_products
+from skulens.catalog.models import Verdict
 
 
 def test_refmap_set_clear_lookup_mask() -> None:

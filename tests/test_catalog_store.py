@@ -1,4 +1,4 @@
-"""catalog.store: SQLite WAL store, transactions, generation counter, migrations."""
+"""skulens.catalog.store: SQLite WAL store, transactions, generation counter, migrations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catalog.errors import CatalogClosed, CatalogError, NotFound
-from catalog.store import SCHEMA_VERSION, RefRow, Store
+from skulens.catalog.errors import CatalogClosed, CatalogError, NotFound
+from skulens.catalog.store import SCHEMA_VERSION, RefRow, Store
 
 
 def _row(seed: int, sha: str | None = None, image: bytes | None = None, dim: int = 4) -> RefRow:

@@ -1,4 +1,4 @@
-"""catalog.validation, catalog.settings, catalog.errors, catalog.rwlock: limits, messages, tokens, locking."""
+"""catalog validation, catalog settings, catalog errors, catalog rwlock: limits, messages, tokens, locking."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from catalog import validation as v
-from catalog.errors import CatalogError, FingerprintMismatch, InvalidArgument
-from catalog.rwlock import RWLock
-from catalog.settings import CatalogSettings
+from skulens.catalog import validation as v
+from skulens.catalog.errors import CatalogError, FingerprintMismatch, InvalidArgument
+from skulens.catalog.rwlock import RWLock
+from skulens.catalog.settings import CatalogSettings
 
 
 def test_text_limits_count_characters_not_bytes() -> None:
@@ -79,7 +79,7 @@ def test_error_classes() -> None:
     assert isinstance(err, CatalogError) and err.field == "fingerprint"
     assert "a/1:x" in str(err) and "b/1:y" in str(err) and "skulens reembed" in str(err)
     assert (err.stored_dim, err.requested_dim) == (512, 768)
-    assert str(InvalidArgument("m", field="f")) == "m"
+    assert str(InvalidArgument("m", field="f")) == "f: m" and InvalidArgument("m", field="f").message == "m"
 
 
 def test_rwlock_readers_share_writer_excludes() -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from service_harness import SHARED, RunningServer, make_settings, pattern_image
 
-from server.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
-from server.client import ClientConfig
-from server.enroll import parse_labels, plan_from_csv
+from skulens.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
+from skulens.client.client import ClientConfig
+from skulens.client.enroll import parse_labels, plan_from_csv
 
 N_PRODUCTS = 5
 
@@ -150,7 +150,7 @@ def test_reembed_and_calibrate_offline(
     """Copy the CLI catalog (ViT-B/32 space) and re-embed it with EfficientNet-Lite0, then calibrate it."""
     import shutil
 
-    from catalog.catalog import Catalog
+    from skulens.catalog.catalog import Catalog
 
     data = tmp_path / "copy"
     with server.client() as c:
@@ -163,7 +163,7 @@ def test_reembed_and_calibrate_offline(
     )
     assert code == EXIT_OK, err
     assert f"re-embedded {before.reference_count} references" in out
-    from export.manifest import load_manifest
+    from skulens.model.manifest import load_manifest
 
     m = load_manifest(effnet_model_dir)
     with Catalog.open(data, fingerprint=m.fingerprint, dim=m.embedding_dim) as cat:
@@ -251,7 +251,7 @@ def _small_catalog(path: Path) -> bytes:
     """A real closed catalog (12 references) with its index snapshot; returns the stored vectors' bytes."""
     from catalog_helpers import product_refs
 
-    from catalog import Catalog, NewReference
+    from skulens.catalog import Catalog, NewReference
 
     _, refs = product_refs(4, 3, CHECK_DIM, seed=5)
     with Catalog.open(path, fingerprint=CHECK_FP, dim=CHECK_DIM) as cat:

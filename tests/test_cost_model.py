@@ -1,4 +1,4 @@
-"""server.cost_model: seconds per model input and per decoded megapixel, learned by EWMA."""
+"""skulens.inference.cost_model: seconds per model input and per decoded megapixel, learned by EWMA."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from server.cost_model import CostModel
+from skulens.inference.cost_model import CostModel
 
 
 def test_seeds_then_follows_observations() -> None:

@@ -1,4 +1,4 @@
-"""server.decode: formats, modes, EXIF orientation, limits and broken data."""
+"""skulens.imaging.decode: formats, modes, EXIF orientation, limits and broken data."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from inference_helpers import encode, photo
 from PIL import Image, ImageFile
 
-from server.decode import decode_image, register_optional_plugins
-from server.errors import ImageTooLarge, ImageTooSmall, InvalidImage
-from server.inference_settings import DecodeLimits
+from skulens.imaging.decode import decode_image, register_optional_plugins
+from skulens.imaging.errors import ImageTooLarge, ImageTooSmall, InvalidImage
+from skulens.imaging.limits import DecodeLimits
 
 LIMITS = DecodeLimits()
 AVAILABLE = register_optional_plugins()

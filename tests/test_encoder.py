@@ -1,4 +1,4 @@
-"""server.encoder: manifest checks, provider report, IO binding, unit-norm outputs."""
+"""skulens.inference.encoder: manifest checks, provider report, IO binding, unit-norm outputs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from inference_helpers import TINY_DIM, tiny_model_dir, tiny_reference
 
-from server.encoder import Encoder, resolve_providers
-from server.errors import ModelLoadError, Unsupported
-from server.inference_settings import EncoderOptions
+from skulens.inference.encoder import Encoder, resolve_providers
+from skulens.inference.errors import ModelLoadError, Unsupported
+from skulens.inference.options import EncoderOptions
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_io_binding_path_equals_plain_run(tiny: Path) -> None:
 def test_provider_fallback_reported_when_cuda_requested_but_absent(
     tiny: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="server.encoder"):
+    with caplog.at_level(logging.INFO, logger="skulens.inference.encoder"):
         enc = Encoder.load(tiny, EncoderOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
     report = enc.provider_report
     assert report.requested == ("CUDAExecutionProvider", "CPUExecutionProvider")

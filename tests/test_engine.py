@@ -1,4 +1,4 @@
-"""server.engine: bytes in, per-item embeddings or errors out; batching, limits, warnings, shutdown."""
+"""skulens.inference.engine: bytes in, per-item embeddings or errors out; batching, limits, warnings, shutdown."""
 
 from __future__ import annotations
 
@@ -12,17 +12,11 @@ import numpy as np
 import pytest
 from inference_helpers import TINY_DIM, encode, photo, tiny_model_dir, tiny_reference
 
-from server.engine import Box, Engine
-from server.errors import (
-    Cancelled,
-    DeadlineExceeded,
-    ImageTooLarge,
-    InvalidImage,
-    InvalidRegion,
-    Overloaded,
-    Unsupported,
-)
-from server.inference_settings import BatcherOptions, DecodeLimits, EncoderOptions, EngineOptions
+from skulens.imaging.errors import ImageTooLarge, InvalidImage, InvalidRegion
+from skulens.imaging.limits import DecodeLimits
+from skulens.inference.engine import Box, Engine
+from skulens.inference.errors import Cancelled, DeadlineExceeded, Overloaded, Unsupported
+from skulens.inference.options import BatcherOptions, EncoderOptions, EngineOptions
 
 
 def _options(**kw: object) -> EngineOptions:
@@ -168,7 +162,7 @@ async def test_properties_text_unsupported_random_warning_and_close(
     tiny: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = frozenset(threading.enumerate())
-    with caplog.at_level(logging.WARNING, logger="server.engine"):
+    with caplog.at_level(logging.WARNING, logger="skulens.inference.engine"):
         engine = Engine.load(tiny, _options(random_weights_warn_interval_s=0.0))
         await engine.embed_images([encode(photo(32, 32), "PNG")])
     warnings = [r for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()]
@@ -188,7 +182,7 @@ async def test_properties_text_unsupported_random_warning_and_close(
 
 async def test_real_weights_do_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     d = tiny_model_dir(tmp_path / "real", weights="pretrained")
-    with caplog.at_level(logging.WARNING, logger="server.engine"):
+    with caplog.at_level(logging.WARNING, logger="skulens.inference.engine"):
         engine = Engine.load(d, _options())
         await engine.embed_images([encode(photo(32, 32), "PNG")])
     assert not [r for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()]
@@ -197,7 +191,7 @@ async def test_real_weights_do_not_warn(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 async def test_real_clip_batched_equals_single_and_text(clip_model_dir: Path) -> None:
-    pytest.importorskip("server.tokenizer")
+    pytest.importorskip("skulens.inference.tokenizer")
     opts = _options(
         batcher=BatcherOptions(max_batch=8, max_wait_ms=30),
         encoder=EncoderOptions(warmup=False),

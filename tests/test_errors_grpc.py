@@ -11,18 +11,20 @@ import grpc
 import pytest
 from service_harness import SHARED
 
-from catalog import errors as cat
-from export.manifest import ManifestError
-from server import errors as inf
-from server import errors_grpc as eg
-from server.calllog import CallInterceptor
+from skulens.catalog import errors as cat
+from skulens.errors import SkulensError, code_name
+from skulens.imaging import errors as img
+from skulens.inference import errors as inf
+from skulens.model.manifest import ManifestError
+from skulens.service import errors_grpc as eg
+from skulens.service.calllog import CallInterceptor
 
 C = grpc.StatusCode
 ROWS: list[tuple[BaseException, grpc.StatusCode]] = [
-    (inf.InvalidImage("not an image", "images[1]"), C.INVALID_ARGUMENT),
-    (inf.InvalidRegion("box outside the image", "regions[0][2]"), C.INVALID_ARGUMENT),
-    (inf.ImageTooLarge("image is 30000000 bytes; the limit is 20971520", "images[0]"), C.INVALID_ARGUMENT),
-    (inf.ImageTooSmall("image is 8x8 pixels; the minimum side is 16", "images[0]"), C.INVALID_ARGUMENT),
+    (img.InvalidImage("not an image", "images[1]"), C.INVALID_ARGUMENT),
+    (img.InvalidRegion("box outside the image", "regions[0][2]"), C.INVALID_ARGUMENT),
+    (img.ImageTooLarge("image is 30000000 bytes; the limit is 20971520", "images[0]"), C.INVALID_ARGUMENT),
+    (img.ImageTooSmall("image is 8x8 pixels; the minimum side is 16", "images[0]"), C.INVALID_ARGUMENT),
     (
         cat.InvalidArgument("product_id must be 1-128 UTF-8 characters, got 0", "product_id"),
         C.INVALID_ARGUMENT,
@@ -60,11 +62,16 @@ def test_table(exc: BaseException, code: grpc.StatusCode) -> None:
 
 def test_every_domain_class_is_mapped() -> None:
     """No concrete domain error class falls through to INTERNAL."""
-    for module, base in ((inf, inf.InferenceError), (cat, cat.CatalogError), (eg, eg.ServiceError)):
-        for name in dir(module):
-            klass = getattr(module, name)
-            if isinstance(klass, type) and issubclass(klass, base) and klass is not base:
-                assert eg.code_of(klass("m")) is not None, name
+    bases = {SkulensError, inf.InferenceError, img.ImageError, cat.CatalogError, eg.ServiceError}
+    seen, todo = [], list(SkulensError.__subclasses__())
+    while todo:
+        klass = todo.pop()
+        seen.append(klass)
+        todo.extend(klass.__subclasses__())
+    assert {inf.Overloaded, img.InvalidRegion, cat.CatalogCorrupt, eg.TooMany, ManifestError} <= set(seen)
+    for klass in seen:
+        if klass not in bases and not klass.__module__.startswith(("tests", "test_")):
+            assert eg.code_of(klass("m")) is not None, klass.__qualname__
 
 
 def test_unknown_exception_is_internal_and_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -78,9 +85,9 @@ def test_unknown_exception_is_internal_and_logged(caplog: pytest.LogCaptureFixtu
 def test_item_status() -> None:
     ok = eg.item_status(None)
     assert ok.code == 0 and not ok.message
-    bad = eg.item_status(inf.InvalidImage("broken", "images[3]"))
+    bad = eg.item_status(img.InvalidImage("broken", "images[3]"))
     assert (bad.code, bad.field) == (3, "images[3]") and bad.message == "images[3]: broken"
-    assert eg.code_name(3) == "INVALID_ARGUMENT" and eg.code_name(0) == "OK"
+    assert code_name(3) == "INVALID_ARGUMENT" and code_name(0) == "OK"
 
 
 # ---------------------------------------------------------------------------------------------- over the wire

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from export import cli
+from skulens.export import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_defaults_and_options() -> None:
 
 
 def test_effnet_export_via_skulens_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from server.cli import main
+    from skulens.cli import main
 
     out = tmp_path / "eff"
     assert main(["export", "--model", "efficientnet-lite0", "--out", str(out)]) == 0
@@ -90,7 +90,7 @@ def test_effnet_rejects_clip_only_options(tmp_path: Path, capsys: pytest.Capture
 
 def test_offline_openai_exit_code_and_message(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "export.cli", "--out", str(tmp_path / "m")],
+        [sys.executable, "-m", "skulens.export.cli", "--out", str(tmp_path / "m")],
         cwd=REPO_ROOT,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,

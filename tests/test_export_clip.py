@@ -12,22 +12,22 @@ from typing import Any
 import numpy as np
 import pytest
 
-from export.manifest import load_manifest
-from export.preprocess_config import PreprocessConfig
+from skulens.model.manifest import load_manifest
+from skulens.model.preprocess_config import PreprocessConfig
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _session(path: Path, variant: str = "fp32") -> Any:
-    from export.onnx_io import CPU_FP16_DISABLED_OPTIMIZERS, ort_session
+    from skulens.export.onnx_io import CPU_FP16_DISABLED_OPTIMIZERS, ort_session
 
     return ort_session(path, disabled_optimizers=CPU_FP16_DISABLED_OPTIMIZERS if variant == "fp16" else ())
 
 
 @pytest.fixture(scope="module")
 def torch_model() -> Any:
-    from export.clip import load_clip
+    from skulens.export.clip import load_clip
 
     model, tag, wid = load_clip("random", seed=0)
     assert (tag, wid) == ("random", "0")
@@ -102,8 +102,8 @@ def test_image_tower_matches_torch_any_batch(clip_model_dir: Path, torch_model: 
 def test_text_tower_with_serve_tokenizer_matches_torch(clip_model_dir: Path, torch_model: Any) -> None:
     import torch
 
-    from export.torch_compat import import_open_clip
-    from server.tokenizer import ClipTokenizer
+    from skulens.export.torch_compat import import_open_clip
+    from skulens.inference.tokenizer import ClipTokenizer
 
     m = load_manifest(clip_model_dir)
     tok = ClipTokenizer.from_model_dir(clip_model_dir, m.tokenizer)
@@ -157,7 +157,7 @@ def test_openai_weights_offline_fails_fast_and_names_options(tmp_path: Path) -> 
     r = _run_isolated(
         f"""
         from pathlib import Path
-        from export.clip import ExportError, export_clip
+        from skulens.export.clip import ExportError, export_clip
         try:
             export_clip(Path({str(out)!r}), weights="openai")
         except ExportError as exc:
@@ -174,8 +174,8 @@ def test_openai_weights_offline_fails_fast_and_names_options(tmp_path: Path) -> 
 def test_checkpoint_weights(tmp_path: Path, torch_model: Any) -> None:
     import torch
 
-    from export.clip import ExportError, load_clip
-    from export.manifest import sha256_file
+    from skulens.export.clip import ExportError, load_clip
+    from skulens.model.manifest import sha256_file
 
     ckpt = tmp_path / "vit-b-32.pt"
     torch.save(torch_model.state_dict(), ckpt)
@@ -187,7 +187,7 @@ def test_checkpoint_weights(tmp_path: Path, torch_model: Any) -> None:
 
 
 def test_bad_arguments_are_export_errors(tmp_path: Path) -> None:
-    from export.clip import ExportError, export_clip
+    from skulens.export.clip import ExportError, export_clip
 
     with pytest.raises(ExportError, match="variant"):
         export_clip(tmp_path / "a", weights="random", variant="int4")

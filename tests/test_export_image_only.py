@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from export.manifest import load_manifest
-from export.preprocess_config import PreprocessConfig
+from skulens.model.manifest import load_manifest
+from skulens.model.preprocess_config import PreprocessConfig
 
 
 @pytest.fixture(scope="module")
 def effnet_torch() -> Any:
-    from export.image_only import load_efficientnet_lite0
+    from skulens.export.image_only import load_efficientnet_lite0
 
     module, _ = load_efficientnet_lite0()
     return module
@@ -64,7 +64,7 @@ def test_effnet_onnx_matches_torch(effnet_model_dir: Path, effnet_torch: Any) ->
     import torch
     import torch.nn.functional as F
 
-    from export.onnx_io import ort_session
+    from skulens.export.onnx_io import ort_session
 
     x = np.random.default_rng(11).uniform(-1, 1, size=(3, 3, 224, 224)).astype(np.float32)
     got = ort_session(effnet_model_dir / "image.onnx").run(None, {"pixel_values": x})[0]
@@ -82,7 +82,7 @@ def test_effnet_uses_real_weights(effnet_torch: Any) -> None:
 
 @pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])
 def test_generic_module_variants(tmp_path: Path, variant: str) -> None:
-    from export.image_only import export_image_model
+    from skulens.export.image_only import export_image_model
 
     m = export_image_model(
         _tiny_module(),
@@ -102,8 +102,8 @@ def test_generic_module_variants(tmp_path: Path, variant: str) -> None:
 
 
 def test_parity_failure_leaves_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from export import parity
-    from export.image_only import ExportError, export_image_model
+    from skulens.export import parity
+    from skulens.export.image_only import ExportError, export_image_model
 
     out = tmp_path / "model"
     monkeypatch.setattr(parity, "FP32_MAX_ABS", -1.0)
@@ -116,7 +116,7 @@ def test_parity_failure_leaves_no_model(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_existing_output_needs_force(tmp_path: Path) -> None:
-    from export.image_only import ExportError, export_image_model
+    from skulens.export.image_only import ExportError, export_image_model
 
     out = tmp_path / "model"
     out.mkdir()

@@ -1,4 +1,4 @@
-"""server.fair_pool: a thread pool shared round-robin between callers."""
+"""skulens.inference.fair_pool: a thread pool shared round-robin between callers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.fair_pool import FairPool
+from skulens.inference.fair_pool import FairPool
 
 
 def _sleeper(log: list[str], name: str, seconds: float) -> str:

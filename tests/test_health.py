@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 from service_harness import SHARED, GatedEngine, RunningServer, make_settings, pattern_image, rpc_error
-from skulens.v1 import catalog_pb2, recognition_pb2
 
-from catalog.errors import CatalogClosed
-from server.app import HEALTH_NAMES
-from server.client import ClientConfig, SkulensClient, image_input
-from server.state import Phase
+from skulens.catalog.errors import CatalogClosed
+from skulens.client.client import ClientConfig, SkulensClient, image_input
+from skulens.service.app import HEALTH_NAMES
+from skulens.service.state import Phase
+from skulens.v1 import catalog_pb2, recognition_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 C = grpc.StatusCode
@@ -100,7 +100,7 @@ def test_sigterm_stops_a_real_server(effnet_model_dir: Path, tmp_path: Path) -> 
         "PYTHONPATH": f"{REPO}:{REPO / 'proto'}",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--max-batch", "2"],
+        [sys.executable, "-m", "skulens.cli", "serve", "--port", "0", "--max-batch", "2"],
         cwd=REPO,
         env=env,
         stderr=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""`python -m server.healthcheck` against a real gRPC server carrying the standard health servicer.
+"""`python -m skulens.client.healthcheck` against a real gRPC server carrying the standard health servicer.
 
 No skulens model or catalog is involved: the server here only has `grpc.health.v1`, on an ephemeral port.
 """
@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from service_harness import make_certs
 
-from server import healthcheck
+from skulens.client import healthcheck
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,10 +49,10 @@ def _set(srv: HealthServer, status: int, service: str = "") -> None:
 
 
 def _run_module(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Runs the probe as the Dockerfile HEALTHCHECK does: a fresh interpreter, `-m server.healthcheck`."""
+    """Runs the probe as the Dockerfile HEALTHCHECK does: a fresh interpreter, `-m skulens.client.healthcheck`."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "server.healthcheck", *args],
+        [sys.executable, "-m", "skulens.client.healthcheck", *args],
         cwd=REPO_ROOT,
         env=full_env,
         capture_output=True,
@@ -119,7 +119,7 @@ def test_bad_timeout_is_unhealthy() -> None:
 def test_probe_stays_light() -> None:
     """The HEALTHCHECK runs every few seconds in the runtime image: no torch, onnxruntime, faiss or numpy."""
     code = (
-        "import sys, server.healthcheck; "
+        "import sys, skulens.client.healthcheck; "
         "heavy = sorted({'torch', 'onnxruntime', 'faiss', 'numpy', 'open_clip'} & set(sys.modules)); "
         "print(','.join(heavy)); sys.exit(1 if heavy else 0)"
     )

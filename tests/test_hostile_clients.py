@@ -30,10 +30,10 @@ from typing import Any
 import grpc
 import pytest
 from service_harness import SHARED, LoopThread, RunningServer, make_settings, pattern_image
-from skulens.v1 import catalog_pb2, catalog_pb2_grpc, recognition_pb2, recognition_pb2_grpc
 
-from server.app import connection_options
-from server.settings import Settings
+from skulens.service.app import connection_options
+from skulens.service.settings import Settings
+from skulens.v1 import catalog_pb2, catalog_pb2_grpc, recognition_pb2, recognition_pb2_grpc
 
 C = grpc.StatusCode
 REPO = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import grpc
 import pytest
 from service_harness import SHARED
 
-from server.calllog import CallInterceptor, call_fields, request_id_from
-from server.logs import REQUEST_ID, JsonFormatter, KeyValueFormatter, configure_logging
+from skulens.service.calllog import CallInterceptor, call_fields, request_id_from
+from skulens.service.logs import REQUEST_ID, JsonFormatter, KeyValueFormatter, configure_logging
 
 
 def _record(msg: str = "hello %s", *args: object, **extra: object) -> logging.LogRecord:

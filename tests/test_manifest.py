@@ -1,4 +1,4 @@
-"""export.manifest / export.preprocess_config contracts, on synthetic model dirs and the exported CLIP dir."""
+"""manifest / preprocess_config contracts, on synthetic model dirs and the exported CLIP dir."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from export.manifest import (
+from skulens.model.manifest import (
     MANIFEST_FILE,
     Manifest,
     ManifestError,
@@ -20,7 +20,7 @@ from export.manifest import (
     verify_files,
     write_manifest,
 )
-from export.preprocess_config import PreprocessConfig
+from skulens.model.preprocess_config import PreprocessConfig
 
 
 def _synthetic(model_dir: Path) -> Manifest:
@@ -102,7 +102,7 @@ def test_fingerprint_depends_on_weights_not_variant() -> None:
 
 
 def test_file_hashes_cover_sidecars_not_manifest(tmp_path: Path) -> None:
-    from export.common import file_hashes
+    from skulens.export.common import file_hashes
 
     _synthetic(tmp_path)
     (tmp_path / "tokenizer").mkdir()

@@ -13,10 +13,10 @@ import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry
 from service_harness import SHARED, RunningServer, make_settings, pattern_image, rpc_error
-from skulens.v1 import catalog_pb2
 
-from server.client import image_input
-from server.metrics import Metrics, MetricsServer
+from skulens.client.client import image_input
+from skulens.service.metrics import Metrics, MetricsServer
+from skulens.v1 import catalog_pb2
 
 
 def _value(text: str, name: str, **labels: str) -> float:

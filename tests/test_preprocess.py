@@ -1,4 +1,4 @@
-"""server.preprocess: the exact path equals open_clip's transform; the fast path; regions."""
+"""skulens.imaging.preprocess: the exact path equals open_clip's transform; the fast path; regions."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from inference_helpers import CLIP_MEAN, CLIP_STD, encode, photo
 from PIL import Image
 
-from export.preprocess_config import PreprocessConfig
-from server.errors import ImageTooSmall, InvalidImage, InvalidRegion
-from server.inference_settings import DecodeLimits
-from server.preprocess import Box, Preprocessor
+from skulens.imaging.errors import ImageTooSmall, InvalidImage, InvalidRegion
+from skulens.imaging.limits import DecodeLimits
+from skulens.imaging.preprocess import Box, Preprocessor
+from skulens.model.preprocess_config import PreprocessConfig
 
 SIZES = [(224, 224), (224, 160), (200, 256)]
 SHAPES = [
@@ -34,7 +34,7 @@ SHAPES = [
 @pytest.fixture(scope="module")
 def open_clip_transform() -> Callable[..., Any]:
     try:
-        from export.torch_compat import import_open_clip
+        from skulens.export.torch_compat import import_open_clip
 
         open_clip = import_open_clip()
     except ImportError:

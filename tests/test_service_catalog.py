@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 from service_harness import SHARED, RunningServer, make_settings, pattern_image, rpc_error
-from skulens.v1 import catalog_pb2, common_pb2
 
-from catalog.catalog import Catalog
-from catalog.settings import CatalogSettings
-from server.client import SkulensClient, image_input
+from skulens.catalog.catalog import Catalog
+from skulens.catalog.settings import CatalogSettings
+from skulens.client.client import SkulensClient, image_input
+from skulens.v1 import catalog_pb2, common_pb2
 
 C = grpc.StatusCode
 

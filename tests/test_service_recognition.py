@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from service_harness import SHARED, GatedEngine, RunningServer, make_settings, pattern_image, rpc_error
-from skulens.v1 import catalog_pb2, common_pb2, recognition_pb2, recognition_pb2_grpc
 
-from server.client import SkulensClient, image_input, search_options
+from skulens.client.client import SkulensClient, image_input, search_options
+from skulens.v1 import catalog_pb2, common_pb2, recognition_pb2, recognition_pb2_grpc
 
 N = 6
 CATEGORY = {f"p{i}": "even" if i % 2 == 0 else "odd" for i in range(N)}

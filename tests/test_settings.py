@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import (
+from skulens.service.settings import (
     SCOPE_CATALOG_WRITE,
     SCOPE_RECOGNIZE,
     Settings,

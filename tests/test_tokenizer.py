@@ -1,4 +1,4 @@
-"""server.tokenizer must give exactly open_clip's ViT-B-32 token ids, without importing torch."""
+"""skulens.inference.tokenizer must give exactly open_clip's ViT-B-32 token ids, without importing torch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.tokenizer import ClipTokenizer, TokenizerError, clean_lower
+from skulens.inference.tokenizer import ClipTokenizer, TokenizerError, clean_lower
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,14 +43,14 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def open_clip_tokenizer() -> Any:
-    from export.torch_compat import import_open_clip
+    from skulens.export.torch_compat import import_open_clip
 
     return import_open_clip().get_tokenizer("ViT-B-32")
 
 
 @pytest.fixture(scope="module")
 def sidecar_dir(tmp_path_factory: pytest.TempPathFactory, open_clip_tokenizer: Any) -> Path:
-    from export.clip import write_tokenizer
+    from skulens.export.clip import write_tokenizer
 
     d = tmp_path_factory.mktemp("tokdir")
     write_tokenizer(d, open_clip_tokenizer)
@@ -126,7 +126,7 @@ def test_missing_sidecar_is_rejected(tmp_path: Path) -> None:
 
 def test_server_tokenizer_imports_no_torch(sidecar_dir: Path) -> None:
     code = (
-        "import sys; from server.tokenizer import ClipTokenizer; "
+        "import sys; from skulens.inference.tokenizer import ClipTokenizer; "
         f"t = ClipTokenizer.from_model_dir({str(sidecar_dir)!r}); t.encode_batch(['hi']); "
         "bad = [m for m in ('torch', 'open_clip', 'onnx') if m in sys.modules]; print(bad); "
         "raise SystemExit(1 if bad else 0)"

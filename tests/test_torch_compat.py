@@ -40,7 +40,7 @@ def test_shim_defines_schemas_and_open_clip_imports() -> None:
         + """
 import logging
 logging.basicConfig(level=logging.WARNING)
-from export.torch_compat import ensure_torchvision_ops, import_open_clip
+from skulens.export.torch_compat import ensure_torchvision_ops, import_open_clip
 oc = import_open_clip()
 assert hasattr(oc, "create_model")
 print("SECOND", ensure_torchvision_ops())
@@ -57,7 +57,7 @@ def test_shim_is_a_no_op_when_extension_loads() -> None:
     r = _run(
         """
 import torchvision  # loads the real extension when it is compatible
-from export.torch_compat import ensure_torchvision_ops
+from skulens.export.torch_compat import ensure_torchvision_ops
 print("PATCHED", ensure_torchvision_ops())
 """
     )

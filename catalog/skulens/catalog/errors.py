@@ -1,0 +1,66 @@
+"""Catalog domain errors.
+
+Every error carries `field` (the request field it concerns, or None) and a message that names the limit
+and the value; the gRPC layer maps the class to a status code (see docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from skulens.errors import SkulensError
+
+
+class CatalogError(SkulensError):
+    """Base of every catalog error; `field` names the request field concerned, if any."""
+
+
+class InvalidArgument(CatalogError):
+    """A request value is out of its documented limits (nothing was written)."""
+
+
+class NotFound(CatalogError):
+    """The product or reference named by the request does not exist."""
+
+
+class AlreadyExists(CatalogError):
+    """The object the request would create exists already."""
+
+
+class FingerprintMismatch(CatalogError):
+    """The catalog's embeddings were made by another model than the one in use.
+
+    Build it with `FingerprintMismatch.between(...)`, which writes the standard message (both fingerprints and
+    the fix); the stored/requested values are kept as attributes.
+    """
+
+    stored_fingerprint: str = ""
+    stored_dim: int = 0
+    requested_fingerprint: str = ""
+    requested_dim: int = 0
+
+    @classmethod
+    def between(cls, stored: str, stored_dim: int, requested: str, requested_dim: int) -> FingerprintMismatch:
+        """The error for a catalog made by model `stored` opened or used with model `requested`."""
+        err = cls(
+            f"catalog embeddings were made by model {stored!r} (dim {stored_dim}) but the model in use is "
+            f"{requested!r} (dim {requested_dim}); vectors of different models cannot be compared. "
+            f"Run `skulens reembed` to re-embed the stored reference images with the new model.",
+            field="fingerprint",
+        )
+        err.stored_fingerprint, err.stored_dim = stored, stored_dim
+        err.requested_fingerprint, err.requested_dim = requested, requested_dim
+        return err
+
+
+class CatalogClosed(CatalogError):
+    """The catalog was closed; open it again."""
+
+    def __init__(self, message: str = "catalog is closed", field: str | None = None) -> None:
+        super().__init__(message, field)
+
+
+class CatalogCorrupt(CatalogError):
+    """A catalog file is damaged, or lost next to evidence that the catalog held data; nothing was changed.
+
+    The message names the file, what is wrong with it and what to do (restore from a backup, move the
+    directory aside to start empty, or run `skulens catalog check`).
+    """

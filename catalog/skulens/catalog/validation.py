@@ -1,0 +1,227 @@
+"""Input checks: every failure is an `InvalidArgument` naming the field, the limit and the value."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Mapping
+
+import numpy as np
+
+from skulens.catalog.errors import InvalidArgument
+
+PRODUCT_ID_MAX = 128
+DISPLAY_NAME_MAX = 512
+CATEGORY_MAX = 128
+LABELS_MAX = 64
+LABEL_KEY_MAX = 64
+LABEL_VALUE_MAX = 256
+SOURCE_MAX = 1024
+FINGERPRINT_MAX = 256
+DIM_MAX = 65536
+_SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _text(value: object, field: str, lo: int, hi: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be a string, got {type(value).__name__}", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"{field} must be valid UTF-8 (unpaired surrogate at {exc.start})",
+                              field=field) from None
+    if not lo <= len(value) <= hi:
+        raise InvalidArgument(f"{field} must be {lo}-{hi} UTF-8 characters, got {len(value)}", field=field)
+    for i, ch in enumerate(value):
+        if unicodedata.category(ch) == "Cc":
+            raise InvalidArgument(f"{field} must not contain control characters (U+{ord(ch):04X} at {i})",
+                                  field=field)
+    return value
+
+
+# Identifiers (product ids, categories, label keys) are compared and stored in NFC, and must be printable:
+# these general categories are refused (control, format such as U+200B / U+202E / U+FEFF, line and paragraph
+# separators, code points unassigned in the server's Unicode version); unpaired surrogates fail the UTF-8 check.
+_ID_FORBIDDEN = {
+    "Cc": "control characters",
+    "Cf": "format characters",
+    "Zl": "line separators",
+    "Zp": "paragraph separators",
+    "Cn": "unassigned code points",
+}
+
+
+def _code_point(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X}" + (f" {name}" if name else "")
+
+
+def identifier(value: object, field: str, lo: int, hi: int) -> str:
+    """An identifier in NFC: printable code points only (see `_ID_FORBIDDEN`), no leading/trailing whitespace.
+
+    Code points are checked as sent (positions refer to the client's string); the length limit applies to the
+    NFC form, which is what is stored and compared, so NFC and NFD spellings name the same object.
+    """
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be a string, got {type(value).__name__}", field=field)
+    for i, ch in enumerate(value):
+        kind = unicodedata.category(ch)
+        if kind in _ID_FORBIDDEN:
+            raise InvalidArgument(f"{field} must not contain {_ID_FORBIDDEN[kind]} ({kind}): {_code_point(ch)} "
+                                  f"at position {i}", field=field)
+    value = unicodedata.normalize("NFC", value)
+    if value and value.isspace():
+        raise InvalidArgument(f"{field} must not be whitespace only ({len(value)} characters)", field=field)
+    for i in (0, len(value) - 1) if value else ():
+        if value[i].isspace():
+            where = "leading" if i == 0 else "trailing"
+            raise InvalidArgument(f"{field} must not have {where} whitespace: {_code_point(value[i])} at "
+                                  f"position {i}", field=field)
+    return _text(value, field, lo, hi)
+
+
+def product_id(value: object, field: str = "product_id") -> str:
+    """A product id: 1-128 characters under the identifier rule (`identifier`), returned in NFC."""
+    return identifier(value, field, 1, PRODUCT_ID_MAX)
+
+
+def display_name(value: object) -> str:
+    return _text(value, "display_name", 0, DISPLAY_NAME_MAX)
+
+
+def category(value: object, field: str = "category") -> str:
+    """A category (may be empty) under the identifier rule, returned in NFC."""
+    return identifier(value, field, 0, CATEGORY_MAX)
+
+
+def source(value: object, field: str) -> str:
+    return _text(value, field, 0, SOURCE_MAX)
+
+
+def fingerprint(value: object, field: str = "fingerprint") -> str:
+    return _text(value, field, 1, FINGERPRINT_MAX)
+
+
+def dim(value: object, field: str = "dim") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= DIM_MAX:
+        raise InvalidArgument(f"{field} must be an integer in 1-{DIM_MAX}, got {value!r}", field=field)
+    return int(value)
+
+
+def labels(value: Mapping[str, str] | None, field: str = "labels") -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(f"{field} must be a mapping of string to string, got {type(value).__name__}",
+                              field=field)
+    if len(value) > LABELS_MAX:
+        raise InvalidArgument(f"{field} must hold at most {LABELS_MAX} entries, got {len(value)}",
+                              field=field)
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        key = identifier(k, f"{field} key", 1, LABEL_KEY_MAX)
+        if key in out:
+            raise InvalidArgument(f"{field} has the key {key!r} twice (its spellings are equal in NFC)",
+                                  field=f"{field} key")
+        value_ = v if not isinstance(v, str) else unicodedata.normalize("NFC", v)
+        out[key] = _text(value_, f"{field}[{key!r}]", 0, LABEL_VALUE_MAX)
+    return out
+
+
+def positive_int(value: object, field: str, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= hi:
+        raise InvalidArgument(f"{field} must be an integer in 1-{hi}, got {value!r}", field=field)
+    return int(value)
+
+
+def reference_id(value: object) -> int:
+    return positive_int(value, "reference_id", (1 << 63) - 1)
+
+
+def score(value: float | None, field: str) -> float | None:
+    if value is None:
+        return None
+    number = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or not -1.0 <= float(value) <= 1.0:
+        raise InvalidArgument(f"{field} must be a number in [-1, 1], got {value!r}", field=field)
+    return float(value)
+
+
+def sha256_hex(value: object, field: str) -> str:
+    if not isinstance(value, str) or not _SHA_RE.match(value):
+        shown = value if not isinstance(value, str) else f"{len(value)} characters"
+        raise InvalidArgument(f"{field} must be 64 hexadecimal characters, got {shown!r}", field=field)
+    return value.lower()
+
+
+def image_and_sha(image: object, sha: object, field: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """Validate a reference's image bytes and content hash; compute the hash from the image if missing."""
+    if image is not None:
+        if not isinstance(image, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(f"{field}.image must be bytes, got {type(image).__name__}",
+                                  field=f"{field}.image")
+        image = bytes(image)
+        if not 1 <= len(image) <= max_bytes:
+            raise InvalidArgument(f"{field}.image must be 1-{max_bytes} bytes, got {len(image)}",
+                                  field=f"{field}.image")
+    digest = None if sha is None else sha256_hex(sha, f"{field}.content_sha256")
+    if image is not None:
+        actual = hashlib.sha256(image).hexdigest()
+        if digest is not None and digest != actual:
+            raise InvalidArgument(f"{field}.content_sha256 {digest} does not match the image's sha256 "
+                                  f"{actual}", field=f"{field}.content_sha256")
+        digest = actual
+    return image, digest
+
+
+def vectors(value: object, dim_: int, tolerance: float, field: str, *, single: bool = False) -> np.ndarray:
+    """float32 C-contiguous [N, dim] of finite unit-norm rows (a [dim] vector is taken as [1, dim])."""
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{field} must be a float array of dimension {dim_}", field=field) from None
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2 or arr.shape[1] != dim_ or (single and arr.shape[0] != 1):
+        want = f"[{dim_}]" if single else f"[N, {dim_}]"
+        raise InvalidArgument(f"{field} must have shape {want}, got {list(np.shape(arr))}", field=field)
+    if not np.isfinite(arr).all():
+        raise InvalidArgument(f"{field} must hold only finite values", field=field)
+    if len(arr):
+        norms = np.linalg.norm(arr, axis=1)
+        worst = int(np.argmax(np.abs(norms - 1.0)))
+        if abs(float(norms[worst]) - 1.0) > tolerance:
+            where = "" if single else f" (row {worst})"
+            raise InvalidArgument(f"{field} must be L2-normalised (norm 1 ± {tolerance}), got norm "
+                                  f"{float(norms[worst]):.6g}{where}", field=field)
+    return np.ascontiguousarray(arr)
+
+
+def encode_page_token(after: str, category_: str) -> str:
+    raw = json.dumps({"a": after, "c": category_}, ensure_ascii=False, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: object, category_: str) -> str:
+    """The product_id to continue after ("" for the first page)."""
+    if not isinstance(token, str):
+        raise InvalidArgument(f"page_token must be a string, got {type(token).__name__}", field="page_token")
+    if token == "":
+        return ""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        after, cat = data["a"], data["c"]
+        if not isinstance(after, str) or not isinstance(cat, str):
+            raise ValueError
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InvalidArgument("page_token is not a token returned by list_products",
+                              field="page_token") from None
+    if cat != category_:
+        raise InvalidArgument(f"page_token was issued for category {cat!r}, not {category_!r}",
+                              field="page_token")
+    return after

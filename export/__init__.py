@@ -1,1 +1,0 @@
-"""skulens export package."""

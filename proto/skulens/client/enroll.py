@@ -1,0 +1,187 @@
+"""Bulk enrolment from a folder `<product_id>/<images>` or a CSV
+`product_id,image_path[,name,category,labels]` (labels `k=v;k=v`).
+
+Resumable: before streaming, the content sha256 of every local file is compared with those the server
+reports for the product (GetProduct), and images already enrolled are skipped; a re-run after an interruption
+sends only what is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from skulens.client.client import SkulensClient
+from skulens.errors import code_name
+from skulens.v1 import catalog_pb2
+
+log = logging.getLogger("skulens.enroll")
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+
+
+@dataclass
+class ProductPlan:
+    """One product to enrol: metadata (None = leave the server's as is) and its image files."""
+
+    product_id: str
+    display_name: str | None = None
+    category: str | None = None
+    labels: dict[str, str] | None = None
+    paths: list[Path] = field(default_factory=list)
+
+    @property
+    def has_metadata(self) -> bool:
+        """True when the source gave a name, category or labels."""
+        return any(v is not None for v in (self.display_name, self.category, self.labels))
+
+
+@dataclass
+class EnrollReport:
+    """What an enrolment run did."""
+
+    products: int = 0
+    products_created: int = 0
+    images: int = 0
+    skipped: int = 0  # already enrolled (same sha256) before this run
+    added: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """`k=v;k=v` → dict (blank → {}); ValueError on an entry without '='."""
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ValueError(f"label {part!r} must be key=value")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def plan_from_folder(root: Path) -> list[ProductPlan]:
+    """One product per sub-folder (its name is the product id), its image files sorted by name."""
+    plans = []
+    for d in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            plans.append(ProductPlan(d.name, paths=files))
+    return plans
+
+
+def plan_from_csv(path: Path) -> list[ProductPlan]:
+    """Rows `product_id,image_path[,name,category,labels]` (an optional header row starting with product_id);
+    relative image paths are relative to the CSV's folder; rows of one product are merged."""
+    plans: dict[str, ProductPlan] = {}
+    base = Path(path).parent
+    with open(path, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh), 1):
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            if lineno == 1 and row[0].strip().lower() in ("product_id", "product id", "id"):
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise ValueError(f"{path}:{lineno}: expected product_id,image_path[,name,category,labels]")
+            pid, img = row[0].strip(), Path(row[1].strip()).expanduser()
+            plan = plans.setdefault(pid, ProductPlan(pid))
+            plan.paths.append(img if img.is_absolute() else base / img)
+            if len(row) > 2 and row[2].strip() and plan.display_name is None:
+                plan.display_name = row[2].strip()
+            if len(row) > 3 and row[3].strip() and plan.category is None:
+                plan.category = row[3].strip()
+            if len(row) > 4 and row[4].strip() and plan.labels is None:
+                try:
+                    plan.labels = parse_labels(row[4])
+                except ValueError as exc:
+                    raise ValueError(f"{path}:{lineno}: {exc}") from None
+    return list(plans.values())
+
+
+def load_plan(source: Path) -> list[ProductPlan]:
+    """A folder or a .csv file."""
+    source = Path(source)
+    if source.is_dir():
+        return plan_from_folder(source)
+    if source.is_file():
+        return plan_from_csv(source)
+    raise FileNotFoundError(f"{source} is neither a folder nor a CSV file")
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def enroll(
+    client: SkulensClient,
+    plans: Sequence[ProductPlan],
+    *,
+    resume: bool = True,
+    batch: int = 256,
+    progress: Callable[[int], object] | None = None,
+    on_total: Callable[[int], object] | None = None,
+) -> EnrollReport:
+    """Upsert products, skip images the server has (by sha256), stream the rest in calls of `batch` images.
+
+    `on_total(n)` is told how many images will be sent; `progress(k)` after each k images are handed to gRPC.
+    """
+    report = EnrollReport(products=len(plans))
+    todo: list[tuple[str, Path, str]] = []
+    for plan in plans:
+        existing = client.get_product(plan.product_id) if resume or not plan.has_metadata else None
+        if existing is None or plan.has_metadata:
+            resp = client.upsert_product(
+                plan.product_id,
+                display_name=plan.display_name
+                if plan.display_name is not None
+                else (existing.product.display_name if existing else ""),
+                category=plan.category
+                if plan.category is not None
+                else (existing.product.category if existing else ""),
+                labels=plan.labels
+                if plan.labels is not None
+                else (dict(existing.product.labels) if existing else {}),
+            )
+            report.products_created += int(resp.created)
+        known = {r.content_sha256 for r in existing.references} if existing is not None and resume else set()
+        for p in plan.paths:
+            report.images += 1
+            sha = sha256_of(p)
+            if sha in known:
+                report.skipped += 1
+                continue
+            known.add(sha)
+            todo.append((plan.product_id, p, sha))
+    if on_total is not None:
+        on_total(len(todo))
+
+    def requests(items: Sequence[tuple[str, Path, str]]) -> Iterator[catalog_pb2.AddReferenceImagesRequest]:
+        for pid, p, _ in items:
+            yield catalog_pb2.AddReferenceImagesRequest(product_id=pid, content=p.read_bytes(), source=str(p))
+            if progress is not None:
+                progress(1)
+
+    for start in range(0, len(todo), batch):
+        items = todo[start : start + batch]
+        resp = client.add_references(requests(items), timeout=None)
+        report.added += resp.added
+        report.duplicates += resp.duplicates
+        report.failed += resp.failed
+        for r in resp.results:
+            if r.status.code != 0:
+                report.errors.append(f"{items[r.index][1]}: {code_name(r.status.code)}: {r.status.message}")
+    return report

@@ -1,0 +1,207 @@
+"""Admission control: refuse work before doing any of it, so overload costs a refusal, not a timeout.
+
+Every call that embeds (Recognize, RecognizeStream images, Embed, SearchByText, AddReferenceImages chunks)
+asks for a `Ticket` before a byte is decoded. The checks, cheapest first:
+
+1. calls in progress < `max_calls` (streams count once for their whole life);
+2. encoded bytes held by admitted work + this request ≤ `max_inflight_bytes` (a lone request always fits);
+3. the expected wait is within `queue_budget_s`. The backlog is the expected seconds of machine time of all
+   admitted, unfinished work, from the engine's `CostModel`; since decoding is shared round-robin between
+   requests, a request waits at most one turn behind each request on the books, so the expected wait is
+   min(backlog, requests on the books × this request's cost). Checked first for the request's least cost
+   (its model inputs), then again with its pixels;
+4. the request's own decode budget: total pixels ≤ `max_request_pixels` (header-only peek, done only when
+   1–3 passed; a request shape error, not retryable);
+5. deadline: expected wait + the request's own cost must fit in the time the client left
+   (× `deadline_headroom`).
+
+A refusal by 1, 2, 3 or 5 is `Shed` (RESOURCE_EXHAUSTED) carrying `retry_after_s`, the time the backlog needs
+to drain to the budget, which the gRPC layer sends as the standard `grpc-retry-pushback-ms` trailer. A ticket
+adds its cost to the backlog until released. Use from one asyncio event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from skulens.inference.cost_model import CostModel
+from skulens.inference.errors import Overloaded
+from skulens.service.admission_options import AdmissionOptions
+from skulens.service.errors_grpc import TooMany
+
+
+class Shed(Overloaded):
+    """Refused at admission because the server is busy; `retry_after_s` says when to try again."""
+
+
+@dataclass
+class Ticket:
+    """Admitted work: its estimated seconds and bytes stay on the books until `Admission.release`."""
+
+    cost_s: float
+    nbytes: int
+    counts_call: bool
+    work: bool = True
+    released: bool = field(default=False)
+
+
+@dataclass(frozen=True)
+class AdmissionStats:
+    """What is on the books now, and refusals since start by reason."""
+
+    calls: int
+    inflight_bytes: int
+    backlog_s: float
+    refused: dict[str, int]
+
+
+class Admission:
+    """The books of admitted work and the checks above; one per server."""
+
+    def __init__(self, options: AdmissionOptions | None = None) -> None:
+        self.options = options or AdmissionOptions()
+        self._calls = 0
+        self._bytes = 0
+        self._backlog = 0.0
+        self._tickets = 0
+        self._refused: dict[str, int] = {}
+        self._changed: asyncio.Event | None = None
+
+    # -- books ---------------------------------------------------------------------------------------------
+    @property
+    def backlog_s(self) -> float:
+        """Expected seconds of machine time of admitted, unfinished work."""
+        return max(0.0, self._backlog)
+
+    def stats(self) -> AdmissionStats:
+        """A snapshot of the books."""
+        return AdmissionStats(self._calls, self._bytes, self.backlog_s, dict(self._refused))
+
+    def _shed(self, reason: str, message: str, retry_after_s: float) -> Shed:
+        self._refused[reason] = self._refused.get(reason, 0) + 1
+        retry = max(0.05, retry_after_s)
+        return Shed(f"{message}; retry in {1000 * retry:.0f} ms", retry_after_s=retry)
+
+    def _drain_time(self, wait: float | None = None) -> float:
+        """Seconds until the expected wait is back within the budget (`wait`: the refused work's own)."""
+        wait = self.backlog_s if wait is None else wait
+        return max(0.0, wait - self.options.queue_budget_s) + 0.05
+
+    # -- checks --------------------------------------------------------------------------------------------
+    def _check_calls_and_bytes(self, nbytes: int, new_call: bool) -> None:
+        o = self.options
+        if new_call and self._calls >= o.max_calls:
+            raise self._shed(
+                "calls", f"{self._calls} calls in progress, the limit is {o.max_calls}", self._drain_time()
+            )
+        if self._bytes and self._bytes + nbytes > o.max_inflight_bytes:
+            raise self._shed(
+                "bytes",
+                f"{self._bytes} image bytes in flight + {nbytes} new exceeds the limit of {o.max_inflight_bytes}",
+                self._drain_time(),
+            )
+
+    def expected_wait(self, cost_s: float) -> float:
+        """Seconds a new piece of work of `cost_s` can expect to wait: the whole backlog if work were served
+        first come first served, but decoding is shared round-robin, so at most one turn behind each piece of
+        work on the books (`tickets` × its own cost) — a costly request does not make small ones wait for it."""
+        return min(self.backlog_s, self._tickets * cost_s)
+
+    def _check_queue(self, cost_s: float) -> None:
+        wait = self.expected_wait(cost_s)
+        if wait > self.options.queue_budget_s:
+            raise self._shed(
+                "queue",
+                f"the work queue holds {1000 * self.backlog_s:.0f} ms of work ({self._tickets} requests); "
+                f"expected wait {1000 * wait:.0f} ms, the budget is {1000 * self.options.queue_budget_s:.0f} ms",
+                self._drain_time(wait),
+            )
+
+    def admit(
+        self,
+        costs: CostModel,
+        *,
+        items: int,
+        nbytes: int = 0,
+        pixels: Callable[[], int] | int = 0,
+        deadline: float | None = None,
+        new_call: bool = True,
+        check_pixels: bool = True,
+        field: str = "images",
+    ) -> Ticket:
+        """All five checks, then book the work; raises `Shed` or `TooMany` (pixel budget, naming `field`).
+
+        `pixels` may be a callable: the header peek runs only once the O(1) checks (calls, bytes, and the
+        queue for the request's least possible cost, its model inputs alone) have passed.
+        `new_call=False` books work of a call already counted (a stream's image). `check_pixels=False` skips
+        the per-request pixel budget (enrolment chunks: each image is held to the per-image limits instead).
+        """
+        self._check_calls_and_bytes(nbytes, new_call)
+        self._check_queue(costs.estimate(items, 0))
+        npix = pixels() if callable(pixels) else pixels
+        if check_pixels and npix > self.options.max_request_pixels:
+            self._refused["pixels"] = self._refused.get("pixels", 0) + 1
+            raise TooMany(
+                f"{field} decode to {npix} pixels in total; the limit is {self.options.max_request_pixels} "
+                "pixels per request (send fewer or smaller images per request)",
+                field=field,
+            )
+        cost = costs.estimate(items, npix)
+        self._check_queue(cost)
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            expected = self.expected_wait(cost) + cost
+            if expected > remaining * self.options.deadline_headroom:
+                raise self._shed(
+                    "deadline",
+                    f"expected to finish in {1000 * expected:.0f} ms but the deadline leaves "
+                    f"{1000 * max(0.0, remaining):.0f} ms",
+                    self._drain_time(self.expected_wait(cost)),
+                )
+        self._calls += 1 if new_call else 0
+        self._bytes += nbytes
+        self._backlog += cost
+        self._tickets += 1
+        return Ticket(cost, nbytes, new_call)
+
+    def open_call(self) -> Ticket:
+        """Count a long call (a stream) against `max_calls` without booking work; raises `Shed` only on the
+        call cap (its images are admitted one by one, against the queue as it is then)."""
+        self._check_calls_and_bytes(0, True)
+        self._calls += 1
+        return Ticket(0.0, 0, True, work=False)
+
+    async def admit_waiting(self, costs: CostModel, *, deadline: float | None = None, **kw: object) -> Ticket:
+        """Like `admit`, but wait for room instead of refusing (bulk enrolment: backpressure, not errors).
+
+        Gives up with `Shed` when `deadline` passes first; `TooMany` is raised at once."""
+        while True:
+            try:
+                return self.admit(costs, deadline=None, **kw)  # type: ignore[arg-type]
+            except Shed:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            self._changed.clear()
+            timeout = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def release(self, ticket: Ticket) -> None:
+        """Take finished (or failed, or cancelled) work off the books; idempotent."""
+        if ticket.released:
+            return
+        ticket.released = True
+        self._calls -= 1 if ticket.counts_call else 0
+        self._bytes -= ticket.nbytes
+        self._backlog -= ticket.cost_s
+        self._tickets -= 1 if ticket.work else 0
+        if self._tickets == 0:
+            self._backlog = 0.0  # no float drift when idle
+        if self._changed is not None:
+            self._changed.set()

@@ -1,0 +1,122 @@
+"""Conversions between protobuf messages and domain objects, and request-shape validation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from skulens.catalog.models import Product, SearchResult, Verdict
+from skulens.imaging.preprocess import Box
+from skulens.service.errors_grpc import BadRequest, TooMany, item_status
+from skulens.service.settings import Settings
+from skulens.v1 import common_pb2, recognition_pb2
+
+_VERDICTS = {
+    Verdict.KNOWN: common_pb2.VERDICT_KNOWN,
+    Verdict.UNKNOWN: common_pb2.VERDICT_UNKNOWN,
+    Verdict.AMBIGUOUS: common_pb2.VERDICT_AMBIGUOUS,
+}
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Validated SearchOptions."""
+
+    top_k: int
+    min_score: float | None
+    category: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def search_params(
+    options: common_pb2.SearchOptions, settings: Settings, prefix: str = "options"
+) -> SearchParams:
+    """Validate SearchOptions against the server limits (BadRequest names the field and the limit)."""
+    top_k = options.top_k or settings.default_top_k
+    if top_k > settings.max_top_k:
+        raise BadRequest(
+            f"{prefix}.top_k must be <= {settings.max_top_k}, got {options.top_k}", field=f"{prefix}.top_k"
+        )
+    min_score = float(options.min_score)
+    if not math.isfinite(min_score) or not -1.0 <= min_score <= 1.0:
+        raise BadRequest(
+            f"{prefix}.min_score must be in [-1, 1], got {options.min_score}", field=f"{prefix}.min_score"
+        )
+    return SearchParams(top_k, min_score or None, options.category, dict(options.labels))
+
+
+def boxes_of(image: recognition_pb2.ImageInput, index: int, settings: Settings) -> list[Box] | None:
+    """The image's regions as Boxes (None = whole image); TooMany past the per-image limit."""
+    if not image.regions:
+        return None
+    if len(image.regions) > settings.max_regions_per_image:
+        raise TooMany(
+            f"images[{index}].regions holds {len(image.regions)} boxes; the limit is "
+            f"{settings.max_regions_per_image} per image",
+            field=f"images[{index}].regions",
+        )
+    return [Box(r.x, r.y, r.width, r.height) for r in image.regions]
+
+
+def check_images(images: object, settings: Settings, field: str = "images") -> None:
+    """TooMany when a request carries more images than allowed."""
+    n = len(images)  # type: ignore[arg-type]
+    if n > settings.max_images_per_request:
+        raise TooMany(
+            f"{field} holds {n} images; the limit is {settings.max_images_per_request} per request "
+            "(split the batch)",
+            field=field,
+        )
+
+
+def check_texts(texts: object, settings: Settings, field: str = "texts") -> None:
+    """TooMany / BadRequest for too many or too long texts."""
+    seq = list(texts)  # type: ignore[call-overload]
+    if len(seq) > settings.max_texts_per_request:
+        raise TooMany(
+            f"{field} holds {len(seq)} texts; the limit is {settings.max_texts_per_request} per request",
+            field=field,
+        )
+    for i, t in enumerate(seq):
+        if not t.strip():
+            raise BadRequest(f"{field}[{i}] is empty", field=f"{field}[{i}]")
+        if len(t) > settings.max_text_chars:
+            raise BadRequest(
+                f"{field}[{i}] has {len(t)} characters; the limit is {settings.max_text_chars}",
+                field=f"{field}[{i}]",
+            )
+
+
+def recognition_pb(result: SearchResult) -> recognition_pb2.Recognition:
+    """A catalog SearchResult as a Recognition message (status OK)."""
+    return recognition_pb2.Recognition(
+        status=item_status(None),
+        matches=[
+            common_pb2.Match(
+                product_id=m.product_id,
+                display_name=m.display_name,
+                score=float(m.score),
+                reference_id=int(m.reference_id),
+            )
+            for m in result.matches
+        ],
+        verdict=_VERDICTS.get(result.verdict, common_pb2.VERDICT_UNSPECIFIED),
+        best_score=float(result.best_score),
+        confusable_product_ids=list(result.confusable),
+    )
+
+
+def failed_recognition(exc: BaseException) -> recognition_pb2.Recognition:
+    """A Recognition carrying only the error status of `exc`."""
+    return recognition_pb2.Recognition(status=item_status(exc))
+
+
+def product_pb(p: Product) -> common_pb2.Product:
+    """A catalog Product as a message."""
+    return common_pb2.Product(
+        product_id=p.product_id,
+        display_name=p.display_name,
+        category=p.category,
+        labels=dict(p.labels),
+        reference_count=int(p.reference_count),
+    )

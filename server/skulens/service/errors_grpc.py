@@ -1,0 +1,142 @@
+"""THE table: domain error class → gRPC status code, and the helpers that apply it.
+
+Domain errors (all `skulens.errors.SkulensError`: imaging, inference, catalog, model, and the service-layer
+errors below) carry a client-safe message and the request field they concern. Any other exception is a bug:
+it becomes INTERNAL with a generic text and its traceback goes to the log only.
+
+| error                                                     | status              |
+|-----------------------------------------------------------|---------------------|
+| InvalidImage, InvalidRegion, ImageTooLarge, ImageTooSmall | INVALID_ARGUMENT    |
+| catalog InvalidArgument, BadRequest                       | INVALID_ARGUMENT    |
+| catalog NotFound                                          | NOT_FOUND           |
+| catalog AlreadyExists                                     | ALREADY_EXISTS      |
+| FingerprintMismatch, ModelLoadError, ManifestError        | FAILED_PRECONDITION |
+| Overloaded (incl. admission's Shed), TooMany             | RESOURCE_EXHAUSTED  |
+| DeadlineExceeded                                          | DEADLINE_EXCEEDED   |
+| Cancelled                                                 | CANCELLED           |
+| Unsupported (e.g. text on an image-only model)            | UNIMPLEMENTED       |
+| NotReady (loading), Draining, CatalogClosed               | UNAVAILABLE         |
+| catalog CatalogCorrupt (store or snapshot damaged)        | DATA_LOSS           |
+| Unauthenticated                                           | UNAUTHENTICATED     |
+| PermissionDenied                                          | PERMISSION_DENIED   |
+| anything else                                             | INTERNAL (generic)  |
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import grpc
+
+from skulens.catalog import errors as cat
+from skulens.errors import SkulensError
+from skulens.imaging import errors as img
+from skulens.inference import errors as inf
+from skulens.model.manifest import ManifestError
+from skulens.v1 import common_pb2
+
+log = logging.getLogger("skulens.errors")
+
+INTERNAL_MESSAGE = "internal error; see the server log (request id in trailing metadata x-request-id)"
+FIELD_METADATA_KEY = "skulens-error-field"
+#: gRPC's standard server pushback trailer (retry design A6): milliseconds a client should wait before retrying.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+class ServiceError(SkulensError):
+    """Base of the errors the gRPC layer itself raises (request shape, state, auth)."""
+
+
+class BadRequest(ServiceError):
+    """A request value is malformed or out of its limits."""
+
+
+class TooMany(ServiceError):
+    """A request carries more items (images, texts, regions) than the server's per-request limit."""
+
+
+class NotReady(ServiceError):
+    """The server is still loading the model or opening the catalog."""
+
+
+class Draining(ServiceError):
+    """The server is shutting down and takes no new work."""
+
+
+class Unauthenticated(ServiceError):
+    """No, malformed or unknown bearer token."""
+
+
+class PermissionDenied(ServiceError):
+    """The token lacks the scope the method needs."""
+
+
+C = grpc.StatusCode
+STATUS_TABLE: dict[type[SkulensError], grpc.StatusCode] = {
+    img.InvalidImage: C.INVALID_ARGUMENT,  # InvalidRegion derives from it
+    img.ImageTooLarge: C.INVALID_ARGUMENT,
+    img.ImageTooSmall: C.INVALID_ARGUMENT,
+    cat.InvalidArgument: C.INVALID_ARGUMENT,
+    BadRequest: C.INVALID_ARGUMENT,
+    cat.NotFound: C.NOT_FOUND,
+    cat.AlreadyExists: C.ALREADY_EXISTS,
+    cat.FingerprintMismatch: C.FAILED_PRECONDITION,
+    cat.CatalogCorrupt: C.DATA_LOSS,
+    inf.ModelLoadError: C.FAILED_PRECONDITION,
+    ManifestError: C.FAILED_PRECONDITION,
+    inf.Overloaded: C.RESOURCE_EXHAUSTED,
+    TooMany: C.RESOURCE_EXHAUSTED,
+    inf.DeadlineExceeded: C.DEADLINE_EXCEEDED,
+    inf.Cancelled: C.CANCELLED,
+    inf.Unsupported: C.UNIMPLEMENTED,
+    NotReady: C.UNAVAILABLE,
+    Draining: C.UNAVAILABLE,
+    cat.CatalogClosed: C.UNAVAILABLE,
+    Unauthenticated: C.UNAUTHENTICATED,
+    PermissionDenied: C.PERMISSION_DENIED,
+}
+
+
+def code_of(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code for a domain error (most specific class in the table wins); None when unmapped."""
+    for klass in type(exc).__mro__:
+        code = STATUS_TABLE.get(klass)
+        if code is not None:
+            return code
+    return None
+
+
+def describe(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """(code, client-safe message, field or "") for any exception; unmapped ones are logged with traceback."""
+    code = code_of(exc) if isinstance(exc, SkulensError) else None
+    if code is None or not isinstance(exc, SkulensError):
+        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+        return C.INTERNAL, INTERNAL_MESSAGE, ""
+    field = exc.field or ""
+    message = exc.message or type(exc).__name__
+    if field and not message.startswith(field):
+        message = f"{field}: {message}"
+    return code, message, field
+
+
+def item_status(exc: BaseException | None = None) -> common_pb2.ItemStatus:
+    """The per-item status for an error, or OK for None."""
+    if exc is None:
+        return common_pb2.ItemStatus(code=0)
+    code, message, field = describe(exc)
+    return common_pb2.ItemStatus(code=code.value[0], message=message, field=field)
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with the status for `exc` (field in trailing metadata `skulens-error-field`; a retry hint
+    of an overload refusal in `grpc-retry-pushback-ms`)."""
+    code, message, field = describe(exc)
+    trailing = tuple(context.trailing_metadata() or ())
+    if field:
+        trailing += ((FIELD_METADATA_KEY, field),)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if code is C.RESOURCE_EXHAUSTED and isinstance(retry_after, (int, float)):
+        trailing += ((RETRY_PUSHBACK_KEY, str(max(1, round(retry_after * 1000)))),)
+    await context.abort(code, message, trailing)
+    raise AssertionError("unreachable")  # context.abort raises

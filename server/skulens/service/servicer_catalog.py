@@ -1,0 +1,429 @@
+"""`CatalogService`: product CRUD, streamed reference enrolment, paginated listing, stats.
+
+The catalog is synchronous (SQLite + FAISS, thread-safe), so every call runs in a worker thread and never
+blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import hashlib
+import re
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+
+from skulens.catalog import validation
+from skulens.catalog.errors import CatalogError
+from skulens.catalog.models import NewReference
+from skulens.errors import SkulensError, code_name
+from skulens.imaging.errors import ImageTooLarge, InvalidImage, InvalidRegion
+from skulens.imaging.preprocess import Box
+from skulens.service.calllog import call_fields
+from skulens.service.convert import product_pb
+from skulens.service.errors_grpc import item_status
+from skulens.service.servicer_recognition import embed_batch
+from skulens.service.state import Runtime, deadline_of
+from skulens.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recognition_pb2
+
+if TYPE_CHECKING:
+    from skulens.catalog.catalog import Catalog
+    from skulens.inference.engine import Engine
+
+pb = catalog_pb2
+_REFERENCE_FIELD = re.compile(r"^references\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One enrolment message that passed its own checks: normalised product id, source, hash and box."""
+
+    index: int
+    msg: pb.AddReferenceImagesRequest
+    pid: str
+    source: str
+    sha: str
+    box: Box | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The duplicate identity: product and content hash (the region is not part of it)."""
+        return self.pid, self.sha
+
+
+def _duplicate(result: pb.AddedReference, reference_id: int) -> None:
+    result.status.CopyFrom(item_status(None))
+    result.reference_id = reference_id
+    result.duplicate = True
+
+
+def _reference_position(field: str | None) -> int | None:
+    """k of a catalog field ``references[k]...`` (one item of an add_references call), else None."""
+    m = _REFERENCE_FIELD.match(field or "")
+    return int(m.group(1)) if m else None
+
+
+def _renamed(exc: Exception, index: int) -> Exception:
+    """A catalog error re-addressed to the request field ``requests[index].<field>`` the client sent.
+
+    ``references[k].source`` becomes ``requests[index].source`` (``.image`` / ``.embedding`` become
+    ``.content``), ``product_id`` becomes ``requests[index].product_id``; other errors are returned as they are.
+    """
+    if not isinstance(exc, CatalogError) or not exc.field:
+        return exc
+    old = exc.field
+    m = _REFERENCE_FIELD.match(old)
+    if m:
+        rest = old[m.end() :].lstrip(".")
+        rest = {"image": "content", "embedding": "content", "": "content"}.get(rest, rest)
+    elif old == "product_id":
+        rest = old
+    else:
+        return exc
+    new = f"requests[{index}].{rest}"
+    message = new + exc.message[len(old) :] if exc.message.startswith(old) else exc.message
+    clone = copy.copy(exc)
+    clone.field, clone.message, clone.args = new, message, (message,)
+    return clone
+
+
+def _status_for(status: common_pb2.ItemStatus, index: int) -> common_pb2.ItemStatus:
+    """A copy of another item's failure status for item `index` (its field re-indexed)."""
+    out = common_pb2.ItemStatus()
+    out.CopyFrom(status)
+    m = re.match(r"^requests\[\d+\]", status.field)
+    if m:
+        new = f"requests[{index}]"
+        out.field = new + status.field[m.end():]
+        out.message = status.message.replace(m.group(0), new, 1)
+    return out
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    """gRPC servicer over the shared `Runtime`'s catalog (and engine, for enrolment)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.settings = runtime.settings
+
+    async def UpsertProduct(
+        self, request: pb.UpsertProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertProductResponse:
+        """See catalog.proto."""
+        _, catalog = self.rt.ready()
+        call_fields()["product_id"] = request.product_id
+        product, created = await asyncio.to_thread(
+            functools.partial(
+                catalog.upsert_product,
+                request.product_id,
+                request.display_name,
+                request.category,
+                dict(request.labels),
+                create_only=request.create_only,
+            )
+        )
+        return pb.UpsertProductResponse(product=product_pb(product), created=created)
+
+    async def AddReferenceImages(
+        self, request_iterator: AsyncIterator[pb.AddReferenceImagesRequest], context: grpc.aio.ServicerContext
+    ) -> pb.AddReferenceImagesResponse:
+        """See catalog.proto: images are embedded and committed `enroll_chunk` at a time.
+
+        The call counts once against the concurrency cap; each chunk waits for room in the work queue
+        (backpressure on the client stream) rather than being refused, until the call's deadline."""
+        engine, catalog = self.rt.searchable()
+        deadline = deadline_of(context)
+        admission = self.rt.admission
+        call_ticket = admission.open_call()
+        try:
+            return await self._add_references(engine, catalog, request_iterator, deadline)
+        finally:
+            admission.release(call_ticket)
+
+    async def _add_references(
+        self,
+        engine: Engine,
+        catalog: Catalog,
+        request_iterator: AsyncIterator[pb.AddReferenceImagesRequest],
+        deadline: float | None,
+    ) -> pb.AddReferenceImagesResponse:
+        resp = pb.AddReferenceImagesResponse()
+        chunk: list[tuple[int, pb.AddReferenceImagesRequest]] = []
+        known: dict[tuple[str, str], int] = {}  # (product id, sha256) -> reference id, seen in this call
+        index = 0
+        async for msg in request_iterator:
+            chunk.append((index, msg))
+            index += 1
+            if len(chunk) >= self.settings.enroll_chunk:
+                resp.results.extend(await self._enroll(engine, catalog, chunk, deadline, known))
+                chunk = []
+        if chunk:
+            resp.results.extend(await self._enroll(engine, catalog, chunk, deadline, known))
+        for r in resp.results:
+            if r.status.code != 0:
+                resp.failed += 1
+            elif r.duplicate:
+                resp.duplicates += 1
+            else:
+                resp.added += 1
+        call_fields().update(images=index, added=resp.added, duplicates=resp.duplicates, failed=resp.failed)
+        if self.rt.metrics is not None:
+            self.rt.metrics.observe_items("AddReferenceImages", index)
+            for r in resp.results:
+                self.rt.metrics.count_images("AddReferenceImages", code_name(r.status.code))
+        return resp
+
+    async def _enroll(
+        self,
+        engine: Engine,
+        catalog: Catalog,
+        chunk: Sequence[tuple[int, pb.AddReferenceImagesRequest]],
+        deadline: float | None,
+        known: dict[tuple[str, str], int],
+    ) -> list[pb.AddedReference]:
+        """Enrol one chunk: check each item alone, answer duplicates by hash, embed the rest together, then add
+        each product's new references in one transaction.
+
+        `known` maps (product id, content sha256) to the reference id for pairs this call has enrolled or found
+        already, so repeats within the stream are never decoded or embedded either.
+        """
+        shas = await asyncio.to_thread(lambda: [hashlib.sha256(m.content).hexdigest() for _, m in chunk])
+        results: dict[int, pb.AddedReference] = {}
+        items: list[_Item] = []
+        for (i, msg), sha in zip(chunk, shas, strict=True):
+            results[i] = pb.AddedReference(index=i, product_id=msg.product_id, content_sha256=sha)
+            try:
+                items.append(self._check_item(i, msg, sha, catalog))
+            except SkulensError as exc:
+                results[i].status.CopyFrom(item_status(exc))
+        items = await self._drop_known(catalog, items, known, results)
+        while items:  # one round per region variant of a photo whose first copy failed (almost always one)
+            leaders: dict[tuple[str, str], _Item] = {}
+            for it in items:
+                leaders.setdefault(it.key, it)
+            followers = [it for it in items if leaders[it.key] is not it]
+            await self._embed_and_add(engine, catalog, list(leaders.values()), deadline, known, results)
+            items = []
+            for it in followers:
+                leader = leaders[it.key]
+                if it.key in known:
+                    _duplicate(results[it.index], known[it.key])
+                elif it.box == leader.box:  # same bytes, same crop: the same outcome
+                    results[it.index].status.CopyFrom(_status_for(results[leader.index].status, it.index))
+                else:
+                    items.append(it)
+        return [results[i] for i, _ in chunk]
+
+    def _check_item(self, i: int, msg: pb.AddReferenceImagesRequest, sha: str, catalog: Catalog) -> _Item:
+        """Validate one request message on its own (id, source, content size, region); errors name
+        `requests[i].<field>`."""
+        pid = validation.product_id(msg.product_id, f"requests[{i}].product_id")
+        source = validation.source(msg.source, f"requests[{i}].source")
+        max_bytes = int(self.settings.max_image_mb * 1024 * 1024)
+        if catalog.settings.store_images:
+            max_bytes = min(max_bytes, catalog.settings.max_image_bytes)
+        field = f"requests[{i}].content"
+        if not msg.content:
+            raise InvalidImage("image is empty (0 bytes)", field)
+        if len(msg.content) > max_bytes:
+            raise ImageTooLarge(f"image is {len(msg.content)} bytes; the limit is {max_bytes} bytes", field)
+        box = None
+        if msg.HasField("region"):
+            r = msg.region
+            box = Box(r.x, r.y, r.width, r.height)
+            if r.width <= 0 or r.height <= 0 or r.x < 0 or r.y < 0:
+                raise InvalidRegion(
+                    f"region (x={r.x}, y={r.y}, width={r.width}, height={r.height}) must have x, y >= 0 and "
+                    "width, height > 0",
+                    f"requests[{i}].region",
+                )
+        return _Item(i, msg, pid, source, sha, box)
+
+    async def _drop_known(
+        self,
+        catalog: Catalog,
+        items: list[_Item],
+        known: dict[tuple[str, str], int],
+        results: dict[int, pb.AddedReference],
+    ) -> list[_Item]:
+        """Answer items whose (product, hash) this call or the catalog holds already; return the others.
+
+        Items of a product that does not exist fail here, before anything is decoded.
+        """
+        asks: dict[str, list[str]] = defaultdict(list)
+        for it in items:
+            if it.key not in known:
+                asks[it.pid].append(it.sha)
+
+        def lookup() -> dict[str, dict[str, int] | Exception]:
+            out: dict[str, dict[str, int] | Exception] = {}
+            for pid, shas in asks.items():
+                try:
+                    out[pid] = catalog.existing_hashes(pid, shas)
+                except Exception as exc:  # NOT_FOUND, closed, ...: every item of the product says so
+                    out[pid] = exc
+            return out
+
+        found = await asyncio.to_thread(lookup) if asks else {}
+        rest = []
+        for it in items:
+            got = found.get(it.pid)
+            if isinstance(got, Exception):
+                results[it.index].status.CopyFrom(item_status(_renamed(got, it.index)))
+                continue
+            if got and it.sha in got:
+                known[it.key] = got[it.sha]
+            if it.key in known:
+                _duplicate(results[it.index], known[it.key])
+            else:
+                rest.append(it)
+        return rest
+
+    async def _embed_and_add(
+        self,
+        engine: Engine,
+        catalog: Catalog,
+        items: list[_Item],
+        deadline: float | None,
+        known: dict[tuple[str, str], int],
+        results: dict[int, pb.AddedReference],
+    ) -> None:
+        """Embed distinct items together, then add each product's references (a bad item fails alone)."""
+        images = [recognition_pb2.ImageInput(content=it.msg.content) for it in items]
+        boxes: list[list[Box] | None] = [[it.box] if it.box is not None else None for it in items]
+        admission = self.rt.admission
+        pixels = [engine.preprocessor.decode_pixels(im.content) for im in images]  # headers, read once
+        ticket = await admission.admit_waiting(
+            engine.costs,
+            deadline=deadline,
+            items=len(images),
+            nbytes=sum(len(im.content) for im in images),
+            pixels=sum(pixels),
+            new_call=False,
+            check_pixels=False,
+            field="requests",
+        )
+        try:
+            # every enrolment call shares one turn of the decode threads (caller=self): bulk enrolment, however
+            # many streams, never holds the decoders against recognition calls
+            embedded = await embed_batch(
+                engine, images, boxes, deadline, None, field="requests", caller=self, pixels=pixels
+            )
+        finally:
+            admission.release(ticket)
+        groups: dict[str, list[tuple[_Item, NewReference]]] = defaultdict(list)
+        for it, e in zip(items, embedded, strict=True):
+            out = e.outputs[0]
+            if isinstance(out, SkulensError):
+                part = "region" if it.box is not None and (out.field or "").startswith("regions") else "content"
+                field = f"requests[{it.index}].{part}" if out.field else None
+                results[it.index].status.CopyFrom(item_status(out.with_field(field)))
+                continue
+            ref = NewReference(embedding=np.asarray(out), source=it.source, image=it.msg.content,
+                               content_sha256=it.sha)
+            groups[it.pid].append((it, ref))
+
+        def commit() -> None:
+            for pid, refs in groups.items():
+                while refs:
+                    try:
+                        added = catalog.add_references(pid, [r for _, r in refs])
+                    except CatalogError as exc:
+                        k = _reference_position(exc.field)
+                        if k is None or k >= len(refs):
+                            for it, _ in refs:  # the product's group failed as a whole (e.g. NOT_FOUND)
+                                results[it.index].status.CopyFrom(item_status(_renamed(exc, it.index)))
+                            break
+                        it = refs.pop(k)[0]  # one item's own fault: it fails alone, the others are retried
+                        results[it.index].status.CopyFrom(item_status(_renamed(exc, it.index)))
+                        continue
+                    except Exception as exc:  # a bug: INTERNAL for the group, traceback logged once
+                        status = item_status(exc)
+                        for it, _ in refs:
+                            results[it.index].status.CopyFrom(status)
+                        break
+                    for (it, _), a in zip(refs, added, strict=True):
+                        known[it.key] = int(a.reference_id)
+                        results[it.index].status.CopyFrom(item_status(None))
+                        results[it.index].reference_id = int(a.reference_id)
+                        results[it.index].duplicate = bool(a.duplicate)
+                    break
+
+        if groups:
+            await asyncio.to_thread(commit)
+
+    async def DeleteProduct(
+        self, request: pb.DeleteProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteProductResponse:
+        """See catalog.proto."""
+        _, catalog = self.rt.ready()
+        call_fields()["product_id"] = request.product_id
+        n = await asyncio.to_thread(catalog.delete_product, request.product_id)
+        return pb.DeleteProductResponse(deleted_references=n)
+
+    async def DeleteReferenceImage(
+        self, request: pb.DeleteReferenceImageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteReferenceImageResponse:
+        """See catalog.proto."""
+        _, catalog = self.rt.ready()
+        call_fields()["reference_id"] = request.reference_id
+        await asyncio.to_thread(catalog.delete_reference, request.reference_id)
+        return pb.DeleteReferenceImageResponse()
+
+    async def GetProduct(
+        self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProductResponse:
+        """See catalog.proto."""
+        _, catalog = self.rt.ready()
+        detail = await asyncio.to_thread(catalog.get_product, request.product_id)
+        return pb.GetProductResponse(
+            product=product_pb(detail.product),
+            references=[
+                pb.ReferenceImage(
+                    reference_id=r.reference_id,
+                    source=r.source,
+                    content_sha256=r.content_sha256 or "",
+                    has_image=r.has_image,
+                )
+                for r in detail.references
+            ],
+        )
+
+    async def ListProducts(
+        self, request: pb.ListProductsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListProductsResponse:
+        """See catalog.proto."""
+        _, catalog = self.rt.ready()
+        products, token = await asyncio.to_thread(
+            catalog.list_products, request.page_size, request.page_token, request.category
+        )
+        return pb.ListProductsResponse(products=[product_pb(p) for p in products], next_page_token=token)
+
+    async def GetCatalogStats(
+        self, request: pb.GetCatalogStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCatalogStatsResponse:
+        """See catalog.proto."""
+        _, catalog = self.rt.ready()
+        t0 = time.perf_counter()
+        st = await asyncio.to_thread(catalog.stats)
+        call_fields()["stats_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        return pb.GetCatalogStatsResponse(
+            product_count=st.products,
+            reference_count=st.references,
+            references_with_image=st.references_with_image,
+            dim=st.dim,
+            model_fingerprint=st.fingerprint,
+            index_type=st.index_kind,
+            index_device=st.index_device,
+            db_size_bytes=st.db_size_bytes,
+            rebuild_in_progress=st.rebuild_in_progress,
+            index_recall_at_10=st.recall_at_10,
+            index_search_width=st.index_search_width,
+        )

@@ -1,0 +1,73 @@
+"""What the servicers share: settings, metrics, the engine and catalog once loaded, and the serving phase."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from skulens.catalog.errors import FingerprintMismatch
+from skulens.service.admission import Admission
+from skulens.service.errors_grpc import Draining, NotReady
+from skulens.service.metrics import Metrics
+from skulens.service.settings import Settings
+
+if TYPE_CHECKING:
+    from skulens.catalog.catalog import Catalog
+    from skulens.inference.engine import Engine
+
+
+class Phase(enum.Enum):
+    """Lifecycle of the server: LOADING → SERVING → DRAINING → STOPPED."""
+
+    LOADING = "loading"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Runtime:
+    """Mutable holder read by every call; only `ServerApp` changes it."""
+
+    settings: Settings
+    metrics: Metrics | None = None
+    engine: Engine | None = None
+    catalog: Catalog | None = None
+    phase: Phase = Phase.LOADING
+    admission: Admission = None  # type: ignore[assignment]  # built from settings when not given
+
+    def __post_init__(self) -> None:
+        if self.admission is None:
+            self.admission = Admission(self.settings.admission_options())
+
+    def ready(self) -> tuple[Engine, Catalog]:
+        """(engine, catalog) when serving; raises NotReady while loading, Draining when shutting down."""
+        if self.phase is Phase.SERVING and self.engine is not None and self.catalog is not None:
+            return self.engine, self.catalog
+        if self.phase is Phase.LOADING:
+            raise NotReady("the server is still loading the model and catalog; retry shortly")
+        raise Draining("the server is shutting down; retry on another instance")
+
+    def searchable(self) -> tuple[Engine, Catalog]:
+        """Like `ready`, and FingerprintMismatch when the catalog belongs to another model."""
+        engine, catalog = self.ready()
+        if (catalog.fingerprint, catalog.dim) != (engine.fingerprint, engine.dim):
+            raise FingerprintMismatch.between(
+                catalog.fingerprint, catalog.dim, engine.fingerprint, engine.dim
+            )
+        return engine, catalog
+
+    @property
+    def model_fingerprint(self) -> str:
+        """The engine's fingerprint ("" before it is loaded)."""
+        return self.engine.fingerprint if self.engine is not None else ""
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as an absolute `time.monotonic()` value (None when the client set none)."""
+    remaining: Any = context.time_remaining()
+    return None if remaining is None else time.monotonic() + float(remaining)
