@@ -31,7 +31,7 @@ import onnxruntime as ort  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from skulens.imaging.preprocess import Preprocessor  # noqa: E402
 from skulens.inference.batcher import MicroBatcher  # noqa: E402
-from skulens.inference.encoder import Encoder  # noqa: E402
+from skulens.inference.encoder import OnnxEncoder  # noqa: E402
 from skulens.inference.engine import Engine  # noqa: E402
 from skulens.inference.options import BatcherOptions, EncoderOptions, EngineOptions  # noqa: E402
 from skulens.model.preprocess_config import PreprocessConfig  # noqa: E402
@@ -121,7 +121,7 @@ def bench_decode(cfg: PreprocessConfig, seconds: float) -> list[str]:
 
 
 def bench_bare(
-    encoders: dict[str, Encoder], seconds: float, sizes: tuple[int, ...]
+    encoders: dict[str, OnnxEncoder], seconds: float, sizes: tuple[int, ...]
 ) -> tuple[list[str], dict]:
     """images/s and ms/batch of `encoder.embed_images` per variant and batch size."""
     rows = ["| variant | batch | images/s | ms/batch p50 | ms/batch p95 |", "|---|---|---|---|---|"]
@@ -162,7 +162,7 @@ async def _callers(
 
 async def bench_batched(
     model_dir: Path,
-    enc: Encoder,
+    enc: OnnxEncoder,
     cfg: PreprocessConfig,
     callers: tuple[int, ...],
     seconds: float,
@@ -245,8 +245,8 @@ def main() -> None:
     print(desc, "load average", load_before, flush=True)
     cfg = PreprocessConfig.read(args.fp32)
     encoders = {
-        "fp32": Encoder.load(args.fp32, EncoderOptions()),
-        "int8": Encoder.load(args.int8, EncoderOptions()),
+        "fp32": OnnxEncoder.load(args.fp32, EncoderOptions()),
+        "int8": OnnxEncoder.load(args.int8, EncoderOptions()),
     }
     for enc in encoders.values():
         enc.warmup([1, 8])
@@ -297,7 +297,7 @@ def main() -> None:
             "",
             *decode_rows,
             "",
-            "## Bare model (`Encoder.embed_images`, one call per batch)",
+            "## Bare model (`OnnxEncoder.embed_images`, one call per batch)",
             "",
             *bare_rows,
             "",

@@ -10,9 +10,15 @@ Starts `skulens serve` (a subprocess) on a fresh catalog, then:
    concurrent clients (plus one client sending 16-image batches), against the bare model's images/s (ONNX
    Runtime on pre-made tensors) and the in-process engine (decode + preprocess + batching + model).
 
+With `--baseline-tree DIR` (a checkout of an earlier commit, e.g. `git worktree add /tmp/base HEAD~1`) it
+instead measures speed side by side: one server from this tree and one from DIR, same model, same catalog (the
+iconic packshots), the load levels interleaved round by round so machine noise hits both alike; the section
+"service-side-by-side" reports images/s and latency of each and their ratio.
+
 Usage:
     python bench/bench_recognition.py --model .cache/models/effnet --data /work/shared/data/grocery \
         --out docs/BENCHMARKS.md
+    python bench/bench_recognition.py --model ... --data ... --baseline-tree /tmp/base --rounds 3 --duration 8
 """
 
 from __future__ import annotations
@@ -126,6 +132,7 @@ class Server:
             "SKULENS_LOG_FORMAT": "text",
             "SKULENS_LOG_LEVEL": "WARNING",
         }
+        data.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(data.parent / "server.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -496,8 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--server-args", default="", help="extra `skulens serve` flags, e.g. '--ort-spinning' (shown in the report)"
     )
+    ap.add_argument("--baseline-tree", type=Path, help="compare speed against a checkout of another commit")
+    ap.add_argument("--rounds", type=int, default=3, help="side-by-side: interleaved rounds per load level")
     args = ap.parse_args(argv)
     ds = load_dataset(args.data)
+    if args.baseline_tree is not None:
+        args.model = args.model.resolve()  # each server runs in its own tree
+        print(side_by_side(args, ds))
+        return 0
     with tempfile.TemporaryDirectory(prefix="skulens-bench-") as tmp:
         server = Server(args.model, Path(tmp) / "catalog", args.server_args.split())
         try:
@@ -541,6 +554,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"API and numpy disagree by more than 0.5 points in: {bad}", file=sys.stderr)
         return 1
     return 0
+
+
+def _git_rev(tree: Path) -> str:
+    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain"], capture_output=True, text=True)
+    return (out.stdout.strip() or "?") + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def side_by_side(args: argparse.Namespace, ds: Dataset) -> str:
+    """Speed of this tree's server next to a baseline tree's, load levels interleaved; writes its section."""
+    trees = {"baseline": args.baseline_tree.resolve(), "current": REPO}
+    payloads = [p.path.read_bytes() for p in ds.val]
+    levels = [(c, 1) for c in args.concurrency] + [(1, 16)]
+    rows: dict[tuple[str, int, int], list[SpeedRow]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="skulens-bench-") as tmp:
+        servers: dict[str, Server] = {}
+        try:
+            for name, tree in trees.items():
+                servers[name] = Server(args.model, Path(tmp) / name / "catalog", args.server_args.split(), tree=tree)
+                with servers[name].client() as c:
+                    enroll(c, plans(ds, {f: [p] for f, p in ds.iconic.items()}))
+            for rnd in range(args.rounds):
+                for c, b in levels:
+                    order = ["baseline", "current"] if rnd % 2 == 0 else ["current", "baseline"]
+                    for name in order:
+                        row = load_test(servers[name], payloads, c, b, args.duration)
+                        rows[(name, c, b)].append(row)
+                        print(f"   round {rnd + 1} {name:8s} {row.label}: {row.images_per_s:.1f} images/s "
+                              f"p50 {row.pct(50):.1f} ms", flush=True)
+        finally:
+            for s in servers.values():
+                s.stop()
+    lines = [
+        "# Service speed side by side: this tree against a baseline commit",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} with `python bench/bench_recognition.py --model {args.model} "
+        f"--data {args.data} --baseline-tree DIR --rounds {args.rounds} --duration {args.duration:g}` on "
+        f"{os.cpu_count()} CPU cores, no GPU. Baseline: {_git_rev(trees['baseline'])}; current: "
+        f"{_git_rev(REPO)}. Both servers run at once (each in its own process, `skulens serve` defaults, catalog: "
+        f"the {len(ds.iconic)} iconic packshots); only one is under load at a time, the levels alternate "
+        f"baseline/current and swap order every round. Figures: all {args.rounds} rounds pooled (images/s = total "
+        "images / total seconds; latency percentiles over every call).",
+        "",
+        "| load | baseline images/s | current images/s | current / baseline | baseline p50 / p99 ms "
+        "| current p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c, b in levels:
+        pooled = {}
+        for name in trees:
+            rs = rows[(name, c, b)]
+            pooled[name] = SpeedRow(rs[0].label, c, b, sum(r.images for r in rs), sum(r.seconds for r in rs),
+                                    [x for r in rs for x in r.latencies_ms])
+        base, cur = pooled["baseline"], pooled["current"]
+        lines.append(
+            f"| {cur.label} | {base.images_per_s:.1f} | {cur.images_per_s:.1f} | "
+            f"{cur.images_per_s / base.images_per_s:.3f} | {base.pct(50):.1f} / {base.pct(99):.1f} | "
+            f"{cur.pct(50):.1f} / {cur.pct(99):.1f} |"
+        )
+    lines.append("")
+    text = "\n".join(lines)
+    write_section(args.out, "service-side-by-side", text)
+    return text
 
 
 def _by_class(photos: Sequence[Photo]) -> dict[int, list[Path]]:

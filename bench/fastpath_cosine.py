@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), *(str(ROOT / d) for d in ("proto", "server", "catalog
 
 from bench.report import write_section  # noqa: E402
 from skulens.imaging.preprocess import Preprocessor  # noqa: E402
-from skulens.inference.encoder import Encoder  # noqa: E402
+from skulens.inference.encoder import OnnxEncoder  # noqa: E402
 from skulens.model.preprocess_config import PreprocessConfig  # noqa: E402
 
 DATA = Path("/work/shared/data/grocery")
@@ -81,7 +81,7 @@ def measure(
     model_dir: Path, blobs: list[bytes], factors: list[float], batch: int, pool: ThreadPoolExecutor
 ) -> dict:
     """{label: cosines} for each draft factor against the exact path, plus how many photos were drafted."""
-    enc = Encoder.load(model_dir)
+    enc = OnnxEncoder.load(model_dir)
     cfg = PreprocessConfig.read(model_dir)
     exact = Preprocessor(cfg, fast=False)
     fast = {f: Preprocessor(cfg, fast=True, draft_factor=f) for f in factors}

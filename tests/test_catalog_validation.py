@@ -12,6 +12,7 @@ import pytest
 
 from skulens.catalog import validation as v
 from skulens.catalog.errors import CatalogError, FingerprintMismatch, InvalidArgument
+from skulens.catalog.models import HashedImage
 from skulens.catalog.rwlock import RWLock
 from skulens.catalog.settings import CatalogSettings
 
@@ -47,6 +48,28 @@ def test_vectors_and_hashes() -> None:
     assert v.image_and_sha(None, digest.upper(), "r", 100) == (None, digest)
     with pytest.raises(InvalidArgument, match="1-4 bytes, got 7"):
         v.image_and_sha(img, None, "r", 4)
+
+
+def test_hashed_image_is_hashed_once_and_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A HashedImage carries the sha256 its constructor made; validation uses it without hashing again, and
+    still refuses a different declared hash or an image over the size limit."""
+    img = b"\x89PNG..."
+    digest = hashlib.sha256(img).hexdigest()
+    hashed = HashedImage(img)
+    assert (hashed.data, hashed.sha256, len(hashed)) == (img, digest, len(img))
+    with pytest.raises(AttributeError):
+        hashed._sha256 = "0" * 64  # type: ignore[misc]
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(v.hashlib, "sha256", lambda *a: calls.append(a) or real(*a))
+    assert v.image_and_sha(hashed, None, "r", 100) == (img, digest)
+    assert v.image_and_sha(hashed, digest.upper(), "r", 100) == (img, digest)
+    assert calls == []
+    with pytest.raises(InvalidArgument, match="does not match") as err:
+        v.image_and_sha(hashed, "0" * 64, "references[2]", 100)
+    assert err.value.field == "references[2].content_sha256"
+    with pytest.raises(InvalidArgument, match="1-4 bytes, got 7"):
+        v.image_and_sha(hashed, None, "r", 4)
 
 
 def test_page_tokens_round_trip() -> None:
@@ -163,3 +186,18 @@ def test_identifiers_refuse_outer_and_only_whitespace() -> None:
     with pytest.raises(InvalidArgument, match="unpaired surrogate at 1"):
         v.product_id("a\ud800")
     assert v.display_name(" any text\u200b ") == " any text\u200b "  # free text keeps the old rule (no Cc)
+
+
+def test_trusted_vectors_skip_the_norm_check_but_not_the_shape() -> None:
+    """Rows an encoder made are taken as they are (no per-row norm pass); their type and shape still count,
+    and anything not a float32 C-contiguous [N, dim] array gets the full check."""
+    rows = np.full((2, 8), 0.5, dtype=np.float32)  # norm 1.414: refused untrusted, taken as is when trusted
+    with pytest.raises(InvalidArgument, match="L2-normalised"):
+        v.vectors(rows, 8, 0.01, "q")
+    assert v.vectors(rows, 8, 0.01, "q", trusted=True) is rows
+    with pytest.raises(InvalidArgument, match=r"shape \[N, 4\]"):
+        v.vectors(rows, 4, 0.01, "q", trusted=True)
+    with pytest.raises(InvalidArgument, match="L2-normalised"):
+        v.vectors(rows.astype(np.float64), 8, 0.01, "q", trusted=True)
+    with pytest.raises(InvalidArgument, match="L2-normalised"):
+        v.vectors(np.full((2, 16), 0.5, dtype=np.float32)[:, ::2], 8, 0.01, "q", trusted=True)

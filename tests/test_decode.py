@@ -186,7 +186,7 @@ def test_pixel_limit_names_value_and_limit() -> None:
 
 def test_byte_limit_and_min_side() -> None:
     data = encode(photo(64, 64), "PNG")
-    with pytest.raises(ImageTooLarge, match=rf"image is {len(data)} bytes, limit is 100"):
+    with pytest.raises(ImageTooLarge, match=rf"image is {len(data)} bytes; the limit is 100 bytes"):
         decode_image(data, DecodeLimits(max_bytes=100))
     with pytest.raises(ImageTooSmall, match=r"64x15 pixels, shortest side 15 is under the minimum 16"):
         decode_image(encode(photo(64, 15), "PNG"), LIMITS)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from inference_helpers import TINY_DIM, tiny_model_dir, tiny_reference
 
-from skulens.inference.encoder import Encoder, resolve_providers
+from skulens.inference.encoder import OnnxEncoder, resolve_providers
 from skulens.inference.errors import ModelLoadError, Unsupported
 from skulens.inference.options import EncoderOptions
 
@@ -21,7 +21,7 @@ def tiny(tmp_path: Path) -> Path:
 
 
 def test_embeds_unit_norm_and_matches_reference(tiny: Path) -> None:
-    enc = Encoder.load(tiny)
+    enc = OnnxEncoder.load(tiny)
     x = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
     out = enc.embed_images(x)
     assert out.dtype == np.float32 and out.shape == (5, TINY_DIM) == (5, enc.dim)
@@ -33,8 +33,8 @@ def test_embeds_unit_norm_and_matches_reference(tiny: Path) -> None:
 
 def test_io_binding_path_equals_plain_run(tiny: Path) -> None:
     x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
-    plain = Encoder.load(tiny, EncoderOptions(io_binding=False)).embed_images(x)
-    bound = Encoder.load(
+    plain = OnnxEncoder.load(tiny, EncoderOptions(io_binding=False)).embed_images(x)
+    bound = OnnxEncoder.load(
         tiny, EncoderOptions(io_binding=True, intra_op_threads=1, graph_optimization="basic")
     )
     assert bound.image.use_io_binding
@@ -45,7 +45,7 @@ def test_provider_fallback_reported_when_cuda_requested_but_absent(
     tiny: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="skulens.inference.encoder"):
-        enc = Encoder.load(tiny, EncoderOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
+        enc = OnnxEncoder.load(tiny, EncoderOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
     report = enc.provider_report
     assert report.requested == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert report.active == ("CPUExecutionProvider",)
@@ -62,7 +62,7 @@ def test_provider_fallback_reported_when_cuda_requested_but_absent(
 
 def test_require_gpu_makes_fallback_fatal(tiny: Path) -> None:
     with pytest.raises(ModelLoadError, match="require_gpu"):
-        Encoder.load(tiny, EncoderOptions(providers=("CUDAExecutionProvider",), require_gpu=True))
+        OnnxEncoder.load(tiny, EncoderOptions(providers=("CUDAExecutionProvider",), require_gpu=True))
 
 
 def test_default_provider_order() -> None:
@@ -85,7 +85,7 @@ def test_sha256_mismatch_refused(tiny: Path) -> None:
     with open(tiny / "image.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ModelLoadError, match=r"image.onnx has sha256 [0-9a-f]{64}, manifest says"):
-        Encoder.load(tiny)
+        OnnxEncoder.load(tiny)
 
 
 def test_wrong_input_name_refused(tmp_path: Path) -> None:
@@ -93,13 +93,13 @@ def test_wrong_input_name_refused(tmp_path: Path) -> None:
     with pytest.raises(
         ModelLoadError, match=r"input is named \['images'\] in the ONNX graph, manifest says 'pixel_values'"
     ):
-        Encoder.load(d)
+        OnnxEncoder.load(d)
 
 
 def test_wrong_static_dim_refused(tmp_path: Path) -> None:
     d = tiny_model_dir(tmp_path / "m", graph_size=32)
     with pytest.raises(ModelLoadError, match="dim 2 is 32, manifest says 16"):
-        Encoder.load(d)
+        OnnxEncoder.load(d)
 
 
 def test_wrong_dtype_and_rank_refused(tiny: Path) -> None:
@@ -107,28 +107,28 @@ def test_wrong_dtype_and_rank_refused(tiny: Path) -> None:
     manifest["image"]["input"]["dtype"] = "float16"
     (tiny / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelLoadError, match="dtype float32, manifest says float16"):
-        Encoder.load(tiny)
+        OnnxEncoder.load(tiny)
     manifest["image"]["input"]["dtype"] = "float32"
     manifest["image"]["input"]["shape"] = ["batch", 3, 16]
     (tiny / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelLoadError, match="rank 4"):
-        Encoder.load(tiny)
+        OnnxEncoder.load(tiny)
 
 
 @pytest.mark.parametrize("spinning", [False, True])
 def test_thread_spinning_follows_the_options(tiny: Path, spinning: bool) -> None:
-    enc = Encoder.load(tiny, EncoderOptions(spinning=spinning))
+    enc = OnnxEncoder.load(tiny, EncoderOptions(spinning=spinning))
     so = enc.image.session.get_session_options()
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spinning else "0")
 
 
 def test_missing_manifest_is_model_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"no manifest\.json"):
-        Encoder.load(tmp_path)
+        OnnxEncoder.load(tmp_path)
 
 
 def test_text_on_image_only_model_unsupported(tiny: Path) -> None:
-    enc = Encoder.load(tiny)
+    enc = OnnxEncoder.load(tiny)
     assert not enc.has_text
     with pytest.raises(Unsupported, match="no text tower"):
         enc.embed_texts(np.zeros((1, 77), dtype=np.int64))
@@ -136,7 +136,7 @@ def test_text_on_image_only_model_unsupported(tiny: Path) -> None:
 
 
 def test_real_clip_batched_equals_single(clip_model_dir: Path) -> None:
-    enc = Encoder.load(clip_model_dir, EncoderOptions())
+    enc = OnnxEncoder.load(clip_model_dir, EncoderOptions())
     assert enc.has_text and enc.dim == 512
     x = np.random.default_rng(2).standard_normal((4, 3, 224, 224)).astype(np.float32)
     batched = enc.embed_images(x)
@@ -154,8 +154,8 @@ def test_real_clip_batched_equals_single(clip_model_dir: Path) -> None:
 def test_fp16_model_serves_on_cpu_close_to_fp32(clip_model_dir: Path, clip_fp16_model_dir: Path) -> None:
     """fp16 graphs crash ORT's CPU NCHWc pass unless the encoder disables it; the result tracks fp32."""
     x = np.random.default_rng(3).standard_normal((3, 3, 224, 224)).astype(np.float32)
-    ref = Encoder.load(clip_model_dir, EncoderOptions()).embed_images(x)
-    half = Encoder.load(clip_fp16_model_dir, EncoderOptions())
+    ref = OnnxEncoder.load(clip_model_dir, EncoderOptions()).embed_images(x)
+    half = OnnxEncoder.load(clip_fp16_model_dir, EncoderOptions())
     assert half.manifest.variant == "fp16"
     got = half.embed_images(x)
     assert got.dtype == np.float32

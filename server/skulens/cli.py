@@ -6,6 +6,10 @@ Exit status: 0 success, 1 failure (`catalog check`: the catalog is not healthy),
 Commands that start a server or open a catalog offline (serve, calibrate, reembed, catalog check) report a
 domain error (settings, model, manifest, catalog, a catalog file's OS error) as one line `skulens: error: ...`
 on stderr with status 2, never a traceback.
+
+Importing this module, `skulens --help` and the client commands need only the core dependencies: the serving
+side (settings, catalog, inference; ONNX Runtime and FAISS, the `cpu`/`gpu` extra) is imported by the commands
+that use it, and the export side (torch) only when an export runs.
 """
 
 from __future__ import annotations
@@ -17,19 +21,31 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import grpc
 
-from skulens.catalog.errors import CatalogError
-from skulens.inference.errors import InferenceError
-from skulens.model.manifest import ManifestError
-from skulens.service.settings import SettingsError
+from skulens.errors import ConfigError, SkulensError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-# Domain errors a starting command reports as one line (ManifestError is a ValueError; sqlite3.Error is a net
-# under the catalog's own mapping of SQLite errors, which names the file).
-STARTUP_ERRORS = (CatalogError, SettingsError, InferenceError, ManifestError, OSError, sqlite3.Error)
+# Errors a starting command reports as one line, status 2: every domain error (one base, importable without the
+# serving side), and OS / SQLite errors (a net under the catalog's own mapping, which names the file).
+STARTUP_ERRORS: tuple[type[BaseException], ...] = (SkulensError, OSError, sqlite3.Error)
+# Top-level modules of the runtime extras (`cpu` / `gpu`) that serving imports.
+RUNTIME_MODULES = frozenset({"onnxruntime", "faiss"})
+
+
+def _is_missing_runtime(exc: BaseException) -> TypeGuard[ModuleNotFoundError]:
+    """Whether `exc` is a runtime extra's module (ONNX Runtime, FAISS) missing from this install."""
+    return isinstance(exc, ModuleNotFoundError) and (exc.name or "").partition(".")[0] in RUNTIME_MODULES
+
+
+def _missing_runtime(command: str, exc: ImportError) -> int:
+    print(
+        f"skulens: error: {command} needs a runtime extra: pip install 'skulens[cpu]' (or 'skulens[gpu]') ({exc})",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
 
 
 # ---------------------------------------------------------------------------------------------- serve
@@ -96,7 +112,7 @@ def _options(args: argparse.Namespace) -> Any:
     labels = {}
     for kv in args.label:
         if "=" not in kv:
-            raise SettingsError(f"--label {kv!r} must be KEY=VALUE")
+            raise ConfigError(f"--label {kv!r} must be KEY=VALUE", field="--label")
         k, v = kv.split("=", 1)
         labels[k] = v
     return search_options(args.top_k, args.min_score, args.category, labels)
@@ -340,20 +356,27 @@ def _cmd_reembed(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (`skulens.export.cli` imports torch only when an export runs)."""
-    from skulens.service.settings import add_serve_arguments
-
+    """The argument parser (`skulens.export.cli` imports torch only when an export runs; without a runtime
+    extra, `serve` only says which extra it needs)."""
     parser = argparse.ArgumentParser(prog="skulens", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "serve",
-        help="run the gRPC server",
-        description="Run the gRPC server. Every option "
-        "can also be set with its SKULENS_* environment variable; flags win.",
-    )
-    add_serve_arguments(p)
-    p.set_defaults(func=_cmd_serve)
+    try:
+        from skulens.service.settings import add_serve_arguments
+    except ModuleNotFoundError as exc:  # the settings load the catalog, which loads FAISS
+        if not _is_missing_runtime(exc):
+            raise
+        p = sub.add_parser("serve", help="run the gRPC server (needs the 'cpu' or 'gpu' extra)")
+        p.set_defaults(func=lambda _a, _e=exc: _missing_runtime("serve", _e))
+    else:
+        p = sub.add_parser(
+            "serve",
+            help="run the gRPC server",
+            description="Run the gRPC server. Every option "
+            "can also be set with its SKULENS_* environment variable; flags win.",
+        )
+        add_serve_arguments(p)
+        p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("enroll", help="enrol a folder <product_id>/<images> or a CSV into a server")
     p.add_argument(
@@ -441,31 +464,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("serve", "calibrate", "reembed") or getattr(args, "catalog_cmd", None) == "check":
         try:
             return int(args.func(args) or 0)
-        except STARTUP_ERRORS as exc:
-            print(f"skulens: error: {_one_line(exc)}", file=sys.stderr)
-            return EXIT_USAGE
         except KeyboardInterrupt:
             return 130
+        except Exception as exc:
+            if isinstance(exc, STARTUP_ERRORS):
+                print(f"skulens: error: {_one_line(exc)}", file=sys.stderr)
+                return EXIT_USAGE
+            if _is_missing_runtime(exc):
+                command = args.command if args.command != "catalog" else "catalog check"
+                return _missing_runtime(command, exc)
+            raise
     try:
         return int(args.func(args) or 0)
-    except SettingsError as exc:
-        print(f"skulens: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except grpc.RpcError as exc:
         code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
         print(f"skulens: {code}: {details}", file=sys.stderr)
         return EXIT_FAIL
-    except (OSError, ValueError, InferenceError, CatalogError) as exc:
-        print(f"skulens: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if isinstance(exc, ConfigError):
+            print(f"skulens: {exc.message}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, (OSError, ValueError, SkulensError)):
+            print(f"skulens: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        raise
 
 
 def _one_line(exc: BaseException) -> str:
     """A domain error as one line (SQLite errors that escaped the catalog's mapping say what they are)."""
-    text = " ".join(str(exc).splitlines()).strip() or type(exc).__name__
+    raw = exc.message if isinstance(exc, SkulensError) else str(exc)
+    text = " ".join(raw.splitlines()).strip() or type(exc).__name__
     return f"SQLite: {text}" if isinstance(exc, sqlite3.Error) else text
 
 

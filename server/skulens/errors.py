@@ -42,6 +42,10 @@ class SkulensError(Exception):
         return f"{type(self).__name__}({self.message!r}, field={self.field!r})"
 
 
+class ConfigError(SkulensError, ValueError):
+    """A setting or command-line argument is invalid (found at start-up; never sent to a client)."""
+
+
 def code_name(value: int) -> str:
     """gRPC status code name of a numeric code (e.g. 3 → INVALID_ARGUMENT); the number itself when unknown."""
     for code in grpc.StatusCode:

@@ -1,37 +1,69 @@
-"""skulens catalog: durable product store (SQLite WAL), FAISS index, product matching, unknown detection.
+"""Catalog: the durable product store (SQLite WAL, the source of truth), the FAISS index derived from it,
+product matching and unknown detection, behind the `CatalogBackend` Protocol (`backend`).
 
-Knows vectors, a dimension and a model fingerprint; never imports `server` or `export`.
+Knows vectors, a dimension and a model fingerprint; imports only `skulens.errors` outside itself (never the
+service, inference, imaging, client or export rooms). The names below are imported on first use (PEP 562), so
+`skulens.catalog.errors` / `.settings` / `.validation` need neither FAISS nor a model runtime.
 """
 
-from skulens.catalog.calibrate import CalibrationReport, calibrate
-from skulens.catalog.catalog import Catalog
-from skulens.catalog.errors import (
-    AlreadyExists,
-    CatalogClosed,
-    CatalogError,
-    FingerprintMismatch,
-    InvalidArgument,
-    NotFound,
-)
-from skulens.catalog.models import (
-    AddedReference,
-    CatalogStats,
-    DroppedReference,
-    Match,
-    NewReference,
-    Product,
-    ProductDetail,
-    ReembedReport,
-    ReferenceInfo,
-    SearchResult,
-    SnapshotInfo,
-    Verdict,
-)
-from skulens.catalog.settings import CatalogSettings
+from __future__ import annotations
 
-__all__ = [
-    "AddedReference", "AlreadyExists", "CalibrationReport", "Catalog", "CatalogClosed", "CatalogError",
-    "CatalogSettings", "CatalogStats", "DroppedReference", "FingerprintMismatch", "InvalidArgument", "Match",
-    "NewReference", "NotFound", "Product", "ProductDetail", "ReembedReport", "ReferenceInfo", "SearchResult",
-    "SnapshotInfo", "Verdict", "calibrate",
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "calibrate": ["CalibrationReport", "calibrate"],
+    "catalog": ["Catalog"],
+    "backend": ["CatalogBackend"],
+    "errors": ["AlreadyExists", "CatalogClosed", "CatalogError", "FingerprintMismatch", "InvalidArgument", "NotFound"],
+    "models": [
+        "AddedReference", "CatalogStats", "DroppedReference", "EmbeddedStats", "Match", "NewReference", "Product",
+        "ProductDetail", "ReembedReport", "ReferenceInfo", "SearchResult", "SnapshotInfo", "Verdict",
+    ],
+    "settings": ["CatalogSettings"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = [  # the same names as _EXPORTS (tests/test_layout.py checks)
+    "AddedReference", "AlreadyExists", "CalibrationReport", "Catalog", "CatalogBackend", "CatalogClosed",
+    "CatalogError", "CatalogSettings", "CatalogStats", "DroppedReference", "EmbeddedStats", "FingerprintMismatch",
+    "InvalidArgument", "Match", "NewReference", "NotFound", "Product", "ProductDetail", "ReembedReport",
+    "ReferenceInfo", "SearchResult", "SnapshotInfo", "Verdict", "calibrate",
 ]
+
+if TYPE_CHECKING:
+    from skulens.catalog.backend import CatalogBackend
+    from skulens.catalog.calibrate import CalibrationReport, calibrate
+    from skulens.catalog.catalog import Catalog
+    from skulens.catalog.errors import (
+        AlreadyExists,
+        CatalogClosed,
+        CatalogError,
+        FingerprintMismatch,
+        InvalidArgument,
+        NotFound,
+    )
+    from skulens.catalog.models import (
+        AddedReference,
+        CatalogStats,
+        DroppedReference,
+        EmbeddedStats,
+        Match,
+        NewReference,
+        Product,
+        ProductDetail,
+        ReembedReport,
+        ReferenceInfo,
+        SearchResult,
+        SnapshotInfo,
+        Verdict,
+    )
+    from skulens.catalog.settings import CatalogSettings
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

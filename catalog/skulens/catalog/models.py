@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,17 +49,53 @@ class ProductDetail:
     references: list[ReferenceInfo]
 
 
+class HashedImage:
+    """Encoded image bytes with their sha256, computed here, once (the catalog trusts it without hashing again).
+
+    Immutable: the hash is made by the constructor from the bytes it keeps, so it always matches them.
+    """
+
+    __slots__ = ("_data", "_sha256")
+    _data: bytes
+    _sha256: str
+
+    def __init__(self, data: bytes) -> None:
+        kept = bytes(data)
+        object.__setattr__(self, "_data", kept)
+        object.__setattr__(self, "_sha256", hashlib.sha256(kept).hexdigest())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("HashedImage is immutable")
+
+    @property
+    def data(self) -> bytes:
+        """The encoded image."""
+        return self._data
+
+    @property
+    def sha256(self) -> str:
+        """Lower-case hex sha256 of `data`."""
+        return self._sha256
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"HashedImage({len(self._data)} bytes, sha256={self._sha256[:12]}…)"
+
+
 @dataclass(frozen=True)
 class NewReference:
     """A reference to enrol: a unit-norm embedding and, optionally, the encoded image it came from.
 
     `content_sha256` (hex) makes enrolment idempotent: a second reference with the same product and hash
-    returns the existing reference. It is computed from `image` when not given.
+    returns the existing reference. With `image` as plain bytes it is computed (or checked against them); with a
+    `HashedImage` the hash it carries is used as is (it was made from those bytes).
     """
 
     embedding: np.ndarray
     source: str = ""
-    image: bytes | None = None
+    image: bytes | HashedImage | None = None
     content_sha256: str | None = None
 
 
@@ -110,26 +147,34 @@ class SnapshotInfo:
 
 @dataclass(frozen=True)
 class CatalogStats:
-    """Counts and index state for monitoring (`skulens stats`, the Stats RPC)."""
+    """What any catalog backend reports (`skulens catalog stats`, the GetCatalogStats RPC, metrics)."""
 
+    backend: str  # e.g. "sqlite+faiss"
     products: int
     references: int
     references_with_image: int
     dim: int
     fingerprint: str
-    index_kind: str  # "flat", "hnsw", "ivf", or "none" while the catalog awaits `reembed`
-    index_device: str  # "cpu" or "gpu"
-    index_size: int  # vectors in the index (HNSW: tombstones included)
-    index_tombstones: int
-    index_bytes: int
-    recall_at_10: float | None  # measured against the exact index when an approximate index was built
+    version: int  # catalog version: bumped by every committed write
+    index_kind: str  # "flat" (exact), "hnsw", "ivf", or "none" while the catalog awaits `reembed`
+    index_device: str  # where searches run: "cpu" or "gpu"
+    index_size: int  # vectors in the index
+    recall_at_10: float | None  # approximate indexes: recall@10 against exact search, measured at build
     index_search_width: int  # HNSW efSearch / IVF nprobe chosen at build time (0 for the exact index)
-    index_build_seconds: float
-    index_generation: int
-    store_generation: int
     rebuild_in_progress: bool
+    storage_bytes: int  # bytes the backend's durable store takes
+
+
+@dataclass(frozen=True)
+class EmbeddedStats(CatalogStats):
+    """`CatalogStats` of the embedded backend (SQLite + FAISS), with its index and snapshot details."""
+
+    index_tombstones: int  # HNSW: removed vectors still in the graph (counted in index_size)
+    index_bytes: int
+    index_build_seconds: float
+    index_generation: int  # store generation the in-memory index reflects
+    store_generation: int
     snapshot: SnapshotInfo
-    db_size_bytes: int
     schema_version: int
 
 

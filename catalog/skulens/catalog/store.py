@@ -217,7 +217,6 @@ class Store:
     def __init__(self, path: Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000, *,
                  evidence: Sequence[str] = ()) -> None:
         self.path = Path(path)
-        self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -581,6 +580,18 @@ class StoreSnapshot:
             "SELECT reference_id, product_pk FROM refs ORDER BY reference_id").fetchall()
         arr = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         return arr[:, 0].copy(), arr[:, 1].copy()
+
+    def embeddings(self, dim: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """(reference ids int64 [n], embeddings float32 [n, dim]) of every reference, read `chunk` rows at a time."""
+        n = self.count()
+        ids = np.empty(n, dtype=np.int64)
+        vectors = np.empty((n, dim), dtype=np.float32)
+        at = 0
+        for chunk_ids, part in self.iter_embeddings(dim, chunk):
+            ids[at:at + len(chunk_ids)] = chunk_ids
+            vectors[at:at + len(chunk_ids)] = part
+            at += len(chunk_ids)
+        return ids[:at], vectors[:at]
 
     def iter_embeddings(self, dim: int, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (reference ids int64 [n], embeddings float32 [n, dim]) in reference_id order."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from skulens.catalog.errors import InvalidArgument
+from skulens.catalog.models import HashedImage
 
 PRODUCT_ID_MAX = 128
 DISPLAY_NAME_MAX = 512
@@ -160,7 +161,16 @@ def sha256_hex(value: object, field: str) -> str:
 
 
 def image_and_sha(image: object, sha: object, field: str, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """Validate a reference's image bytes and content hash; compute the hash from the image if missing."""
+    """Validate a reference's image bytes and content hash; compute the hash from the image if missing (a
+    `HashedImage` brings its own, made from its bytes: not computed again)."""
+    if isinstance(image, HashedImage):
+        if not 1 <= len(image) <= max_bytes:
+            raise InvalidArgument(f"{field}.image must be 1-{max_bytes} bytes, got {len(image)}",
+                                  field=f"{field}.image")
+        if sha is not None and sha256_hex(sha, f"{field}.content_sha256") != image.sha256:
+            raise InvalidArgument(f"{field}.content_sha256 {sha} does not match the image's sha256 "
+                                  f"{image.sha256}", field=f"{field}.content_sha256")
+        return image.data, image.sha256
     if image is not None:
         if not isinstance(image, (bytes, bytearray, memoryview)):
             raise InvalidArgument(f"{field}.image must be bytes, got {type(image).__name__}",
@@ -179,8 +189,15 @@ def image_and_sha(image: object, sha: object, field: str, max_bytes: int) -> tup
     return image, digest
 
 
-def vectors(value: object, dim_: int, tolerance: float, field: str, *, single: bool = False) -> np.ndarray:
-    """float32 C-contiguous [N, dim] of finite unit-norm rows (a [dim] vector is taken as [1, dim])."""
+def vectors(value: object, dim_: int, tolerance: float, field: str, *, single: bool = False,
+            trusted: bool = False) -> np.ndarray:
+    """float32 C-contiguous [N, dim] of finite unit-norm rows (a [dim] vector is taken as [1, dim]).
+
+    `trusted`: an encoder made the rows (finite, unit-norm by construction); a float32 C-contiguous [N, dim]
+    array is taken as it is, anything else is checked in full."""
+    if (trusted and isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim == 2
+            and value.shape[1] == dim_ and value.flags.c_contiguous and not single):
+        return value
     try:
         arr = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):

@@ -201,7 +201,7 @@ def decode_image(
     if len(data) == 0:
         raise InvalidImage("image is empty (0 bytes)", field)
     if len(data) > limits.max_bytes:
-        raise ImageTooLarge(f"image is {len(data)} bytes, limit is {limits.max_bytes}", field)
+        raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes} bytes", field)
     im = _open_header(data, field)
     fmt = im.format or "unknown"
     try:

@@ -219,7 +219,7 @@ class TowerSession:
         return x
 
 
-class Encoder:
+class OnnxEncoder:
     """The image (and, for CLIP, text) tower of one model directory on onnxruntime."""
 
     def __init__(
@@ -237,7 +237,7 @@ class Encoder:
         self.provider_report = provider_report
 
     @classmethod
-    def load(cls, model_dir: Path, options: EncoderOptions | None = None, *, verify: bool = True) -> Encoder:
+    def load(cls, model_dir: Path, options: EncoderOptions | None = None, *, verify: bool = True) -> OnnxEncoder:
         """Verify the directory against its manifest (sha256 of every file), build the sessions, check their
         inputs/outputs against the manifest and report the providers. Raises `ModelLoadError`."""
         options = options or EncoderOptions()

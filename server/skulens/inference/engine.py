@@ -25,7 +25,7 @@ from skulens.imaging.errors import InvalidRegion
 from skulens.imaging.preprocess import Box, Preprocessor
 from skulens.inference.batcher import BatcherStats, MicroBatcher
 from skulens.inference.cost_model import CostModel
-from skulens.inference.encoder import Encoder, ProviderReport
+from skulens.inference.encoder import OnnxEncoder, ProviderReport
 from skulens.inference.errors import Cancelled, ModelLoadError, Unsupported
 from skulens.inference.fair_pool import FairPool
 from skulens.inference.options import EngineOptions
@@ -66,7 +66,7 @@ class Engine:
         self,
         model_dir: Path,
         options: EngineOptions,
-        encoder: Encoder,
+        encoder: OnnxEncoder,
         preprocess_config: PreprocessConfig,
         tokenizer: ClipTokenizer | None,
         warmup_seconds: dict[int, float] | None = None,
@@ -81,17 +81,17 @@ class Engine:
         workers = options.decode_workers or os.cpu_count() or 1
         self._decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skulens-decode")
         self._fair_decode = FairPool(self._decode_pool, workers)
-        self.costs = CostModel(decode_workers=workers)
+        self._costs = CostModel(decode_workers=workers)
         if warmup_seconds:
             size = max(warmup_seconds)
-            self.costs.seed_inference(size, warmup_seconds[size])
+            self._costs.seed_inference(size, warmup_seconds[size])
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skulens-infer")
         self._image_batcher = MicroBatcher(
             encoder.embed_images,
             options.batcher,
             name="image",
             executor=self._infer_pool,
-            on_batch=self.costs.observe_inference,
+            on_batch=self._costs.observe_inference,
         )
         self._text_batcher: MicroBatcher | None = None
         if encoder.has_text and tokenizer is not None:
@@ -111,7 +111,7 @@ class Engine:
         up at batch 1 and `max_batch`. Raises `ModelLoadError`."""
         options = options or EngineOptions()
         model_dir = Path(model_dir)
-        encoder = Encoder.load(model_dir, options.encoder)
+        encoder = OnnxEncoder.load(model_dir, options.encoder)
         manifest = encoder.manifest
         try:
             pre = PreprocessConfig.from_dict(json.loads((model_dir / manifest.preprocess_file).read_text()))
@@ -160,6 +160,15 @@ class Engine:
     def has_text(self) -> bool:
         """True when text search is possible."""
         return self._text_batcher is not None
+
+    @property
+    def costs(self) -> CostModel:
+        """Learned seconds per model input and per decoded megapixel (admission reads it)."""
+        return self._costs
+
+    def decode_pixels(self, data: bytes) -> int:
+        """Pixels decoding `data` will produce, from its header alone (see `Preprocessor.decode_pixels`)."""
+        return self.preprocessor.decode_pixels(data)
 
     @property
     def provider_report(self) -> ProviderReport:
@@ -212,7 +221,7 @@ class Engine:
                 out = self.preprocessor.region_tensors(data, boxes, field=field, field_prefix=f"regions[{i}]")
         except SkulensError as exc:
             return [exc] * (1 if boxes is None else len(boxes))
-        self.costs.observe_decode(pixels, time.perf_counter() - t0)
+        self._costs.observe_decode(pixels, time.perf_counter() - t0)
         return out
 
     async def embed_images(

@@ -40,13 +40,24 @@ class Shed(Overloaded):
 
 @dataclass
 class Ticket:
-    """Admitted work: its estimated seconds and bytes stay on the books until `Admission.release`."""
+    """Admitted work: its estimated seconds and bytes stay on the books until it is released.
+
+    A context manager: ``with admission.admit(...):`` releases it however the block ends (done, failed,
+    cancelled); `Admission.release` does the same by hand."""
 
     cost_s: float
     nbytes: int
     counts_call: bool
     work: bool = True
     released: bool = field(default=False)
+    owner: Admission | None = field(default=None, repr=False, compare=False)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owner is not None:
+            self.owner.release(self)
 
 
 @dataclass(frozen=True)
@@ -166,14 +177,14 @@ class Admission:
         self._bytes += nbytes
         self._backlog += cost
         self._tickets += 1
-        return Ticket(cost, nbytes, new_call)
+        return Ticket(cost, nbytes, new_call, owner=self)
 
     def open_call(self) -> Ticket:
         """Count a long call (a stream) against `max_calls` without booking work; raises `Shed` only on the
         call cap (its images are admitted one by one, against the queue as it is then)."""
         self._check_calls_and_bytes(0, True)
         self._calls += 1
-        return Ticket(0.0, 0, True, work=False)
+        return Ticket(0.0, 0, True, work=False, owner=self)
 
     async def admit_waiting(self, costs: CostModel, *, deadline: float | None = None, **kw: object) -> Ticket:
         """Like `admit`, but wait for room instead of refusing (bulk enrolment: backpressure, not errors).

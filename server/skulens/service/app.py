@@ -30,8 +30,8 @@ from skulens.service.state import Phase, Runtime
 from skulens.v1 import catalog_pb2, catalog_pb2_grpc, recognition_pb2, recognition_pb2_grpc
 
 if TYPE_CHECKING:
-    from skulens.catalog.catalog import Catalog
-    from skulens.inference.engine import Engine
+    from skulens.catalog.backend import CatalogBackend
+    from skulens.inference.protocol import Encoder
 
 log = logging.getLogger("skulens.server")
 
@@ -73,8 +73,8 @@ def connection_options(settings: Settings) -> list[tuple[str, int]]:
 
 def create_server(
     settings: Settings,
-    engine: Engine | None = None,
-    catalog: Catalog | None = None,
+    engine: Encoder | None = None,
+    catalog: CatalogBackend | None = None,
     *,
     runtime: Runtime | None = None,
     health_servicer: Any | None = None,
@@ -148,8 +148,8 @@ class ServerApp:
         self,
         settings: Settings,
         *,
-        engine: Engine | None = None,
-        catalog: Catalog | None = None,
+        engine: Encoder | None = None,
+        catalog: CatalogBackend | None = None,
         registry: CollectorRegistry | None = None,
         own: bool = False,
     ) -> None:

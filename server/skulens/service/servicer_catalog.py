@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-import hashlib
 import re
 import time
 from collections import defaultdict
@@ -22,20 +21,20 @@ import numpy as np
 
 from skulens.catalog import validation
 from skulens.catalog.errors import CatalogError
-from skulens.catalog.models import NewReference
+from skulens.catalog.models import HashedImage, NewReference
 from skulens.errors import SkulensError, code_name
 from skulens.imaging.errors import ImageTooLarge, InvalidImage, InvalidRegion
 from skulens.imaging.preprocess import Box
 from skulens.service.calllog import call_fields
 from skulens.service.convert import product_pb
+from skulens.service.embedding import embed_batch
 from skulens.service.errors_grpc import item_status
-from skulens.service.servicer_recognition import embed_batch
 from skulens.service.state import Runtime, deadline_of
-from skulens.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recognition_pb2
+from skulens.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 
 if TYPE_CHECKING:
-    from skulens.catalog.catalog import Catalog
-    from skulens.inference.engine import Engine
+    from skulens.catalog.backend import CatalogBackend
+    from skulens.inference.protocol import Encoder
 
 pb = catalog_pb2
 _REFERENCE_FIELD = re.compile(r"^references\[(\d+)\]")
@@ -49,8 +48,13 @@ class _Item:
     msg: pb.AddReferenceImagesRequest
     pid: str
     source: str
-    sha: str
+    image: HashedImage
     box: Box | None
+
+    @property
+    def sha(self) -> str:
+        """The content sha256 (hashed once, when the message arrived)."""
+        return self.image.sha256
 
     @property
     def key(self) -> tuple[str, str]:
@@ -140,17 +144,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         (backpressure on the client stream) rather than being refused, until the call's deadline."""
         engine, catalog = self.rt.searchable()
         deadline = deadline_of(context)
-        admission = self.rt.admission
-        call_ticket = admission.open_call()
-        try:
+        with self.rt.admission.open_call():
             return await self._add_references(engine, catalog, request_iterator, deadline)
-        finally:
-            admission.release(call_ticket)
 
     async def _add_references(
         self,
-        engine: Engine,
-        catalog: Catalog,
+        engine: Encoder,
+        catalog: CatalogBackend,
         request_iterator: AsyncIterator[pb.AddReferenceImagesRequest],
         deadline: float | None,
     ) -> pb.AddReferenceImagesResponse:
@@ -182,8 +182,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     async def _enroll(
         self,
-        engine: Engine,
-        catalog: Catalog,
+        engine: Encoder,
+        catalog: CatalogBackend,
         chunk: Sequence[tuple[int, pb.AddReferenceImagesRequest]],
         deadline: float | None,
         known: dict[tuple[str, str], int],
@@ -194,13 +194,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         `known` maps (product id, content sha256) to the reference id for pairs this call has enrolled or found
         already, so repeats within the stream are never decoded or embedded either.
         """
-        shas = await asyncio.to_thread(lambda: [hashlib.sha256(m.content).hexdigest() for _, m in chunk])
+        hashed = await asyncio.to_thread(lambda: [HashedImage(m.content) for _, m in chunk])
         results: dict[int, pb.AddedReference] = {}
         items: list[_Item] = []
-        for (i, msg), sha in zip(chunk, shas, strict=True):
-            results[i] = pb.AddedReference(index=i, product_id=msg.product_id, content_sha256=sha)
+        for (i, msg), image in zip(chunk, hashed, strict=True):
+            results[i] = pb.AddedReference(index=i, product_id=msg.product_id, content_sha256=image.sha256)
             try:
-                items.append(self._check_item(i, msg, sha, catalog))
+                items.append(self._check_item(i, msg, image, catalog))
             except SkulensError as exc:
                 results[i].status.CopyFrom(item_status(exc))
         items = await self._drop_known(catalog, items, known, results)
@@ -221,7 +221,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                     items.append(it)
         return [results[i] for i, _ in chunk]
 
-    def _check_item(self, i: int, msg: pb.AddReferenceImagesRequest, sha: str, catalog: Catalog) -> _Item:
+    def _check_item(
+        self, i: int, msg: pb.AddReferenceImagesRequest, image: HashedImage, catalog: CatalogBackend
+    ) -> _Item:
         """Validate one request message on its own (id, source, content size, region); errors name
         `requests[i].<field>`."""
         pid = validation.product_id(msg.product_id, f"requests[{i}].product_id")
@@ -244,11 +246,11 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                     "width, height > 0",
                     f"requests[{i}].region",
                 )
-        return _Item(i, msg, pid, source, sha, box)
+        return _Item(i, msg, pid, source, image, box)
 
     async def _drop_known(
         self,
-        catalog: Catalog,
+        catalog: CatalogBackend,
         items: list[_Item],
         known: dict[tuple[str, str], int],
         results: dict[int, pb.AddedReference],
@@ -288,36 +290,34 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     async def _embed_and_add(
         self,
-        engine: Engine,
-        catalog: Catalog,
+        engine: Encoder,
+        catalog: CatalogBackend,
         items: list[_Item],
         deadline: float | None,
         known: dict[tuple[str, str], int],
         results: dict[int, pb.AddedReference],
     ) -> None:
         """Embed distinct items together, then add each product's references (a bad item fails alone)."""
-        images = [recognition_pb2.ImageInput(content=it.msg.content) for it in items]
+        contents = [it.msg.content for it in items]
         boxes: list[list[Box] | None] = [[it.box] if it.box is not None else None for it in items]
         admission = self.rt.admission
-        pixels = [engine.preprocessor.decode_pixels(im.content) for im in images]  # headers, read once
+        pixels = [engine.decode_pixels(data) for data in contents]  # headers, read once
         ticket = await admission.admit_waiting(
             engine.costs,
             deadline=deadline,
-            items=len(images),
-            nbytes=sum(len(im.content) for im in images),
+            items=len(contents),
+            nbytes=sum(len(data) for data in contents),
             pixels=sum(pixels),
             new_call=False,
             check_pixels=False,
             field="requests",
         )
-        try:
+        with ticket:
             # every enrolment call shares one turn of the decode threads (caller=self): bulk enrolment, however
             # many streams, never holds the decoders against recognition calls
             embedded = await embed_batch(
-                engine, images, boxes, deadline, None, field="requests", caller=self, pixels=pixels
+                engine, contents, boxes, deadline, caller=self, pixels=pixels
             )
-        finally:
-            admission.release(ticket)
         groups: dict[str, list[tuple[_Item, NewReference]]] = defaultdict(list)
         for it, e in zip(items, embedded, strict=True):
             out = e.outputs[0]
@@ -326,8 +326,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 field = f"requests[{it.index}].{part}" if out.field else None
                 results[it.index].status.CopyFrom(item_status(out.with_field(field)))
                 continue
-            ref = NewReference(embedding=np.asarray(out), source=it.source, image=it.msg.content,
-                               content_sha256=it.sha)
+            ref = NewReference(embedding=np.asarray(out), source=it.source, image=it.image)
             groups[it.pid].append((it, ref))
 
         def commit() -> None:
@@ -422,7 +421,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             model_fingerprint=st.fingerprint,
             index_type=st.index_kind,
             index_device=st.index_device,
-            db_size_bytes=st.db_size_bytes,
+            db_size_bytes=st.storage_bytes,
             rebuild_in_progress=st.rebuild_in_progress,
             index_recall_at_10=st.recall_at_10,
             index_search_width=st.index_search_width,

@@ -10,16 +10,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
-from skulens.errors import SkulensError, code_name
-from skulens.imaging.errors import ImageTooLarge
+from skulens.errors import code_name
 from skulens.imaging.preprocess import Box
-from skulens.service.admission import Ticket
 from skulens.service.calllog import call_fields
 from skulens.service.convert import (
     SearchParams,
@@ -30,117 +27,39 @@ from skulens.service.convert import (
     recognition_pb,
     search_params,
 )
+from skulens.service.embedding import admit_images, embed_batch
 from skulens.service.errors_grpc import item_status
 from skulens.service.state import Runtime, deadline_of
 from skulens.v1 import common_pb2, recognition_pb2, recognition_pb2_grpc
 
 if TYPE_CHECKING:
-    from skulens.catalog.catalog import Catalog
-    from skulens.inference.engine import Engine
+    from skulens.catalog.backend import CatalogBackend
+    from skulens.inference.protocol import Encoder
 
 pb = recognition_pb2
-
-
-@dataclass
-class _Embedded:
-    """Per image: its boxes (None = whole image) and its vectors or errors (one per box)."""
-
-    boxes: list[Box] | None
-    outputs: list[np.ndarray | SkulensError]
 
 
 def _ms(t0: float, t1: float) -> float:
     return round((t1 - t0) * 1000.0, 3)
 
 
-async def embed_batch(
-    engine: Engine,
-    images: Sequence[pb.ImageInput],
-    boxes: Sequence[list[Box] | None],
-    deadline: float | None,
-    max_bytes: int | None = None,
-    field: str = "images",
-    caller: object | None = None,
-    pixels: Sequence[int] | None = None,
-) -> list[_Embedded]:
-    """Embed images (each whole, or each of its boxes); regroup the engine's flat results per image.
-
-    Images over `max_bytes` are not decoded: they fail with ImageTooLarge naming the limit. Calls with the
-    same `caller` share one turn of the decode threads (a stream's images). `pixels`: per image, as
-    `admit_images` read them from the headers (so the engine does not read them again).
-    """
-    too_big = {i for i, im in enumerate(images) if max_bytes is not None and len(im.content) > max_bytes}
-    contents = [b"" if i in too_big else im.content for i, im in enumerate(images)]
-    if pixels is not None:
-        pixels = [0 if i in too_big else p for i, p in enumerate(pixels)]
-    flat = await engine.embed_images(
-        contents, regions=list(boxes), deadline=deadline, caller=caller, pixels=pixels
-    )
-    out, k = [], 0
-    for i, b in enumerate(boxes):
-        n = len(b) if b is not None else 1
-        outputs = list(flat[k : k + n])
-        if i in too_big:
-            size = len(images[i].content)
-            err = ImageTooLarge(f"image is {size} bytes; the limit is {max_bytes} bytes", f"{field}[{i}]")
-            outputs = [err] * n
-        out.append(_Embedded(b, outputs))
-        k += n
-    return out
-
-
 async def _search(
-    catalog: Catalog, vectors: list[np.ndarray], params: SearchParams, unknown_threshold: float | None = None
+    catalog: CatalogBackend, queries: np.ndarray, params: SearchParams, unknown_threshold: float | None = None
 ) -> list[pb.Recognition]:
-    if not vectors:
+    """Search float32 [N, D] query rows (stacked once, by the caller or the encoder) in a worker thread."""
+    if not len(queries):
         return []
     results = await asyncio.to_thread(
         catalog.search,
-        np.stack(vectors).astype(np.float32, copy=False),
+        queries,
         top_k=params.top_k,
         min_score=params.min_score,
         category=params.category,
         labels=params.labels,
         unknown_threshold=unknown_threshold,
+        trusted=True,  # rows straight from the encoder, bound to this catalog's model at the door
     )
     return [recognition_pb(r) for r in results]
-
-
-def admit_images(
-    runtime: Runtime,
-    engine: Engine,
-    images: Sequence[pb.ImageInput],
-    boxes: Sequence[list[Box] | None],
-    deadline: float | None,
-    max_bytes: int,
-    *,
-    new_call: bool = True,
-    field: str = "images",
-    extra_items: int = 0,
-) -> tuple[Ticket, list[int]]:
-    """Admission for embedding `images` (their boxes, plus `extra_items` other model inputs such as texts):
-    cost from sizes and image headers, before decoding. Returns the ticket and each image's decoded pixels
-    (0 over `max_bytes`), read once from the headers, for `embed_batch`.
-
-    Raises `Shed` (RESOURCE_EXHAUSTED with a retry hint) or `TooMany` (the request's pixel budget)."""
-    per_image: list[int] = []
-
-    def pixels() -> int:
-        per_image.extend(
-            engine.preprocessor.decode_pixels(im.content) if len(im.content) <= max_bytes else 0 for im in images
-        )
-        return sum(per_image)
-
-    ticket = runtime.admission.admit(
-        engine.costs,
-        items=sum(1 if b is None else len(b) for b in boxes) + extra_items,
-        nbytes=sum(len(im.content) for im in images if len(im.content) <= max_bytes),
-        pixels=pixels,
-        deadline=deadline,
-        new_call=new_call,
-        field=field,
-    )
-    return ticket, per_image
 
 
 class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
@@ -163,6 +82,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
 
     async def _recognize(
         self,
+        engine: Encoder,
+        catalog: CatalogBackend,
         images: Sequence[pb.ImageInput],
         params: SearchParams,
         deadline: float | None,
@@ -171,14 +92,15 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         caller: object | None = None,
         pixels: Sequence[int] | None = None,
     ) -> list[pb.ImageResult]:
-        engine, catalog = self.rt.searchable()
         t0 = time.perf_counter()
         embedded = await embed_batch(
-            engine, images, boxes, deadline, self.max_image_bytes, caller=caller, pixels=pixels
+            engine, [im.content for im in images], boxes, deadline, self.max_image_bytes, caller=caller,
+            pixels=pixels,
         )
         t1 = time.perf_counter()
         good = [o for e in embedded for o in e.outputs if isinstance(o, np.ndarray)]
-        found = iter(await _search(catalog, good, params))
+        queries = np.stack(good) if good else np.zeros((0, engine.dim), dtype=np.float32)
+        found = iter(await _search(catalog, queries, params))
         t2 = time.perf_counter()
         timings = common_pb2.Timings(embed_ms=_ms(t0, t1), search_ms=_ms(t1, t2), total_ms=_ms(t_start, t2))
         results = []
@@ -203,7 +125,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     ) -> pb.RecognizeResponse:
         """See recognition.proto."""
         t_start = time.perf_counter()
-        engine, _ = self.rt.searchable()
+        engine, catalog = self.rt.searchable()
         check_images(request.images, self.settings)
         params = search_params(request.options, self.settings)
         boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(request.images)]
@@ -211,11 +133,13 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         if self.rt.metrics is not None:
             self.rt.metrics.observe_items("Recognize", len(request.images))
         deadline = deadline_of(context)
-        ticket, pixels = admit_images(self.rt, engine, request.images, boxes, deadline, self.max_image_bytes)
-        try:
-            results = await self._recognize(request.images, params, deadline, t_start, boxes, pixels=pixels)
-        finally:
-            self.rt.admission.release(ticket)
+        ticket, pixels = admit_images(
+            self.rt, engine, [im.content for im in request.images], boxes, deadline, self.max_image_bytes
+        )
+        with ticket:
+            results = await self._recognize(
+                engine, catalog, request.images, params, deadline, t_start, boxes, pixels=pixels
+            )
         self._count("Recognize", results)
         return pb.RecognizeResponse(
             results=results,
@@ -231,7 +155,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         The stream counts as one call against the concurrency cap for its whole life; each image is admitted
         on its own (a refused image answers RESOURCE_EXHAUSTED in its result, the stream goes on), and the
         stream's images share one turn of the decode threads."""
-        engine, _ = self.rt.searchable()
+        engine, catalog = self.rt.searchable()
         deadline = deadline_of(context)
         admission = self.rt.admission
         stream_ticket = admission.open_call()
@@ -245,17 +169,21 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         async def one(
             image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float
         ) -> None:
-            ticket: Ticket | None = None
             try:
+                self.rt.searchable()  # an image read after draining began is refused on its own
                 ticket, pixels = admit_images(
-                    self.rt, engine, [image], [boxes], deadline, self.max_image_bytes, new_call=False, field="image"
+                    self.rt, engine, [image.content], [boxes], deadline, self.max_image_bytes, new_call=False,
+                    field="image",
                 )
-                res = (await self._recognize([image], params, deadline, t_in, [boxes], stream_key, pixels))[0]
+                with ticket:
+                    res = (
+                        await self._recognize(
+                            engine, catalog, [image], params, deadline, t_in, [boxes], stream_key, pixels
+                        )
+                    )[0]
             except Exception as exc:  # per-image failure (overload, draining, ...): its own status
                 res = pb.ImageResult(id=image.id, status=item_status(exc))
             finally:
-                if ticket is not None:
-                    admission.release(ticket)
                 window.release()
             self._count("RecognizeStream", [res])
             await out.put(res)
@@ -310,15 +238,12 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         params = search_params(request.options, self.settings)
         call_fields()["texts"] = len(request.texts)
         deadline = deadline_of(context)
-        ticket = self.rt.admission.admit(engine.costs, items=len(request.texts), deadline=deadline, field="texts")
-        try:
+        with self.rt.admission.admit(engine.costs, items=len(request.texts), deadline=deadline, field="texts"):
             vectors = await engine.embed_texts(list(request.texts), deadline=deadline)
-        finally:
-            self.rt.admission.release(ticket)
         if self.rt.metrics is not None:
             self.rt.metrics.observe_items("SearchByText", len(request.texts))
             self.rt.metrics.texts.labels("SearchByText").inc(len(request.texts))
-        recs = await _search(catalog, list(vectors), params, self.settings.text_unknown_threshold)
+        recs = await _search(catalog, vectors, params, self.settings.text_unknown_threshold)
         return pb.SearchByTextResponse(
             results=[pb.TextResult(text=t, recognition=r) for t, r in zip(request.texts, recs, strict=True)],
             model_fingerprint=engine.fingerprint,
@@ -334,16 +259,20 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         deadline = deadline_of(context)
         call_fields().update(images=len(request.images), texts=len(request.texts))
         ticket, pixels = admit_images(
-            self.rt, engine, request.images, boxes, deadline, self.max_image_bytes, extra_items=len(request.texts)
+            self.rt,
+            engine,
+            [im.content for im in request.images],
+            boxes,
+            deadline,
+            self.max_image_bytes,
+            extra_items=len(request.texts),
         )
-        try:
+        with ticket:
             return await self._embed(engine, request, boxes, deadline, pixels)
-        finally:
-            self.rt.admission.release(ticket)
 
     async def _embed(
         self,
-        engine: Engine,
+        engine: Encoder,
         request: pb.EmbedRequest,
         boxes: Sequence[list[Box] | None],
         deadline: float | None,
@@ -358,7 +287,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             )
         if request.images:
             embedded = await embed_batch(
-                engine, request.images, boxes, deadline, self.max_image_bytes, pixels=pixels
+                engine, [im.content for im in request.images], boxes, deadline, self.max_image_bytes,
+                pixels=pixels,
             )
             for image, e in zip(request.images, embedded, strict=True):
                 for i, o in enumerate(e.outputs):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from skulens.catalog.settings import CatalogSettings
+from skulens.errors import ConfigError
 from skulens.imaging.limits import DecodeLimits
 from skulens.inference.options import BatcherOptions, EncoderOptions, EngineOptions
 from skulens.service.admission_options import AdmissionOptions
@@ -30,7 +31,7 @@ MIB = 1024 * 1024
 Tokens = tuple[tuple[str, frozenset[str]], ...]
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigError):
     """An option has a value out of its limits; the message names the flag/variable and the value."""
 
 

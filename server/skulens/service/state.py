@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -16,8 +16,8 @@ from skulens.service.metrics import Metrics
 from skulens.service.settings import Settings
 
 if TYPE_CHECKING:
-    from skulens.catalog.catalog import Catalog
-    from skulens.inference.engine import Engine
+    from skulens.catalog.backend import CatalogBackend
+    from skulens.inference.protocol import Encoder
 
 
 class Phase(enum.Enum):
@@ -35,16 +35,19 @@ class Runtime:
 
     settings: Settings
     metrics: Metrics | None = None
-    engine: Engine | None = None
-    catalog: Catalog | None = None
+    engine: Encoder | None = None
+    catalog: CatalogBackend | None = None
     phase: Phase = Phase.LOADING
     admission: Admission = None  # type: ignore[assignment]  # built from settings when not given
+    _paired: tuple[Encoder, CatalogBackend, bool] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.admission is None:
             self.admission = Admission(self.settings.admission_options())
 
-    def ready(self) -> tuple[Engine, Catalog]:
+    def ready(self) -> tuple[Encoder, CatalogBackend]:
         """(engine, catalog) when serving; raises NotReady while loading, Draining when shutting down."""
         if self.phase is Phase.SERVING and self.engine is not None and self.catalog is not None:
             return self.engine, self.catalog
@@ -52,13 +55,17 @@ class Runtime:
             raise NotReady("the server is still loading the model and catalog; retry shortly")
         raise Draining("the server is shutting down; retry on another instance")
 
-    def searchable(self) -> tuple[Engine, Catalog]:
-        """Like `ready`, and FingerprintMismatch when the catalog belongs to another model."""
+    def searchable(self) -> tuple[Encoder, CatalogBackend]:
+        """Like `ready`, and FingerprintMismatch when the catalog belongs to another model.
+
+        The fingerprints are compared once per (encoder, catalog) pair installed, not on every call: this is
+        the door where a request's vectors are bound to the catalog's space."""
         engine, catalog = self.ready()
-        if (catalog.fingerprint, catalog.dim) != (engine.fingerprint, engine.dim):
-            raise FingerprintMismatch.between(
-                catalog.fingerprint, catalog.dim, engine.fingerprint, engine.dim
-            )
+        if self._paired is None or self._paired[0] is not engine or self._paired[1] is not catalog:
+            same = (catalog.fingerprint, catalog.dim) == (engine.fingerprint, engine.dim)
+            self._paired = (engine, catalog, same)
+        if not self._paired[2]:  # a fresh error per refused call (an exception instance is not shared)
+            raise FingerprintMismatch.between(catalog.fingerprint, catalog.dim, engine.fingerprint, engine.dim)
         return engine, catalog
 
     @property

@@ -1,0 +1,119 @@
+"""`CatalogBackend`: what the service needs from a catalog, whatever holds it.
+
+The embedded backend (`skulens.catalog.catalog.Catalog`: SQLite WAL as the source of truth + an in-process
+FAISS index derived from it) is one implementation; a shared one (PostgreSQL + pgvector) is another. The
+service, the runtime and the CLI depend on this Protocol only, and tests/test_catalog_backend_contract.py holds
+the behaviour every implementation must have, written once and run against each.
+
+Semantics every backend keeps: product ids are NFC-normalised and validated the same way
+(`skulens.catalog.validation`); writes are transactional and bump `version()`; `add_references` answers a
+repeat of a (product, content sha256) with the existing reference and duplicate=True; `search` returns the
+top-k *products* per query (a product scores its best reference), filters by category / labels inside the
+search so k products come back even when the filter removes most neighbours, and decides each verdict with
+the pure `skulens.catalog.matching.decide`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from skulens.catalog.models import (
+    AddedReference,
+    CatalogStats,
+    NewReference,
+    Product,
+    ProductDetail,
+    SearchResult,
+)
+from skulens.catalog.settings import CatalogSettings
+
+
+@runtime_checkable
+class CatalogBackend(Protocol):
+    """Products, their reference embeddings (one model's space) and nearest-product search."""
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the model whose embeddings the catalog holds."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Values per stored embedding."""
+        ...
+
+    @property
+    def settings(self) -> CatalogSettings:
+        """Limits and matching defaults (image size, references per call, thresholds)."""
+        ...
+
+    def version(self) -> int:
+        """The catalog version: increases with every committed write (any replica's)."""
+        ...
+
+    def upsert_product(
+        self,
+        product_id: str,
+        display_name: str = "",
+        category: str = "",
+        labels: Mapping[str, str] | None = None,
+        *,
+        create_only: bool = False,
+    ) -> tuple[Product, bool]:
+        """Create or replace a product's name, category and labels; (product, created)."""
+        ...
+
+    def get_product(self, product_id: str) -> ProductDetail:
+        """A product with its references; NotFound when absent."""
+        ...
+
+    def list_products(
+        self, page_size: int = 100, page_token: str = "", category: str = ""
+    ) -> tuple[list[Product], str]:
+        """One page ordered by product id, and the next page's token ("" at the end)."""
+        ...
+
+    def delete_product(self, product_id: str) -> int:
+        """Delete a product and its references; how many references went."""
+        ...
+
+    def add_references(
+        self, product_id: str, refs: Sequence[NewReference], *, store_images: bool | None = None
+    ) -> list[AddedReference]:
+        """Enrol references of an existing product in one transaction (all or nothing)."""
+        ...
+
+    def existing_hashes(self, product_id: str, content_sha256s: Sequence[str]) -> dict[str, int]:
+        """{content_sha256: reference_id} of those hashes the product already has."""
+        ...
+
+    def delete_reference(self, reference_id: int) -> None:
+        """Delete one reference; NotFound when absent."""
+        ...
+
+    def search(
+        self,
+        queries: np.ndarray,
+        *,
+        top_k: int = 5,
+        min_score: float | None = None,
+        category: str = "",
+        labels: Mapping[str, str] | None = None,
+        unknown_threshold: float | None = None,
+        ambiguity_margin: float | None = None,
+        trusted: bool = False,
+    ) -> list[SearchResult]:
+        """Top-k products per unit-norm query row, best first, with a verdict each (`trusted`: the rows come
+        from an `Encoder` of this catalog's model, so their norms are not checked again)."""
+        ...
+
+    def stats(self) -> CatalogStats:
+        """Counts, identity, version and index state."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend holds (files, threads, connections); idempotent."""
+        ...
