@@ -103,11 +103,6 @@ class Preprocessor:
         std = np.asarray(config.std, dtype=np.float32)[:, None]
         return np.ascontiguousarray((scaled[None, :] - mean) / std, dtype=np.float32)
 
-    @property
-    def input_hw(self) -> tuple[int, int]:
-        """Model input (height, width)."""
-        return self.config.size
-
     def resize_crop(self, img: Image.Image) -> Image.Image:
         """The geometric part of open_clip's eval transform for `config.resize_mode`."""
         cfg = self.config
