@@ -187,3 +187,9 @@ def test_abort_helper_keeps_trailing_metadata() -> None:
         asyncio.run(eg.abort(ctx, eg.BadRequest("bad", "options.top_k")))
     assert ctx.aborted[0] is C.INVALID_ARGUMENT
     assert ctx.aborted[2] == (("x-request-id", "r1"), (eg.FIELD_METADATA_KEY, "options.top_k"))
+
+
+def test_a_method_nobody_implemented_is_unimplemented_not_internal() -> None:
+    """A generated servicer's default raises NotImplementedError: UNIMPLEMENTED, the standard's answer."""
+    code, message, field = eg.describe(NotImplementedError("Method not implemented!"))
+    assert (code, field) == (C.UNIMPLEMENTED, "") and "not implemented" in message

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_harness import SHARED, GatedEngine, RunningServer, make_settings, pattern_image, rpc_error
 
 from skulens.catalog.errors import CatalogClosed
@@ -134,3 +135,49 @@ def test_sigterm_stops_a_real_server(effnet_model_dir: Path, tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _watch(addr: str, service: str = "", timeout: float = 30) -> tuple[grpc.Channel, object]:
+    ch = grpc.insecure_channel(addr)
+    stub = health_pb2_grpc.HealthStub(ch)
+    return ch, stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+
+
+def test_watch_and_list_as_the_standard_says(engine: object, tmp_path: Path) -> None:
+    """Watch streams SERVING, then NOT_SERVING when draining starts; List answers every service; a Watch of an
+    unknown service says SERVICE_UNKNOWN; 40 Watch clients that cancel or drop their channel leave the server
+    up with no call still counted in flight."""
+    srv = RunningServer(make_settings(tmp_path / "data", drain_delay_seconds=1.0), engine)
+    try:
+        with grpc.insecure_channel(srv.addr) as ch:
+            listed = health_pb2_grpc.HealthStub(ch).List(health_pb2.HealthListRequest(), timeout=10)
+        assert set(listed.statuses) == set(HEALTH_NAMES)
+        assert {s.status for s in listed.statuses.values()} == {health_pb2.HealthCheckResponse.SERVING}
+        gone = []
+        for k in range(40):  # clients that come and go
+            ch, watch = _watch(srv.addr, HEALTH_NAMES[k % len(HEALTH_NAMES)])
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # type: ignore[call-overload]
+            if k % 2:
+                watch.cancel()  # type: ignore[attr-defined]
+            ch.close()
+            gone.append(k)
+        ch, unknown = _watch(srv.addr, "no.such.Service")
+        assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN  # type: ignore[call-overload]
+        ch.close()
+        with srv.client() as c:
+            assert _statuses(c) == {"SERVING"} and c.stats().product_count == 0
+        ch, watch = _watch(srv.addr)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # type: ignore[call-overload]
+        stopping = SHARED.loop_thread().submit(srv.app.stop(10))
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # type: ignore[call-overload]
+        ch.close()
+        stopping.result(timeout=30)
+        srv.stopped = True
+        in_flight = srv.registry.get_sample_value("skulens_grpc_calls_in_flight", {"method": "Watch"})
+        assert in_flight in (None, 0.0)
+        def watch_calls(code: str) -> float | None:
+            return srv.registry.get_sample_value("skulens_grpc_calls_total", {"method": "Watch", "code": code})
+
+        assert (watch_calls("CANCELLED") or 0) >= 40 and watch_calls("INTERNAL") is None
+    finally:
+        srv.stop()

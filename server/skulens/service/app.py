@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from skulens.service.auth import AuthInterceptor
 from skulens.service.calllog import CallInterceptor
+from skulens.service.health import HealthServicer
 from skulens.service.metrics import Metrics, MetricsServer
 from skulens.service.servicer_catalog import CatalogServicer
 from skulens.service.servicer_recognition import RecognitionServicer
@@ -110,7 +111,7 @@ def create_server(
     recognition_pb2_grpc.add_RecognitionServiceServicer_to_server(RecognitionServicer(runtime), server)
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(runtime), server)
     if health_servicer is None:
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = HealthServicer()
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if runtime.phase is Phase.SERVING
@@ -160,7 +161,7 @@ class ServerApp:
         self.metrics.bind(admission=self.runtime.admission)
         self._given = (engine, catalog)
         self._own_given = own
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_server: MetricsServer | None = None

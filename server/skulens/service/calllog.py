@@ -311,7 +311,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             responses: Any = None
             try:
                 responses = await run(requests, context)
-                if hasattr(responses, "__aiter__"):
+                if inspect.isawaitable(responses):  # a handler that writes its own responses (health Watch)
+                    await responses
+                    responses = None
+                elif hasattr(responses, "__aiter__"):
                     async for response in responses:
                         await context.write(response)
                 else:

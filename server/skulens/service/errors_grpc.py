@@ -109,6 +109,8 @@ def code_of(exc: BaseException) -> grpc.StatusCode | None:
 
 def describe(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     """(code, client-safe message, field or "") for any exception; unmapped ones are logged with traceback."""
+    if isinstance(exc, NotImplementedError):  # a generated servicer's default for a method nobody implemented
+        return C.UNIMPLEMENTED, "method not implemented by this server", ""
     code = code_of(exc) if isinstance(exc, SkulensError) else None
     if code is None or not isinstance(exc, SkulensError):
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
