@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from skulens.catalog.location import CatalogLocation
 from skulens.service.settings import (
     SCOPE_CATALOG_WRITE,
     SCOPE_RECOGNIZE,
@@ -194,3 +195,21 @@ def test_bad_connection_limits(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_sources(None, env)
     assert needle in str(info.value)
+
+
+def test_catalog_location_from_catalog_or_data() -> None:
+    """--catalog takes a URL or a directory, --data a directory; not both; the logged URL hides its password."""
+    assert Settings().catalog_location() is None
+    assert Settings(data_dir=Path("/d")).catalog_location() == CatalogLocation("sqlite", path=Path("/d"))
+    env = {"SKULENS_CATALOG": "postgresql://sk:pw@db:5432/cat"}
+    s = Settings.from_sources(_parse([]), env)
+    loc = s.catalog_location()
+    assert loc is not None and loc.kind == "postgresql" and loc.url.endswith("@db:5432/cat")
+    assert s.describe()["catalog"] == "postgresql://sk:***@db:5432/cat"
+    assert Settings.from_sources(_parse(["--catalog", "sqlite:///srv/c"])).catalog_location() == CatalogLocation(
+        "sqlite", path=Path("/srv/c")
+    )
+    with pytest.raises(SettingsError, match="not both"):
+        Settings.from_sources(_parse(["--catalog", "sqlite:///srv/c", "--data", "/d"]))
+    with pytest.raises(SettingsError, match="unknown scheme 'redis'"):
+        Settings.from_sources(_parse(["--catalog", "redis://h/0"]))

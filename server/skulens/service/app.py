@@ -12,7 +12,6 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -20,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from skulens.catalog.location import open_catalog
 from skulens.service.auth import AuthInterceptor
 from skulens.service.calllog import CallInterceptor
 from skulens.service.health import HealthServicer
@@ -232,19 +232,20 @@ class ServerApp:
             )
         self.runtime.engine = engine
         if catalog is None:
-            from skulens.catalog.catalog import Catalog
-
-            if self.settings.data_dir is None:
-                raise SettingsError("no catalog directory: pass --data DIR or set SKULENS_DATA_DIR")
+            location = self.settings.catalog_location()
+            if location is None:
+                raise SettingsError(
+                    "no catalog: pass --data DIR or --catalog URL (or set SKULENS_DATA_DIR / SKULENS_CATALOG)"
+                )
             catalog = await asyncio.to_thread(
-                Catalog.open,
-                Path(self.settings.data_dir),
+                open_catalog,
+                location,
                 fingerprint=engine.fingerprint,
                 dim=engine.dim,
                 settings=self.settings.catalog_settings(),
                 allow_fingerprint_mismatch=self.settings.allow_model_mismatch,
             )
-            log.info("catalog %s open", self.settings.data_dir)
+            log.info("catalog %s open", location.redacted())
         self.runtime.catalog = catalog
         self.metrics.bind(engine, catalog)
         mismatch = (catalog.fingerprint, catalog.dim) != (engine.fingerprint, engine.dim)

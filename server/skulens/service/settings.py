@@ -17,6 +17,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from skulens.catalog.errors import InvalidArgument
+from skulens.catalog.location import CatalogLocation, parse_location
 from skulens.catalog.settings import CatalogSettings
 from skulens.errors import ConfigError
 from skulens.imaging.limits import DecodeLimits
@@ -110,7 +112,15 @@ class Settings:
         None, "exported model directory (from `skulens export`)", _opt_path, flag="--model", group="paths"
     )
     data_dir: Path | None = _opt(  # noqa: RUF009
-        None, "catalog directory (created if absent)", _opt_path, flag="--data", group="paths"
+        None, "catalog directory (created if absent): the embedded catalog, same as --catalog sqlite:///DIR",
+        _opt_path, flag="--data", group="paths",
+    )
+    catalog: str = _opt(
+        "",
+        "catalog location: sqlite:///DIR or a directory (embedded SQLite + FAISS, one writer process), or "
+        "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (shared by replicas; needs the 'postgres' extra); "
+        "default: --data",
+        group="paths",
     )
     host: str = _opt("127.0.0.1", "address to bind; anything but loopback needs tokens or --insecure")
     port: int = _opt(50051, "gRPC port; 0 picks a free port (logged)", int)
@@ -287,6 +297,13 @@ class Settings:
 
         if not 0 <= self.port <= 65535:
             raise bad("port", "in 0..65535")
+        if self.catalog:
+            if self.data_dir is not None:
+                raise SettingsError("give either --catalog / SKULENS_CATALOG or --data / SKULENS_DATA_DIR, not both")
+            try:
+                parse_location(self.catalog, "--catalog")
+            except InvalidArgument as exc:
+                raise SettingsError(exc.message) from None
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise bad("metrics_port", "in 0..65535")
         for name in (
@@ -456,6 +473,12 @@ class Settings:
             max_request_pixels=max(1, int(self.max_request_megapixels * 1_000_000)),
         )
 
+    def catalog_location(self) -> CatalogLocation | None:
+        """Where the catalog lives (`--catalog`, else `--data`); None when neither is set."""
+        if self.catalog:
+            return parse_location(self.catalog, "--catalog")
+        return CatalogLocation("sqlite", path=self.data_dir) if self.data_dir is not None else None
+
     def catalog_settings(self) -> CatalogSettings:
         """The catalog's settings from these settings."""
         return CatalogSettings(
@@ -477,6 +500,8 @@ class Settings:
                 out[f.name] = "<set>" if getattr(self, f.name) else ""
                 continue
             v = getattr(self, f.name)
+            if f.name == "catalog" and v:
+                v = parse_location(v).redacted()  # a URL may carry a password
             out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
         return out
 
