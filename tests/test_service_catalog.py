@@ -14,7 +14,7 @@ from service_harness import SHARED, RunningServer, make_settings, pattern_image,
 
 from skulens.catalog.catalog import Catalog
 from skulens.catalog.settings import CatalogSettings
-from skulens.client.client import SkulensClient, image_input
+from skulens.client.client import SkulensClient, image_input, search_options
 from skulens.v1 import catalog_pb2, common_pb2
 
 C = grpc.StatusCode
@@ -361,3 +361,48 @@ def test_whitespace_only_ids_are_refused(enrol: SkulensClient) -> None:
         err = rpc_error(enrol.upsert_product, pid)
         assert err.code() is C.INVALID_ARGUMENT and "whitespace only" in err.details()
     assert enrol.upsert_product("milk 1 l").created  # inner spaces are fine
+
+
+def test_every_answer_carries_the_catalog_version(engine: object, tmp_path: Path) -> None:
+    """Writes answer the version they produced (strictly growing); reads and searches answer the version they
+    reflect; a read asking for a version this server has not reached waits, then answers UNAVAILABLE with a
+    retry hint (never a stale answer); asking for a reached version answers at once."""
+    srv = RunningServer(make_settings(tmp_path / "data", catalog_wait_ms=300), engine)
+    try:
+        with srv.client() as c:
+            v0 = c.stats().catalog_version
+            assert c.stats().backend == "sqlite+faiss"
+            up = c.catalog.UpsertProduct(catalog_pb2.UpsertProductRequest(product_id="ver"), timeout=30)
+            added = c.add_references([req("ver", pattern_image(70)), req("ver", pattern_image(71))])
+            dup = c.add_references([req("ver", pattern_image(70))])  # nothing written: no new version
+            versions = [v0, up.catalog_version, added.catalog_version]
+            assert versions == sorted(set(versions)) and dup.catalog_version == added.catalog_version
+            got = c.get_product("ver", min_catalog_version=added.catalog_version)
+            assert got is not None and got.catalog_version == added.catalog_version
+            rec = c.recognize(
+                [image_input(pattern_image(70))], search_options(min_catalog_version=added.catalog_version)
+            )
+            assert rec.catalog_version == added.catalog_version
+            assert rec.results[0].recognition.matches[0].product_id == "ver"
+            t0 = time.monotonic()
+            err = rpc_error(c.get_product, "ver", min_catalog_version=added.catalog_version + 5)
+            waited = time.monotonic() - t0
+            assert err.code() is C.UNAVAILABLE and "behind" in err.details()
+            assert 0.25 <= waited < 5, waited
+            trailers = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+            assert trailers.get("grpc-retry-pushback-ms") == "100"
+            assert trailers.get("skulens-error-field") == "min_catalog_version"
+            err = rpc_error(
+                c.recognize,
+                [image_input(pattern_image(70))],
+                search_options(min_catalog_version=added.catalog_version + 5),
+            )
+            assert err.code() is C.UNAVAILABLE
+            deleted = c.catalog.DeleteReferenceImage(
+                catalog_pb2.DeleteReferenceImageRequest(reference_id=added.results[0].reference_id), timeout=30
+            )
+            gone = c.catalog.DeleteProduct(catalog_pb2.DeleteProductRequest(product_id="ver"), timeout=30)
+            assert added.catalog_version < deleted.catalog_version < gone.catalog_version
+            assert c.stats().catalog_version == gone.catalog_version
+    finally:
+        srv.stop()

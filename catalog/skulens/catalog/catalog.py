@@ -318,9 +318,10 @@ class Catalog:
         return [r.to_product(n) for r, n in rows], token
 
     def version(self) -> int:
-        """The catalog version: the store's generation, bumped by every committed write."""
+        """The catalog version searches reflect now: the store generation of the in-memory view (bumped by every
+        committed write of this process; another process's writes count once `refresh` has loaded them)."""
         self._check_open()
-        return self._store.generation()
+        return self._view.generation
 
     def stats(self) -> EmbeddedStats:
         """Counts, model identity, version, index kind/size/recall, snapshot state and database size."""
@@ -333,7 +334,7 @@ class Catalog:
             return EmbeddedStats(
                 backend="sqlite+faiss", products=products, references=references,
                 references_with_image=with_image, dim=view.dim, fingerprint=view.fingerprint,
-                version=store_gen, index_kind=idx.kind if idx else "none",
+                version=view.generation, index_kind=idx.kind if idx else "none",
                 index_device=idx.device if idx else "cpu", index_size=idx.ntotal if idx else 0,
                 recall_at_10=idx.recall_at_10 if idx else None,
                 index_search_width=idx.search_width if idx and idx.kind != "flat" else 0,

@@ -83,11 +83,20 @@ def image_input(
 
 
 def search_options(
-    top_k: int = 0, min_score: float = 0.0, category: str = "", labels: Mapping[str, str] | None = None
+    top_k: int = 0,
+    min_score: float = 0.0,
+    category: str = "",
+    labels: Mapping[str, str] | None = None,
+    min_catalog_version: int = 0,
 ) -> common_pb2.SearchOptions:
-    """A SearchOptions message."""
+    """A SearchOptions message (`min_catalog_version`: the catalog_version of a write, for read-your-writes on
+    any replica)."""
     return common_pb2.SearchOptions(
-        top_k=top_k, min_score=min_score, category=category, labels=dict(labels or {})
+        top_k=top_k,
+        min_score=min_score,
+        category=category,
+        labels=dict(labels or {}),
+        min_catalog_version=min_catalog_version,
     )
 
 
@@ -208,12 +217,13 @@ class SkulensClient:
         return self.catalog.AddReferenceImages(iter(requests), **self._kw(timeout))
 
     def get_product(
-        self, product_id: str, timeout: float | None = None
+        self, product_id: str, timeout: float | None = None, min_catalog_version: int = 0
     ) -> catalog_pb2.GetProductResponse | None:
         """The product and its references, or None when it does not exist."""
         try:
             return self.catalog.GetProduct(
-                catalog_pb2.GetProductRequest(product_id=product_id), **self._kw(timeout)
+                catalog_pb2.GetProductRequest(product_id=product_id, min_catalog_version=min_catalog_version),
+                **self._kw(timeout),
             )
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:

@@ -29,12 +29,14 @@ class UpsertProductRequest(_message.Message):
     def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_only: _Optional[bool] = ...) -> None: ...
 
 class UpsertProductResponse(_message.Message):
-    __slots__ = ("product", "created")
+    __slots__ = ("product", "created", "catalog_version")
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     product: _common_pb2.Product
     created: bool
-    def __init__(self, product: _Optional[_Union[_common_pb2.Product, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, product: _Optional[_Union[_common_pb2.Product, _Mapping]] = ..., created: _Optional[bool] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class AddReferenceImagesRequest(_message.Message):
     __slots__ = ("product_id", "content", "source", "region")
@@ -65,16 +67,18 @@ class AddedReference(_message.Message):
     def __init__(self, index: _Optional[int] = ..., product_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.ItemStatus, _Mapping]] = ..., reference_id: _Optional[int] = ..., duplicate: _Optional[bool] = ..., content_sha256: _Optional[str] = ...) -> None: ...
 
 class AddReferenceImagesResponse(_message.Message):
-    __slots__ = ("results", "added", "duplicates", "failed")
+    __slots__ = ("results", "added", "duplicates", "failed", "catalog_version")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     ADDED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[AddedReference]
     added: int
     duplicates: int
     failed: int
-    def __init__(self, results: _Optional[_Iterable[_Union[AddedReference, _Mapping]]] = ..., added: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, results: _Optional[_Iterable[_Union[AddedReference, _Mapping]]] = ..., added: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class DeleteProductRequest(_message.Message):
     __slots__ = ("product_id",)
@@ -83,10 +87,12 @@ class DeleteProductRequest(_message.Message):
     def __init__(self, product_id: _Optional[str] = ...) -> None: ...
 
 class DeleteProductResponse(_message.Message):
-    __slots__ = ("deleted_references",)
+    __slots__ = ("deleted_references", "catalog_version")
     DELETED_REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     deleted_references: int
-    def __init__(self, deleted_references: _Optional[int] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, deleted_references: _Optional[int] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class DeleteReferenceImageRequest(_message.Message):
     __slots__ = ("reference_id",)
@@ -95,14 +101,18 @@ class DeleteReferenceImageRequest(_message.Message):
     def __init__(self, reference_id: _Optional[int] = ...) -> None: ...
 
 class DeleteReferenceImageResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("catalog_version",)
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    catalog_version: int
+    def __init__(self, catalog_version: _Optional[int] = ...) -> None: ...
 
 class GetProductRequest(_message.Message):
-    __slots__ = ("product_id",)
+    __slots__ = ("product_id", "min_catalog_version")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     product_id: str
-    def __init__(self, product_id: _Optional[str] = ...) -> None: ...
+    min_catalog_version: int
+    def __init__(self, product_id: _Optional[str] = ..., min_catalog_version: _Optional[int] = ...) -> None: ...
 
 class ReferenceImage(_message.Message):
     __slots__ = ("reference_id", "source", "content_sha256", "has_image")
@@ -117,37 +127,43 @@ class ReferenceImage(_message.Message):
     def __init__(self, reference_id: _Optional[int] = ..., source: _Optional[str] = ..., content_sha256: _Optional[str] = ..., has_image: _Optional[bool] = ...) -> None: ...
 
 class GetProductResponse(_message.Message):
-    __slots__ = ("product", "references")
+    __slots__ = ("product", "references", "catalog_version")
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     product: _common_pb2.Product
     references: _containers.RepeatedCompositeFieldContainer[ReferenceImage]
-    def __init__(self, product: _Optional[_Union[_common_pb2.Product, _Mapping]] = ..., references: _Optional[_Iterable[_Union[ReferenceImage, _Mapping]]] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, product: _Optional[_Union[_common_pb2.Product, _Mapping]] = ..., references: _Optional[_Iterable[_Union[ReferenceImage, _Mapping]]] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class ListProductsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "category")
+    __slots__ = ("page_size", "page_token", "category", "min_catalog_version")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    MIN_CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     category: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., category: _Optional[str] = ...) -> None: ...
+    min_catalog_version: int
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., category: _Optional[str] = ..., min_catalog_version: _Optional[int] = ...) -> None: ...
 
 class ListProductsResponse(_message.Message):
-    __slots__ = ("products", "next_page_token")
+    __slots__ = ("products", "next_page_token", "catalog_version")
     PRODUCTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     products: _containers.RepeatedCompositeFieldContainer[_common_pb2.Product]
     next_page_token: str
-    def __init__(self, products: _Optional[_Iterable[_Union[_common_pb2.Product, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, products: _Optional[_Iterable[_Union[_common_pb2.Product, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class GetCatalogStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetCatalogStatsResponse(_message.Message):
-    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress", "index_recall_at_10", "index_search_width")
+    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress", "index_recall_at_10", "index_search_width", "catalog_version", "backend")
     PRODUCT_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCES_WITH_IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +175,8 @@ class GetCatalogStatsResponse(_message.Message):
     REBUILD_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     INDEX_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
     INDEX_SEARCH_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     product_count: int
     reference_count: int
     references_with_image: int
@@ -170,4 +188,6 @@ class GetCatalogStatsResponse(_message.Message):
     rebuild_in_progress: bool
     index_recall_at_10: float
     index_search_width: int
-    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ..., index_recall_at_10: _Optional[float] = ..., index_search_width: _Optional[int] = ...) -> None: ...
+    catalog_version: int
+    backend: str
+    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ..., index_recall_at_10: _Optional[float] = ..., index_search_width: _Optional[int] = ..., catalog_version: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from skulens.v1 import common_pb2 as skulens_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cskulens/v1/recognition.proto\x12\nskulens.v1\x1a\x17skulens/v1/common.proto\"K\n\nImageInput\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12 \n\x07regions\x18\x03 \x03(\x0b\x32\x0f.skulens.v1.Box\"f\n\x10RecognizeRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"\xb3\x01\n\x0bRecognition\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12\"\n\x07matches\x18\x02 \x03(\x0b\x32\x11.skulens.v1.Match\x12$\n\x07verdict\x18\x03 \x01(\x0e\x32\x13.skulens.v1.Verdict\x12\x12\n\nbest_score\x18\x04 \x01(\x02\x12\x1e\n\x16\x63onfusable_product_ids\x18\x05 \x03(\t\"i\n\x0cRegionResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x1c\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0f.skulens.v1.Box\x12,\n\x0brecognition\x18\x03 \x01(\x0b\x32\x17.skulens.v1.Recognition\"\xc0\x01\n\x0bImageResult\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12,\n\x0brecognition\x18\x03 \x01(\x0b\x32\x17.skulens.v1.Recognition\x12)\n\x07regions\x18\x04 \x03(\x0b\x32\x18.skulens.v1.RegionResult\x12$\n\x07timings\x18\x05 \x01(\x0b\x32\x13.skulens.v1.Timings\"p\n\x11RecognizeResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.skulens.v1.ImageResult\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x16\n\x0erandom_weights\x18\x03 \x01(\x08\"l\n\x16RecognizeStreamRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"B\n\x17RecognizeStreamResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.skulens.v1.ImageResult\"P\n\x13SearchByTextRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"H\n\nTextResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12,\n\x0brecognition\x18\x02 \x01(\x0b\x32\x17.skulens.v1.Recognition\"Z\n\x14SearchByTextResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.skulens.v1.TextResult\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"E\n\x0c\x45mbedRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12\r\n\x05texts\x18\x02 \x03(\t\"y\n\tEmbedding\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cregion_index\x18\x02 \x01(\r\x12\x12\n\nhas_region\x18\x03 \x01(\x08\x12&\n\x06status\x18\x04 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12\x0e\n\x06values\x18\x05 \x03(\x02\"\x84\x01\n\rEmbedResponse\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.skulens.v1.Embedding\x12$\n\x05texts\x18\x02 \x03(\x0b\x32\x15.skulens.v1.Embedding\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x19\n\x11model_fingerprint\x18\x04 \x01(\t2\xcf\x02\n\x12RecognitionService\x12H\n\tRecognize\x12\x1c.skulens.v1.RecognizeRequest\x1a\x1d.skulens.v1.RecognizeResponse\x12^\n\x0fRecognizeStream\x12\".skulens.v1.RecognizeStreamRequest\x1a#.skulens.v1.RecognizeStreamResponse(\x01\x30\x01\x12Q\n\x0cSearchByText\x12\x1f.skulens.v1.SearchByTextRequest\x1a .skulens.v1.SearchByTextResponse\x12<\n\x05\x45mbed\x12\x18.skulens.v1.EmbedRequest\x1a\x19.skulens.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cskulens/v1/recognition.proto\x12\nskulens.v1\x1a\x17skulens/v1/common.proto\"K\n\nImageInput\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12 \n\x07regions\x18\x03 \x03(\x0b\x32\x0f.skulens.v1.Box\"f\n\x10RecognizeRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"\xb3\x01\n\x0bRecognition\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12\"\n\x07matches\x18\x02 \x03(\x0b\x32\x11.skulens.v1.Match\x12$\n\x07verdict\x18\x03 \x01(\x0e\x32\x13.skulens.v1.Verdict\x12\x12\n\nbest_score\x18\x04 \x01(\x02\x12\x1e\n\x16\x63onfusable_product_ids\x18\x05 \x03(\t\"i\n\x0cRegionResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x1c\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0f.skulens.v1.Box\x12,\n\x0brecognition\x18\x03 \x01(\x0b\x32\x17.skulens.v1.Recognition\"\xc0\x01\n\x0bImageResult\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12,\n\x0brecognition\x18\x03 \x01(\x0b\x32\x17.skulens.v1.Recognition\x12)\n\x07regions\x18\x04 \x03(\x0b\x32\x18.skulens.v1.RegionResult\x12$\n\x07timings\x18\x05 \x01(\x0b\x32\x13.skulens.v1.Timings\"\x89\x01\n\x11RecognizeResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.skulens.v1.ImageResult\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x16\n\x0erandom_weights\x18\x03 \x01(\x08\x12\x17\n\x0f\x63\x61talog_version\x18\x04 \x01(\x04\"l\n\x16RecognizeStreamRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"[\n\x17RecognizeStreamResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.skulens.v1.ImageResult\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\x04\"P\n\x13SearchByTextRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"H\n\nTextResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12,\n\x0brecognition\x18\x02 \x01(\x0b\x32\x17.skulens.v1.Recognition\"s\n\x14SearchByTextResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.skulens.v1.TextResult\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"E\n\x0c\x45mbedRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12\r\n\x05texts\x18\x02 \x03(\t\"y\n\tEmbedding\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cregion_index\x18\x02 \x01(\r\x12\x12\n\nhas_region\x18\x03 \x01(\x08\x12&\n\x06status\x18\x04 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12\x0e\n\x06values\x18\x05 \x03(\x02\"\x84\x01\n\rEmbedResponse\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.skulens.v1.Embedding\x12$\n\x05texts\x18\x02 \x03(\x0b\x32\x15.skulens.v1.Embedding\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x19\n\x11model_fingerprint\x18\x04 \x01(\t2\xcf\x02\n\x12RecognitionService\x12H\n\tRecognize\x12\x1c.skulens.v1.RecognizeRequest\x1a\x1d.skulens.v1.RecognizeResponse\x12^\n\x0fRecognizeStream\x12\".skulens.v1.RecognizeStreamRequest\x1a#.skulens.v1.RecognizeStreamResponse(\x01\x30\x01\x12Q\n\x0cSearchByText\x12\x1f.skulens.v1.SearchByTextRequest\x1a .skulens.v1.SearchByTextResponse\x12<\n\x05\x45mbed\x12\x18.skulens.v1.EmbedRequest\x1a\x19.skulens.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,24 +42,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGIONRESULT']._serialized_end=537
   _globals['_IMAGERESULT']._serialized_start=540
   _globals['_IMAGERESULT']._serialized_end=732
-  _globals['_RECOGNIZERESPONSE']._serialized_start=734
-  _globals['_RECOGNIZERESPONSE']._serialized_end=846
-  _globals['_RECOGNIZESTREAMREQUEST']._serialized_start=848
-  _globals['_RECOGNIZESTREAMREQUEST']._serialized_end=956
-  _globals['_RECOGNIZESTREAMRESPONSE']._serialized_start=958
-  _globals['_RECOGNIZESTREAMRESPONSE']._serialized_end=1024
-  _globals['_SEARCHBYTEXTREQUEST']._serialized_start=1026
-  _globals['_SEARCHBYTEXTREQUEST']._serialized_end=1106
-  _globals['_TEXTRESULT']._serialized_start=1108
-  _globals['_TEXTRESULT']._serialized_end=1180
-  _globals['_SEARCHBYTEXTRESPONSE']._serialized_start=1182
-  _globals['_SEARCHBYTEXTRESPONSE']._serialized_end=1272
-  _globals['_EMBEDREQUEST']._serialized_start=1274
-  _globals['_EMBEDREQUEST']._serialized_end=1343
-  _globals['_EMBEDDING']._serialized_start=1345
-  _globals['_EMBEDDING']._serialized_end=1466
-  _globals['_EMBEDRESPONSE']._serialized_start=1469
-  _globals['_EMBEDRESPONSE']._serialized_end=1601
-  _globals['_RECOGNITIONSERVICE']._serialized_start=1604
-  _globals['_RECOGNITIONSERVICE']._serialized_end=1939
+  _globals['_RECOGNIZERESPONSE']._serialized_start=735
+  _globals['_RECOGNIZERESPONSE']._serialized_end=872
+  _globals['_RECOGNIZESTREAMREQUEST']._serialized_start=874
+  _globals['_RECOGNIZESTREAMREQUEST']._serialized_end=982
+  _globals['_RECOGNIZESTREAMRESPONSE']._serialized_start=984
+  _globals['_RECOGNIZESTREAMRESPONSE']._serialized_end=1075
+  _globals['_SEARCHBYTEXTREQUEST']._serialized_start=1077
+  _globals['_SEARCHBYTEXTREQUEST']._serialized_end=1157
+  _globals['_TEXTRESULT']._serialized_start=1159
+  _globals['_TEXTRESULT']._serialized_end=1231
+  _globals['_SEARCHBYTEXTRESPONSE']._serialized_start=1233
+  _globals['_SEARCHBYTEXTRESPONSE']._serialized_end=1348
+  _globals['_EMBEDREQUEST']._serialized_start=1350
+  _globals['_EMBEDREQUEST']._serialized_end=1419
+  _globals['_EMBEDDING']._serialized_start=1421
+  _globals['_EMBEDDING']._serialized_end=1542
+  _globals['_EMBEDRESPONSE']._serialized_start=1545
+  _globals['_EMBEDRESPONSE']._serialized_end=1677
+  _globals['_RECOGNITIONSERVICE']._serialized_start=1680
+  _globals['_RECOGNITIONSERVICE']._serialized_end=2015
 # @@protoc_insertion_point(module_scope)

@@ -64,14 +64,16 @@ class ImageResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.ItemStatus, _Mapping]] = ..., recognition: _Optional[_Union[Recognition, _Mapping]] = ..., regions: _Optional[_Iterable[_Union[RegionResult, _Mapping]]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ...) -> None: ...
 
 class RecognizeResponse(_message.Message):
-    __slots__ = ("results", "model_fingerprint", "random_weights")
+    __slots__ = ("results", "model_fingerprint", "random_weights", "catalog_version")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ImageResult]
     model_fingerprint: str
     random_weights: bool
-    def __init__(self, results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ..., random_weights: _Optional[bool] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ..., random_weights: _Optional[bool] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class RecognizeStreamRequest(_message.Message):
     __slots__ = ("images", "options")
@@ -82,10 +84,12 @@ class RecognizeStreamRequest(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[ImageInput, _Mapping]]] = ..., options: _Optional[_Union[_common_pb2.SearchOptions, _Mapping]] = ...) -> None: ...
 
 class RecognizeStreamResponse(_message.Message):
-    __slots__ = ("result",)
+    __slots__ = ("result", "catalog_version")
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     result: ImageResult
-    def __init__(self, result: _Optional[_Union[ImageResult, _Mapping]] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, result: _Optional[_Union[ImageResult, _Mapping]] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class SearchByTextRequest(_message.Message):
     __slots__ = ("texts", "options")
@@ -104,12 +108,14 @@ class TextResult(_message.Message):
     def __init__(self, text: _Optional[str] = ..., recognition: _Optional[_Union[Recognition, _Mapping]] = ...) -> None: ...
 
 class SearchByTextResponse(_message.Message):
-    __slots__ = ("results", "model_fingerprint")
+    __slots__ = ("results", "model_fingerprint", "catalog_version")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[TextResult]
     model_fingerprint: str
-    def __init__(self, results: _Optional[_Iterable[_Union[TextResult, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, results: _Optional[_Iterable[_Union[TextResult, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("images", "texts")

@@ -26,6 +26,7 @@ class SearchParams:
     min_score: float | None
     category: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    min_catalog_version: int = 0
 
 
 def search_params(
@@ -42,7 +43,9 @@ def search_params(
         raise BadRequest(
             f"{prefix}.min_score must be in [-1, 1], got {options.min_score}", field=f"{prefix}.min_score"
         )
-    return SearchParams(top_k, min_score or None, options.category, dict(options.labels))
+    return SearchParams(
+        top_k, min_score or None, options.category, dict(options.labels), int(options.min_catalog_version)
+    )
 
 
 def boxes_of(image: recognition_pb2.ImageInput, index: int, settings: Settings) -> list[Box] | None:

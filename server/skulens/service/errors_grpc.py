@@ -15,7 +15,7 @@ it becomes INTERNAL with a generic text and its traceback goes to the log only.
 | DeadlineExceeded                                          | DEADLINE_EXCEEDED   |
 | Cancelled                                                 | CANCELLED           |
 | Unsupported (e.g. text on an image-only model)            | UNIMPLEMENTED       |
-| NotReady (loading), Draining, CatalogClosed               | UNAVAILABLE         |
+| NotReady (loading), Draining, CatalogClosed, CatalogBehind | UNAVAILABLE        |
 | catalog CatalogCorrupt (store or snapshot damaged)        | DATA_LOSS           |
 | Unauthenticated                                           | UNAUTHENTICATED     |
 | PermissionDenied                                          | PERMISSION_DENIED   |
@@ -64,6 +64,14 @@ class Draining(ServiceError):
     """The server is shutting down and takes no new work."""
 
 
+class CatalogBehind(ServiceError):
+    """This replica's catalog has not reached the version the request asks for (yet); retry (elsewhere)."""
+
+    def __init__(self, message: str, field: str | None = None, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message, field)
+        self.retry_after_s = retry_after_s
+
+
 class Unauthenticated(ServiceError):
     """No, malformed or unknown bearer token."""
 
@@ -92,6 +100,7 @@ STATUS_TABLE: dict[type[SkulensError], grpc.StatusCode] = {
     inf.Unsupported: C.UNIMPLEMENTED,
     NotReady: C.UNAVAILABLE,
     Draining: C.UNAVAILABLE,
+    CatalogBehind: C.UNAVAILABLE,
     cat.CatalogClosed: C.UNAVAILABLE,
     Unauthenticated: C.UNAUTHENTICATED,
     PermissionDenied: C.PERMISSION_DENIED,
@@ -138,7 +147,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoRetu
     if field:
         trailing += ((FIELD_METADATA_KEY, field),)
     retry_after = getattr(exc, "retry_after_s", None)
-    if code is C.RESOURCE_EXHAUSTED and isinstance(retry_after, (int, float)):
+    if code in (C.RESOURCE_EXHAUSTED, C.UNAVAILABLE) and isinstance(retry_after, (int, float)):
         trailing += ((RETRY_PUSHBACK_KEY, str(max(1, round(retry_after * 1000)))),)
     await context.abort(code, message, trailing)
     raise AssertionError("unreachable")  # context.abort raises

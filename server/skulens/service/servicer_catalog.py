@@ -12,9 +12,9 @@ import functools
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import numpy as np
@@ -26,6 +26,7 @@ from skulens.errors import SkulensError, code_name
 from skulens.imaging.errors import ImageTooLarge, InvalidImage, InvalidRegion
 from skulens.imaging.preprocess import Box
 from skulens.service.calllog import call_fields
+from skulens.service.consistency import reach_version
 from skulens.service.convert import product_pb
 from skulens.service.embedding import embed_batch
 from skulens.service.errors_grpc import item_status
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from skulens.inference.protocol import Encoder
 
 pb = catalog_pb2
+_T = TypeVar("_T")
 _REFERENCE_FIELD = re.compile(r"^references\[(\d+)\]")
 
 
@@ -110,6 +112,16 @@ def _status_for(status: common_pb2.ItemStatus, index: int) -> common_pb2.ItemSta
     return out
 
 
+async def _then_version(catalog: CatalogBackend, write: Callable[[], _T]) -> tuple[_T, int]:
+    """Run a catalog write in a worker thread, then read the version it produced (or a later one)."""
+
+    def run() -> tuple[_T, int]:
+        out = write()
+        return out, catalog.version()
+
+    return await asyncio.to_thread(run)
+
+
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     """gRPC servicer over the shared `Runtime`'s catalog (and engine, for enrolment)."""
 
@@ -117,13 +129,20 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self.rt = runtime
         self.settings = runtime.settings
 
+    async def _reach(self, catalog: CatalogBackend, wanted: int, context: grpc.aio.ServicerContext) -> int:
+        """The catalog version once it is at least `wanted` (read-your-writes; see consistency.reach_version)."""
+        return await reach_version(
+            catalog, wanted, deadline_of(context), self.settings.catalog_wait_ms / 1000.0, "min_catalog_version"
+        )
+
     async def UpsertProduct(
         self, request: pb.UpsertProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertProductResponse:
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         call_fields()["product_id"] = request.product_id
-        product, created = await asyncio.to_thread(
+        (product, created), version = await _then_version(
+            catalog,
             functools.partial(
                 catalog.upsert_product,
                 request.product_id,
@@ -131,9 +150,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 request.category,
                 dict(request.labels),
                 create_only=request.create_only,
-            )
+            ),
         )
-        return pb.UpsertProductResponse(product=product_pb(product), created=created)
+        return pb.UpsertProductResponse(product=product_pb(product), created=created, catalog_version=version)
 
     async def AddReferenceImages(
         self, request_iterator: AsyncIterator[pb.AddReferenceImagesRequest], context: grpc.aio.ServicerContext
@@ -178,6 +197,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             self.rt.metrics.observe_items("AddReferenceImages", index)
             for r in resp.results:
                 self.rt.metrics.count_images("AddReferenceImages", code_name(r.status.code))
+        resp.catalog_version = await asyncio.to_thread(catalog.version)  # after every commit of this call
         return resp
 
     async def _enroll(
@@ -364,8 +384,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         call_fields()["product_id"] = request.product_id
-        n = await asyncio.to_thread(catalog.delete_product, request.product_id)
-        return pb.DeleteProductResponse(deleted_references=n)
+        n, version = await _then_version(catalog, functools.partial(catalog.delete_product, request.product_id))
+        return pb.DeleteProductResponse(deleted_references=n, catalog_version=version)
 
     async def DeleteReferenceImage(
         self, request: pb.DeleteReferenceImageRequest, context: grpc.aio.ServicerContext
@@ -373,16 +393,20 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         call_fields()["reference_id"] = request.reference_id
-        await asyncio.to_thread(catalog.delete_reference, request.reference_id)
-        return pb.DeleteReferenceImageResponse()
+        _, version = await _then_version(
+            catalog, functools.partial(catalog.delete_reference, request.reference_id)
+        )
+        return pb.DeleteReferenceImageResponse(catalog_version=version)
 
     async def GetProduct(
         self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetProductResponse:
         """See catalog.proto."""
         _, catalog = self.rt.ready()
+        version = await self._reach(catalog, request.min_catalog_version, context)
         detail = await asyncio.to_thread(catalog.get_product, request.product_id)
         return pb.GetProductResponse(
+            catalog_version=version,
             product=product_pb(detail.product),
             references=[
                 pb.ReferenceImage(
@@ -400,10 +424,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> pb.ListProductsResponse:
         """See catalog.proto."""
         _, catalog = self.rt.ready()
+        version = await self._reach(catalog, request.min_catalog_version, context)
         products, token = await asyncio.to_thread(
             catalog.list_products, request.page_size, request.page_token, request.category
         )
-        return pb.ListProductsResponse(products=[product_pb(p) for p in products], next_page_token=token)
+        return pb.ListProductsResponse(
+            products=[product_pb(p) for p in products], next_page_token=token, catalog_version=version
+        )
 
     async def GetCatalogStats(
         self, request: pb.GetCatalogStatsRequest, context: grpc.aio.ServicerContext
@@ -425,4 +452,6 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             rebuild_in_progress=st.rebuild_in_progress,
             index_recall_at_10=st.recall_at_10,
             index_search_width=st.index_search_width,
+            catalog_version=st.version,
+            backend=st.backend,
         )

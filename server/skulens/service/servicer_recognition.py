@@ -18,6 +18,7 @@ import numpy as np
 from skulens.errors import code_name
 from skulens.imaging.preprocess import Box
 from skulens.service.calllog import call_fields
+from skulens.service.consistency import reach_version
 from skulens.service.convert import (
     SearchParams,
     boxes_of,
@@ -34,6 +35,7 @@ from skulens.v1 import common_pb2, recognition_pb2, recognition_pb2_grpc
 
 if TYPE_CHECKING:
     from skulens.catalog.backend import CatalogBackend
+    from skulens.catalog.models import SearchResult
     from skulens.inference.protocol import Encoder
 
 pb = recognition_pb2
@@ -45,21 +47,27 @@ def _ms(t0: float, t1: float) -> float:
 
 async def _search(
     catalog: CatalogBackend, queries: np.ndarray, params: SearchParams, unknown_threshold: float | None = None
-) -> list[pb.Recognition]:
-    """Search float32 [N, D] query rows (stacked once, by the caller or the encoder) in a worker thread."""
-    if not len(queries):
-        return []
-    results = await asyncio.to_thread(
-        catalog.search,
-        queries,
-        top_k=params.top_k,
-        min_score=params.min_score,
-        category=params.category,
-        labels=params.labels,
-        unknown_threshold=unknown_threshold,
-        trusted=True,  # rows straight from the encoder, bound to this catalog's model at the door
-    )
-    return [recognition_pb(r) for r in results]
+) -> tuple[list[pb.Recognition], int]:
+    """Search float32 [N, D] query rows (stacked once, by the caller or the encoder) in a worker thread; also
+    the catalog version read just before the search (the answer reflects at least that version)."""
+
+    def run() -> tuple[list[SearchResult], int]:
+        version = catalog.version()
+        if not len(queries):
+            return [], version
+        results = catalog.search(
+            queries,
+            top_k=params.top_k,
+            min_score=params.min_score,
+            category=params.category,
+            labels=params.labels,
+            unknown_threshold=unknown_threshold,
+            trusted=True,  # rows straight from the encoder, bound to this catalog's model at the door
+        )
+        return results, version
+
+    results, version = await asyncio.to_thread(run)
+    return [recognition_pb(r) for r in results], version
 
 
 class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
@@ -91,7 +99,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         boxes: Sequence[list[Box] | None],
         caller: object | None = None,
         pixels: Sequence[int] | None = None,
-    ) -> list[pb.ImageResult]:
+    ) -> tuple[list[pb.ImageResult], int]:
+        """Embed and search `images`; (one result per image, the catalog version the searches reflected)."""
         t0 = time.perf_counter()
         embedded = await embed_batch(
             engine, [im.content for im in images], boxes, deadline, self.max_image_bytes, caller=caller,
@@ -100,7 +109,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         t1 = time.perf_counter()
         good = [o for e in embedded for o in e.outputs if isinstance(o, np.ndarray)]
         queries = np.stack(good) if good else np.zeros((0, engine.dim), dtype=np.float32)
-        found = iter(await _search(catalog, queries, params))
+        found_list, version = await _search(catalog, queries, params)
+        found = iter(found_list)
         t2 = time.perf_counter()
         timings = common_pb2.Timings(embed_ms=_ms(t0, t1), search_ms=_ms(t1, t2), total_ms=_ms(t_start, t2))
         results = []
@@ -117,7 +127,15 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                     for i, rec in enumerate(recs)
                 )
             results.append(res)
-        return results
+        return results, version
+
+    async def _reach(self, catalog: CatalogBackend, params: SearchParams, deadline: float | None) -> None:
+        """Wait for the request's min_catalog_version (read-your-writes), before any work is admitted."""
+        if params.min_catalog_version:
+            await reach_version(
+                catalog, params.min_catalog_version, deadline, self.settings.catalog_wait_ms / 1000.0,
+                "options.min_catalog_version",
+            )
 
     # ------------------------------------------------------------------ RPCs
     async def Recognize(
@@ -133,11 +151,12 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         if self.rt.metrics is not None:
             self.rt.metrics.observe_items("Recognize", len(request.images))
         deadline = deadline_of(context)
+        await self._reach(catalog, params, deadline)
         ticket, pixels = admit_images(
             self.rt, engine, [im.content for im in request.images], boxes, deadline, self.max_image_bytes
         )
         with ticket:
-            results = await self._recognize(
+            results, version = await self._recognize(
                 engine, catalog, request.images, params, deadline, t_start, boxes, pixels=pixels
             )
         self._count("Recognize", results)
@@ -145,6 +164,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             results=results,
             model_fingerprint=engine.fingerprint,
             random_weights=bool(engine.random_weights),
+            catalog_version=version,
         )
 
     async def RecognizeStream(
@@ -161,7 +181,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         stream_ticket = admission.open_call()
         stream_key = object()
         window = asyncio.Semaphore(self.settings.stream_window)
-        out: asyncio.Queue[pb.ImageResult | BaseException | None] = asyncio.Queue()
+        out: asyncio.Queue[pb.RecognizeStreamResponse | BaseException | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         fields = call_fields()
         fields["images"] = 0
@@ -169,24 +189,25 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         async def one(
             image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float
         ) -> None:
+            version = 0
             try:
                 self.rt.searchable()  # an image read after draining began is refused on its own
+                await self._reach(catalog, params, deadline)
                 ticket, pixels = admit_images(
                     self.rt, engine, [image.content], [boxes], deadline, self.max_image_bytes, new_call=False,
                     field="image",
                 )
                 with ticket:
-                    res = (
-                        await self._recognize(
-                            engine, catalog, [image], params, deadline, t_in, [boxes], stream_key, pixels
-                        )
-                    )[0]
-            except Exception as exc:  # per-image failure (overload, draining, ...): its own status
+                    results, version = await self._recognize(
+                        engine, catalog, [image], params, deadline, t_in, [boxes], stream_key, pixels
+                    )
+                res = results[0]
+            except Exception as exc:  # per-image failure (overload, draining, catalog behind...): its own status
                 res = pb.ImageResult(id=image.id, status=item_status(exc))
             finally:
                 window.release()
             self._count("RecognizeStream", [res])
-            await out.put(res)
+            await out.put(pb.RecognizeStreamResponse(result=res, catalog_version=version))
 
         async def reader() -> None:
             params = search_params(common_pb2.SearchOptions(), self.settings)
@@ -221,7 +242,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                     break
                 if isinstance(item, BaseException):
                     raise item
-                yield pb.RecognizeStreamResponse(result=item)
+                yield item
         finally:
             for t in [read_task, *tasks]:
                 t.cancel()
@@ -238,15 +259,17 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         params = search_params(request.options, self.settings)
         call_fields()["texts"] = len(request.texts)
         deadline = deadline_of(context)
+        await self._reach(catalog, params, deadline)
         with self.rt.admission.admit(engine.costs, items=len(request.texts), deadline=deadline, field="texts"):
             vectors = await engine.embed_texts(list(request.texts), deadline=deadline)
         if self.rt.metrics is not None:
             self.rt.metrics.observe_items("SearchByText", len(request.texts))
             self.rt.metrics.texts.labels("SearchByText").inc(len(request.texts))
-        recs = await _search(catalog, vectors, params, self.settings.text_unknown_threshold)
+        recs, version = await _search(catalog, vectors, params, self.settings.text_unknown_threshold)
         return pb.SearchByTextResponse(
             results=[pb.TextResult(text=t, recognition=r) for t, r in zip(request.texts, recs, strict=True)],
             model_fingerprint=engine.fingerprint,
+            catalog_version=version,
         )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:

@@ -137,6 +137,12 @@ class Settings:
     max_texts_per_request: int = _opt(64, "texts per SearchByText/Embed request", int, group="limits")
     max_text_chars: int = _opt(1000, "characters per text query", int, group="limits")
     max_image_mb: float = _opt(20.0, "encoded bytes per image in MiB", float, group="limits")
+    catalog_wait_ms: float = _opt(
+        5000.0,
+        "longest wait for a request's min_catalog_version (read-your-writes across replicas), within its deadline",
+        float,
+        group="limits",
+    )
     default_top_k: int = _opt(5, "top_k when a request leaves it 0", int, group="limits")
     max_top_k: int = _opt(100, "largest top_k a request may ask for", int, group="limits")
     stream_window: int = _opt(
@@ -297,6 +303,8 @@ class Settings:
 
         if not 0 <= self.port <= 65535:
             raise bad("port", "in 0..65535")
+        if not 0.0 <= self.catalog_wait_ms <= 600_000.0:
+            raise bad("catalog_wait_ms", "in 0..600000")
         if self.catalog:
             if self.data_dir is not None:
                 raise SettingsError("give either --catalog / SKULENS_CATALOG or --data / SKULENS_DATA_DIR, not both")
