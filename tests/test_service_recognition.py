@@ -100,6 +100,8 @@ def test_mixed_batch_bad_images_fail_alone(client: SkulensClient) -> None:
     bad = resp.results[1]
     assert bad.status.field == "images[1]" and bad.status.message.startswith("images[1]")
     assert not bad.recognition.matches and bad.recognition.status.code == INVALID
+    assert bad.recognition.best_score == -1.0  # nothing was compared: -1, as the contract says (not 0)
+    assert all(-1.0 <= m.score <= 1.0 for r in resp.results for m in r.recognition.matches)
     assert "16" in resp.results[3].status.message  # names the minimum side
     assert "1048576" in resp.results[5].status.message  # names the byte limit
 
@@ -224,6 +226,9 @@ def test_embed_images_and_texts(client: SkulensClient) -> None:
             "texts[0] has 51 characters; the limit is 50",
         ),
         (lambda c: c.search_text([" "]), C.INVALID_ARGUMENT, "texts[0] is empty"),
+        (lambda c: c.recognize([]), C.INVALID_ARGUMENT, "images is empty: send 1 to 8 images"),
+        (lambda c: c.search_text([]), C.INVALID_ARGUMENT, "texts is empty: send 1 to 4 texts"),
+        (lambda c: c.embed([]), C.INVALID_ARGUMENT, "images and texts are both empty"),
         (lambda c: c.recognize([image_input(bytes(3 * 1024 * 1024))]), C.RESOURCE_EXHAUSTED, ""),
     ],
 )

@@ -61,9 +61,13 @@ def boxes_of(image: recognition_pb2.ImageInput, index: int, settings: Settings) 
     return [Box(r.x, r.y, r.width, r.height) for r in image.regions]
 
 
-def check_images(images: object, settings: Settings, field: str = "images") -> None:
-    """TooMany when a request carries more images than allowed."""
+def check_images(images: object, settings: Settings, field: str = "images", *, required: bool = False) -> None:
+    """TooMany when a request carries more images than allowed; BadRequest when `required` and there are none."""
     n = len(images)  # type: ignore[arg-type]
+    if required and n == 0:
+        raise BadRequest(
+            f"{field} is empty: send 1 to {settings.max_images_per_request} images per request", field=field
+        )
     if n > settings.max_images_per_request:
         raise TooMany(
             f"{field} holds {n} images; the limit is {settings.max_images_per_request} per request "
@@ -72,9 +76,13 @@ def check_images(images: object, settings: Settings, field: str = "images") -> N
         )
 
 
-def check_texts(texts: object, settings: Settings, field: str = "texts") -> None:
-    """TooMany / BadRequest for too many or too long texts."""
+def check_texts(texts: object, settings: Settings, field: str = "texts", *, required: bool = False) -> None:
+    """TooMany / BadRequest for too many or too long texts (or none, when `required`)."""
     seq = list(texts)  # type: ignore[call-overload]
+    if required and not seq:
+        raise BadRequest(
+            f"{field} is empty: send 1 to {settings.max_texts_per_request} texts per request", field=field
+        )
     if len(seq) > settings.max_texts_per_request:
         raise TooMany(
             f"{field} holds {len(seq)} texts; the limit is {settings.max_texts_per_request} per request",
@@ -98,20 +106,25 @@ def recognition_pb(result: SearchResult) -> recognition_pb2.Recognition:
             common_pb2.Match(
                 product_id=m.product_id,
                 display_name=m.display_name,
-                score=float(m.score),
+                score=_clamped(m.score),
                 reference_id=int(m.reference_id),
             )
             for m in result.matches
         ],
         verdict=_VERDICTS.get(result.verdict, common_pb2.VERDICT_UNSPECIFIED),
-        best_score=float(result.best_score),
+        best_score=_clamped(result.best_score),
         confusable_product_ids=list(result.confusable),
     )
 
 
 def failed_recognition(exc: BaseException) -> recognition_pb2.Recognition:
-    """A Recognition carrying only the error status of `exc`."""
-    return recognition_pb2.Recognition(status=item_status(exc))
+    """A Recognition carrying only the error status of `exc` (best_score -1: nothing was compared)."""
+    return recognition_pb2.Recognition(status=item_status(exc), best_score=-1.0)
+
+
+def _clamped(score: float) -> float:
+    """A cosine similarity inside [-1, 1] (float32 rounding can land a hair outside)."""
+    return min(1.0, max(-1.0, float(score)))
 
 
 def product_pb(p: Product) -> common_pb2.Product:

@@ -29,7 +29,7 @@ from skulens.service.convert import (
     search_params,
 )
 from skulens.service.embedding import admit_images, embed_batch
-from skulens.service.errors_grpc import item_status
+from skulens.service.errors_grpc import BadRequest, item_status
 from skulens.service.state import Runtime, deadline_of
 from skulens.v1 import common_pb2, recognition_pb2, recognition_pb2_grpc
 
@@ -144,7 +144,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         """See recognition.proto."""
         t_start = time.perf_counter()
         engine, catalog = self.rt.searchable()
-        check_images(request.images, self.settings)
+        check_images(request.images, self.settings, required=True)
         params = search_params(request.options, self.settings)
         boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(request.images)]
         call_fields()["images"] = len(request.images)
@@ -255,7 +255,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     ) -> pb.SearchByTextResponse:
         """See recognition.proto."""
         engine, catalog = self.rt.searchable()
-        check_texts(request.texts, self.settings)
+        check_texts(request.texts, self.settings, required=True)
         params = search_params(request.options, self.settings)
         call_fields()["texts"] = len(request.texts)
         deadline = deadline_of(context)
@@ -275,6 +275,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         """See recognition.proto."""
         engine, _ = self.rt.ready()
+        if not request.images and not request.texts:
+            raise BadRequest("images and texts are both empty: send at least one image or text", field="images")
         check_images(request.images, self.settings)
         if request.texts:
             check_texts(request.texts, self.settings)
