@@ -98,6 +98,7 @@ def test_services_are_importable() -> None:
         "RecognizeStream",
         "SearchByText",
         "Embed",
+        "GetServerInfo",
     }
     assert set(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].methods_by_name) == {
         "UpsertProduct",

@@ -263,3 +263,23 @@ def test_deadline_exceeded_while_queued(client: SkulensClient, engine: GatedEngi
         assert err.code() is C.DEADLINE_EXCEEDED
     finally:
         engine.open()
+
+
+def test_server_info_says_what_the_server_is_and_accepts(client: SkulensClient, server: RunningServer) -> None:
+    """GetServerInfo: model (name, fingerprint, dim, modalities, random weights), the limits in force (the same
+    ones requests are refused by), thresholds, catalog backend and version, server version."""
+    info = client.server_info()
+    s = server.settings
+    assert info.model.fingerprint == server.app.runtime.engine.fingerprint  # type: ignore[union-attr]
+    assert (info.model.name, info.model.dim) == ("ViT-B-32", 512)
+    assert list(info.model.modalities) == ["image", "text"] and info.model.random_weights
+    lim = info.limits
+    assert (lim.max_images_per_request, lim.max_texts_per_request, lim.max_text_chars, lim.max_top_k) == (8, 4, 50, 20)
+    assert lim.max_image_bytes == int(s.max_image_mb * 1024 * 1024) and lim.default_top_k == s.default_top_k
+    assert (lim.max_image_pixels, lim.min_image_side) == (40_000_000, 16)
+    assert info.thresholds.unknown_threshold == pytest.approx(s.unknown_threshold)
+    assert info.thresholds.text_unknown_threshold == pytest.approx(s.text_unknown_threshold)
+    assert info.catalog_backend == "sqlite+faiss" and info.catalog_version == client.stats().catalog_version
+    assert info.server_version  # the installed distribution's version
+    too_many = [image_input(pattern_image(0))] * (lim.max_images_per_request + 1)
+    assert rpc_error(client.recognize, too_many).code() is C.RESOURCE_EXHAUSTED  # the limit it announced

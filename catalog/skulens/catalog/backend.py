@@ -46,6 +46,11 @@ class CatalogBackend(Protocol):
         ...
 
     @property
+    def backend(self) -> str:
+        """Which backend this is, as reported to clients: "sqlite+faiss", "postgresql+pgvector"."""
+        ...
+
+    @property
     def settings(self) -> CatalogSettings:
         """Limits and matching defaults (image size, references per call, thresholds)."""
         ...

@@ -317,6 +317,11 @@ class Catalog:
         token = v.encode_page_token(rows[-1][0].product_id, cat) if more and rows else ""
         return [r.to_product(n) for r, n in rows], token
 
+    @property
+    def backend(self) -> str:
+        """"sqlite+faiss": the embedded backend."""
+        return "sqlite+faiss"
+
     def version(self) -> int:
         """The catalog version searches reflect now: the store generation of the in-memory view (bumped by every
         committed write of this process; another process's writes count once `refresh` has loaded them)."""
@@ -332,7 +337,7 @@ class Catalog:
         with view.rw.read():
             idx = view.index
             return EmbeddedStats(
-                backend="sqlite+faiss", products=products, references=references,
+                backend=self.backend, products=products, references=references,
                 references_with_image=with_image, dim=view.dim, fingerprint=view.fingerprint,
                 version=view.generation, index_kind=idx.kind if idx else "none",
                 index_device=idx.device if idx else "cpu", index_size=idx.ntotal if idx else 0,

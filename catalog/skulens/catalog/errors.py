@@ -58,6 +58,11 @@ class CatalogClosed(CatalogError):
         super().__init__(message, field)
 
 
+class CatalogUnavailable(CatalogError):
+    """The shared catalog cannot be reached (server down, connection lost, no free connection, lock not granted in
+    time); retry. Nothing was written, except where the message says that the outcome of a write is unknown."""
+
+
 class CatalogCorrupt(CatalogError):
     """A catalog file is damaged, or lost next to evidence that the catalog held data; nothing was changed.
 

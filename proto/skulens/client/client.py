@@ -263,6 +263,10 @@ class SkulensClient:
         """Catalog statistics."""
         return self.catalog.GetCatalogStats(catalog_pb2.GetCatalogStatsRequest(), **self._kw(timeout))
 
+    def server_info(self, timeout: float | None = None) -> recognition_pb2.GetServerInfoResponse:
+        """The server's model, limits, thresholds and catalog (size batches by `limits`)."""
+        return self.recognition.GetServerInfo(recognition_pb2.GetServerInfoRequest(), **self._kw(timeout))
+
     # -- health
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:
         """The grpc.health.v1 status name of `service` ("" = the whole server)."""

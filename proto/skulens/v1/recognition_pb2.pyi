@@ -150,3 +150,71 @@ class EmbedResponse(_message.Message):
     dim: int
     model_fingerprint: str
     def __init__(self, images: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., texts: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "fingerprint", "dim", "modalities", "random_weights")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    fingerprint: str
+    dim: int
+    modalities: _containers.RepeatedScalarFieldContainer[str]
+    random_weights: bool
+    def __init__(self, name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., dim: _Optional[int] = ..., modalities: _Optional[_Iterable[str]] = ..., random_weights: _Optional[bool] = ...) -> None: ...
+
+class ServerLimits(_message.Message):
+    __slots__ = ("max_images_per_request", "max_regions_per_image", "max_texts_per_request", "max_text_chars", "max_image_bytes", "max_message_bytes", "max_top_k", "default_top_k", "max_image_pixels", "min_image_side")
+    MAX_IMAGES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_REGIONS_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TEXTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MIN_IMAGE_SIDE_FIELD_NUMBER: _ClassVar[int]
+    max_images_per_request: int
+    max_regions_per_image: int
+    max_texts_per_request: int
+    max_text_chars: int
+    max_image_bytes: int
+    max_message_bytes: int
+    max_top_k: int
+    default_top_k: int
+    max_image_pixels: int
+    min_image_side: int
+    def __init__(self, max_images_per_request: _Optional[int] = ..., max_regions_per_image: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_top_k: _Optional[int] = ..., default_top_k: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., min_image_side: _Optional[int] = ...) -> None: ...
+
+class MatchThresholds(_message.Message):
+    __slots__ = ("unknown_threshold", "text_unknown_threshold", "ambiguity_margin")
+    UNKNOWN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TEXT_UNKNOWN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    AMBIGUITY_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    unknown_threshold: float
+    text_unknown_threshold: float
+    ambiguity_margin: float
+    def __init__(self, unknown_threshold: _Optional[float] = ..., text_unknown_threshold: _Optional[float] = ..., ambiguity_margin: _Optional[float] = ...) -> None: ...
+
+class GetServerInfoResponse(_message.Message):
+    __slots__ = ("model", "limits", "thresholds", "catalog_backend", "catalog_version", "server_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    limits: ServerLimits
+    thresholds: MatchThresholds
+    catalog_backend: str
+    catalog_version: int
+    server_version: str
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., thresholds: _Optional[_Union[MatchThresholds, _Mapping]] = ..., catalog_backend: _Optional[str] = ..., catalog_version: _Optional[int] = ..., server_version: _Optional[str] = ...) -> None: ...

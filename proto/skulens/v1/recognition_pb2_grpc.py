@@ -56,6 +56,11 @@ class RecognitionServiceStub:
                 request_serializer=skulens_dot_v1_dot_recognition__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=skulens_dot_v1_dot_recognition__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/skulens.v1.RecognitionService/GetServerInfo',
+                request_serializer=skulens_dot_v1_dot_recognition__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=skulens_dot_v1_dot_recognition__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class RecognitionServiceServicer:
@@ -93,6 +98,15 @@ class RecognitionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """What this server is and accepts: its model (and whether text search exists), its limits, the thresholds in
+        force and its catalog. Needs the `recognize` or the `catalog:write` scope. Cheap: call it at start-up and
+        size batches by it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecognitionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +129,11 @@ def add_RecognitionServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=skulens_dot_v1_dot_recognition__pb2.EmbedRequest.FromString,
                     response_serializer=skulens_dot_v1_dot_recognition__pb2.EmbedResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=skulens_dot_v1_dot_recognition__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=skulens_dot_v1_dot_recognition__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +246,33 @@ class RecognitionService:
             '/skulens.v1.RecognitionService/Embed',
             skulens_dot_v1_dot_recognition__pb2.EmbedRequest.SerializeToString,
             skulens_dot_v1_dot_recognition__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skulens.v1.RecognitionService/GetServerInfo',
+            skulens_dot_v1_dot_recognition__pb2.GetServerInfoRequest.SerializeToString,
+            skulens_dot_v1_dot_recognition__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -142,6 +142,11 @@ class Engine:
         return self.encoder.manifest
 
     @property
+    def model_name(self) -> str:
+        """The model's name from its manifest."""
+        return self.manifest.model_name
+
+    @property
     def dim(self) -> int:
         """Embedding dimension."""
         return self.encoder.dim

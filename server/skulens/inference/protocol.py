@@ -28,6 +28,11 @@ class Encoder(Protocol):
         ...
 
     @property
+    def model_name(self) -> str:
+        """The model's name from its manifest (e.g. "ViT-B-32")."""
+        ...
+
+    @property
     def dim(self) -> int:
         """Values per embedding."""
         ...

@@ -2,7 +2,7 @@
 
 Clients send `authorization: Bearer <token>` metadata. Scopes:
 
-- `recognize`: Recognize, RecognizeStream, SearchByText, Embed.
+- `recognize`: Recognize, RecognizeStream, SearchByText, Embed (and GetServerInfo, which `catalog:write` may call too).
 - `catalog:write`: UpsertProduct, AddReferenceImages, DeleteProduct, DeleteReferenceImage.
 - catalog reads (GetProduct, ListProducts, GetCatalogStats) accept either scope: a recognizer may need names,
   and a writer must see what it wrote (enrolment resumes by reading the product's references).
@@ -34,6 +34,7 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     _REC + "RecognizeStream": _R,
     _REC + "SearchByText": _R,
     _REC + "Embed": _R,
+    _REC + "GetServerInfo": _RW,
     _CAT + "UpsertProduct": _W,
     _CAT + "AddReferenceImages": _W,
     _CAT + "DeleteProduct": _W,

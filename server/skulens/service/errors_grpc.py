@@ -15,7 +15,7 @@ it becomes INTERNAL with a generic text and its traceback goes to the log only.
 | DeadlineExceeded                                          | DEADLINE_EXCEEDED   |
 | Cancelled                                                 | CANCELLED           |
 | Unsupported (e.g. text on an image-only model)            | UNIMPLEMENTED       |
-| NotReady (loading), Draining, CatalogClosed, CatalogBehind | UNAVAILABLE        |
+| NotReady, Draining, CatalogClosed, CatalogBehind, CatalogUnavailable | UNAVAILABLE |
 | catalog CatalogCorrupt (store or snapshot damaged)        | DATA_LOSS           |
 | Unauthenticated                                           | UNAUTHENTICATED     |
 | PermissionDenied                                          | PERMISSION_DENIED   |
@@ -102,6 +102,7 @@ STATUS_TABLE: dict[type[SkulensError], grpc.StatusCode] = {
     Draining: C.UNAVAILABLE,
     CatalogBehind: C.UNAVAILABLE,
     cat.CatalogClosed: C.UNAVAILABLE,
+    cat.CatalogUnavailable: C.UNAVAILABLE,
     Unauthenticated: C.UNAUTHENTICATED,
     PermissionDenied: C.PERMISSION_DENIED,
 }

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Sequence
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 import grpc
@@ -39,6 +41,15 @@ if TYPE_CHECKING:
     from skulens.inference.protocol import Encoder
 
 pb = recognition_pb2
+
+
+@functools.cache
+def server_version() -> str:
+    """The installed skulens distribution's version ("unknown" when run from a bare source tree)."""
+    try:
+        return metadata.version("skulens")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _ms(t0: float, t1: float) -> float:
@@ -270,6 +281,43 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             results=[pb.TextResult(text=t, recognition=r) for t, r in zip(request.texts, recs, strict=True)],
             model_fingerprint=engine.fingerprint,
             catalog_version=version,
+        )
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        """See recognition.proto."""
+        engine, catalog = self.rt.ready()
+        s = self.settings
+        decode = s.engine_options().decode
+        return pb.GetServerInfoResponse(
+            model=pb.ModelInfo(
+                name=engine.model_name,
+                fingerprint=engine.fingerprint,
+                dim=engine.dim,
+                modalities=["image", "text"] if engine.has_text else ["image"],
+                random_weights=bool(engine.random_weights),
+            ),
+            limits=pb.ServerLimits(
+                max_images_per_request=s.max_images_per_request,
+                max_regions_per_image=s.max_regions_per_image,
+                max_texts_per_request=s.max_texts_per_request,
+                max_text_chars=s.max_text_chars,
+                max_image_bytes=self.max_image_bytes,
+                max_message_bytes=s.max_message_bytes,
+                max_top_k=s.max_top_k,
+                default_top_k=s.default_top_k,
+                max_image_pixels=decode.max_pixels,
+                min_image_side=decode.min_side,
+            ),
+            thresholds=pb.MatchThresholds(
+                unknown_threshold=catalog.settings.unknown_threshold,
+                text_unknown_threshold=s.text_unknown_threshold,
+                ambiguity_margin=catalog.settings.ambiguity_margin,
+            ),
+            catalog_backend=catalog.backend,
+            catalog_version=await asyncio.to_thread(catalog.version),
+            server_version=server_version(),
         )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
