@@ -162,11 +162,41 @@ def test_stream(client: SkulensClient) -> None:
     assert results["d"].status.code == INVALID
 
 
-def test_stream_limits_end_the_stream(client: SkulensClient) -> None:
-    too_many = recognition_pb2.RecognizeStreamRequest(images=[image_input(b"x")] * 9)
-    with pytest.raises(grpc.RpcError) as info:
-        list(client.recognize_stream([too_many]))
-    assert info.value.code() is C.RESOURCE_EXHAUSTED
+def test_a_refused_stream_message_is_answered_in_the_stream(client: SkulensClient) -> None:
+    """Too many images, bad options, too many regions: each refused message is answered in the stream, once per
+    image (once if it has none), with its error; the images already accepted and later messages are answered;
+    a refused message's options are not carried; every answer names its message and image position."""
+    msgs = [
+        recognition_pb2.RecognizeStreamRequest(
+            images=[image_input(pattern_image(0), id="ok-0")], options=search_options(top_k=2)
+        ),
+        recognition_pb2.RecognizeStreamRequest(images=[image_input(b"x", id=f"many-{k}") for k in range(9)]),
+        recognition_pb2.RecognizeStreamRequest(
+            images=[image_input(pattern_image(1), id="bad-opt")], options=search_options(top_k=999)
+        ),
+        recognition_pb2.RecognizeStreamRequest(options=search_options(min_score=5.0)),  # no images
+        recognition_pb2.RecognizeStreamRequest(
+            images=[image_input(pattern_image(1), id="regions", regions=[(0, 0, 20, 20)] * 4)]
+        ),
+        recognition_pb2.RecognizeStreamRequest(
+            images=[image_input(pattern_image(2), id="ok-5a"), image_input(pattern_image(3), id="ok-5b")]
+        ),
+    ]
+    got = list(client.recognize_stream_responses(msgs, timeout=60))
+    by_pos = {(r.message_index, r.image_index): r for r in got}
+    assert len(got) == len(by_pos) == 1 + 9 + 1 + 1 + 1 + 2
+    assert by_pos[(0, 0)].result.id == "ok-0" and by_pos[(0, 0)].result.status.code == 0
+    assert {by_pos[(1, k)].result.id for k in range(9)} == {f"many-{k}" for k in range(9)}
+    assert {by_pos[(1, k)].result.status.code for k in range(9)} == {C.RESOURCE_EXHAUSTED.value[0]}
+    bad = by_pos[(2, 0)].result
+    assert (bad.id, bad.status.code, bad.status.field) == ("bad-opt", INVALID, "options.top_k")
+    empty = by_pos[(3, 0)].result
+    assert (empty.id, empty.status.code, empty.status.field) == ("", INVALID, "options.min_score")
+    assert by_pos[(4, 0)].result.status.code == C.RESOURCE_EXHAUSTED.value[0]
+    for k, pid in ((0, "p2"), (1, "p3")):
+        res = by_pos[(5, k)].result
+        assert res.status.code == 0 and res.recognition.matches[0].product_id == pid
+        assert len(res.recognition.matches) == 2  # message 0's options still carried: the refused ones were not
 
 
 def test_search_by_text(client: SkulensClient) -> None:

@@ -162,9 +162,15 @@ class SkulensClient:
     def recognize_stream(
         self, requests: Iterable[recognition_pb2.RecognizeStreamRequest], timeout: float | None = None
     ) -> Iterator[recognition_pb2.ImageResult]:
-        """RecognizeStream: yields ImageResults as they come."""
-        for resp in self.recognition.RecognizeStream(iter(requests), **self._kw(timeout)):
+        """RecognizeStream: yields ImageResults as they come (`recognize_stream_responses` for their positions)."""
+        for resp in self.recognize_stream_responses(requests, timeout):
             yield resp.result
+
+    def recognize_stream_responses(
+        self, requests: Iterable[recognition_pb2.RecognizeStreamRequest], timeout: float | None = None
+    ) -> Iterator[recognition_pb2.RecognizeStreamResponse]:
+        """RecognizeStream: yields whole responses (result, catalog version, message and image position)."""
+        yield from self.recognition.RecognizeStream(iter(requests), **self._kw(timeout))
 
     def search_text(
         self,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from skulens.v1 import common_pb2 as skulens_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cskulens/v1/recognition.proto\x12\nskulens.v1\x1a\x17skulens/v1/common.proto\"K\n\nImageInput\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12 \n\x07regions\x18\x03 \x03(\x0b\x32\x0f.skulens.v1.Box\"f\n\x10RecognizeRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"\xb3\x01\n\x0bRecognition\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12\"\n\x07matches\x18\x02 \x03(\x0b\x32\x11.skulens.v1.Match\x12$\n\x07verdict\x18\x03 \x01(\x0e\x32\x13.skulens.v1.Verdict\x12\x12\n\nbest_score\x18\x04 \x01(\x02\x12\x1e\n\x16\x63onfusable_product_ids\x18\x05 \x03(\t\"i\n\x0cRegionResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x1c\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0f.skulens.v1.Box\x12,\n\x0brecognition\x18\x03 \x01(\x0b\x32\x17.skulens.v1.Recognition\"\xc0\x01\n\x0bImageResult\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12,\n\x0brecognition\x18\x03 \x01(\x0b\x32\x17.skulens.v1.Recognition\x12)\n\x07regions\x18\x04 \x03(\x0b\x32\x18.skulens.v1.RegionResult\x12$\n\x07timings\x18\x05 \x01(\x0b\x32\x13.skulens.v1.Timings\"\x89\x01\n\x11RecognizeResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.skulens.v1.ImageResult\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x16\n\x0erandom_weights\x18\x03 \x01(\x08\x12\x17\n\x0f\x63\x61talog_version\x18\x04 \x01(\x04\"l\n\x16RecognizeStreamRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"[\n\x17RecognizeStreamResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.skulens.v1.ImageResult\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\x04\"P\n\x13SearchByTextRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"H\n\nTextResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12,\n\x0brecognition\x18\x02 \x01(\x0b\x32\x17.skulens.v1.Recognition\"s\n\x14SearchByTextResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.skulens.v1.TextResult\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"E\n\x0c\x45mbedRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12\r\n\x05texts\x18\x02 \x03(\t\"y\n\tEmbedding\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cregion_index\x18\x02 \x01(\r\x12\x12\n\nhas_region\x18\x03 \x01(\x08\x12&\n\x06status\x18\x04 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12\x0e\n\x06values\x18\x05 \x03(\x02\"\x84\x01\n\rEmbedResponse\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.skulens.v1.Embedding\x12$\n\x05texts\x18\x02 \x03(\x0b\x32\x15.skulens.v1.Embedding\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x19\n\x11model_fingerprint\x18\x04 \x01(\t\"\x16\n\x14GetServerInfoRequest\"g\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x12\n\nmodalities\x18\x04 \x03(\t\x12\x16\n\x0erandom_weights\x18\x05 \x01(\x08\"\x94\x02\n\x0cServerLimits\x12\x1e\n\x16max_images_per_request\x18\x01 \x01(\r\x12\x1d\n\x15max_regions_per_image\x18\x02 \x01(\r\x12\x1d\n\x15max_texts_per_request\x18\x03 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x04 \x01(\r\x12\x17\n\x0fmax_image_bytes\x18\x05 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\x12\x11\n\tmax_top_k\x18\x07 \x01(\r\x12\x15\n\rdefault_top_k\x18\x08 \x01(\r\x12\x18\n\x10max_image_pixels\x18\t \x01(\x04\x12\x16\n\x0emin_image_side\x18\n \x01(\r\"f\n\x0fMatchThresholds\x12\x19\n\x11unknown_threshold\x18\x01 \x01(\x02\x12\x1e\n\x16text_unknown_threshold\x18\x02 \x01(\x02\x12\x18\n\x10\x61mbiguity_margin\x18\x03 \x01(\x02\"\xe2\x01\n\x15GetServerInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.skulens.v1.ModelInfo\x12(\n\x06limits\x18\x02 \x01(\x0b\x32\x18.skulens.v1.ServerLimits\x12/\n\nthresholds\x18\x03 \x01(\x0b\x32\x1b.skulens.v1.MatchThresholds\x12\x17\n\x0f\x63\x61talog_backend\x18\x04 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x05 \x01(\x04\x12\x16\n\x0eserver_version\x18\x06 \x01(\t2\xa5\x03\n\x12RecognitionService\x12H\n\tRecognize\x12\x1c.skulens.v1.RecognizeRequest\x1a\x1d.skulens.v1.RecognizeResponse\x12^\n\x0fRecognizeStream\x12\".skulens.v1.RecognizeStreamRequest\x1a#.skulens.v1.RecognizeStreamResponse(\x01\x30\x01\x12Q\n\x0cSearchByText\x12\x1f.skulens.v1.SearchByTextRequest\x1a .skulens.v1.SearchByTextResponse\x12<\n\x05\x45mbed\x12\x18.skulens.v1.EmbedRequest\x1a\x19.skulens.v1.EmbedResponse\x12T\n\rGetServerInfo\x12 .skulens.v1.GetServerInfoRequest\x1a!.skulens.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cskulens/v1/recognition.proto\x12\nskulens.v1\x1a\x17skulens/v1/common.proto\"K\n\nImageInput\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12 \n\x07regions\x18\x03 \x03(\x0b\x32\x0f.skulens.v1.Box\"f\n\x10RecognizeRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"\xb3\x01\n\x0bRecognition\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12\"\n\x07matches\x18\x02 \x03(\x0b\x32\x11.skulens.v1.Match\x12$\n\x07verdict\x18\x03 \x01(\x0e\x32\x13.skulens.v1.Verdict\x12\x12\n\nbest_score\x18\x04 \x01(\x02\x12\x1e\n\x16\x63onfusable_product_ids\x18\x05 \x03(\t\"i\n\x0cRegionResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x1c\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0f.skulens.v1.Box\x12,\n\x0brecognition\x18\x03 \x01(\x0b\x32\x17.skulens.v1.Recognition\"\xc0\x01\n\x0bImageResult\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12,\n\x0brecognition\x18\x03 \x01(\x0b\x32\x17.skulens.v1.Recognition\x12)\n\x07regions\x18\x04 \x03(\x0b\x32\x18.skulens.v1.RegionResult\x12$\n\x07timings\x18\x05 \x01(\x0b\x32\x13.skulens.v1.Timings\"\x89\x01\n\x11RecognizeResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.skulens.v1.ImageResult\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x16\n\x0erandom_weights\x18\x03 \x01(\x08\x12\x17\n\x0f\x63\x61talog_version\x18\x04 \x01(\x04\"l\n\x16RecognizeStreamRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"\x87\x01\n\x17RecognizeStreamResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.skulens.v1.ImageResult\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\x04\x12\x15\n\rmessage_index\x18\x03 \x01(\x04\x12\x13\n\x0bimage_index\x18\x04 \x01(\r\"P\n\x13SearchByTextRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.skulens.v1.SearchOptions\"H\n\nTextResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12,\n\x0brecognition\x18\x02 \x01(\x0b\x32\x17.skulens.v1.Recognition\"s\n\x14SearchByTextResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.skulens.v1.TextResult\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"E\n\x0c\x45mbedRequest\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.skulens.v1.ImageInput\x12\r\n\x05texts\x18\x02 \x03(\t\"y\n\tEmbedding\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cregion_index\x18\x02 \x01(\r\x12\x12\n\nhas_region\x18\x03 \x01(\x08\x12&\n\x06status\x18\x04 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12\x0e\n\x06values\x18\x05 \x03(\x02\"\x84\x01\n\rEmbedResponse\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.skulens.v1.Embedding\x12$\n\x05texts\x18\x02 \x03(\x0b\x32\x15.skulens.v1.Embedding\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x19\n\x11model_fingerprint\x18\x04 \x01(\t\"\x16\n\x14GetServerInfoRequest\"g\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x12\n\nmodalities\x18\x04 \x03(\t\x12\x16\n\x0erandom_weights\x18\x05 \x01(\x08\"\x94\x02\n\x0cServerLimits\x12\x1e\n\x16max_images_per_request\x18\x01 \x01(\r\x12\x1d\n\x15max_regions_per_image\x18\x02 \x01(\r\x12\x1d\n\x15max_texts_per_request\x18\x03 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x04 \x01(\r\x12\x17\n\x0fmax_image_bytes\x18\x05 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\x12\x11\n\tmax_top_k\x18\x07 \x01(\r\x12\x15\n\rdefault_top_k\x18\x08 \x01(\r\x12\x18\n\x10max_image_pixels\x18\t \x01(\x04\x12\x16\n\x0emin_image_side\x18\n \x01(\r\"f\n\x0fMatchThresholds\x12\x19\n\x11unknown_threshold\x18\x01 \x01(\x02\x12\x1e\n\x16text_unknown_threshold\x18\x02 \x01(\x02\x12\x18\n\x10\x61mbiguity_margin\x18\x03 \x01(\x02\"\xe2\x01\n\x15GetServerInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.skulens.v1.ModelInfo\x12(\n\x06limits\x18\x02 \x01(\x0b\x32\x18.skulens.v1.ServerLimits\x12/\n\nthresholds\x18\x03 \x01(\x0b\x32\x1b.skulens.v1.MatchThresholds\x12\x17\n\x0f\x63\x61talog_backend\x18\x04 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x05 \x01(\x04\x12\x16\n\x0eserver_version\x18\x06 \x01(\t2\xa5\x03\n\x12RecognitionService\x12H\n\tRecognize\x12\x1c.skulens.v1.RecognizeRequest\x1a\x1d.skulens.v1.RecognizeResponse\x12^\n\x0fRecognizeStream\x12\".skulens.v1.RecognizeStreamRequest\x1a#.skulens.v1.RecognizeStreamResponse(\x01\x30\x01\x12Q\n\x0cSearchByText\x12\x1f.skulens.v1.SearchByTextRequest\x1a .skulens.v1.SearchByTextResponse\x12<\n\x05\x45mbed\x12\x18.skulens.v1.EmbedRequest\x1a\x19.skulens.v1.EmbedResponse\x12T\n\rGetServerInfo\x12 .skulens.v1.GetServerInfoRequest\x1a!.skulens.v1.GetServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,30 +46,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOGNIZERESPONSE']._serialized_end=872
   _globals['_RECOGNIZESTREAMREQUEST']._serialized_start=874
   _globals['_RECOGNIZESTREAMREQUEST']._serialized_end=982
-  _globals['_RECOGNIZESTREAMRESPONSE']._serialized_start=984
-  _globals['_RECOGNIZESTREAMRESPONSE']._serialized_end=1075
-  _globals['_SEARCHBYTEXTREQUEST']._serialized_start=1077
-  _globals['_SEARCHBYTEXTREQUEST']._serialized_end=1157
-  _globals['_TEXTRESULT']._serialized_start=1159
-  _globals['_TEXTRESULT']._serialized_end=1231
-  _globals['_SEARCHBYTEXTRESPONSE']._serialized_start=1233
-  _globals['_SEARCHBYTEXTRESPONSE']._serialized_end=1348
-  _globals['_EMBEDREQUEST']._serialized_start=1350
-  _globals['_EMBEDREQUEST']._serialized_end=1419
-  _globals['_EMBEDDING']._serialized_start=1421
-  _globals['_EMBEDDING']._serialized_end=1542
-  _globals['_EMBEDRESPONSE']._serialized_start=1545
-  _globals['_EMBEDRESPONSE']._serialized_end=1677
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1679
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1701
-  _globals['_MODELINFO']._serialized_start=1703
-  _globals['_MODELINFO']._serialized_end=1806
-  _globals['_SERVERLIMITS']._serialized_start=1809
-  _globals['_SERVERLIMITS']._serialized_end=2085
-  _globals['_MATCHTHRESHOLDS']._serialized_start=2087
-  _globals['_MATCHTHRESHOLDS']._serialized_end=2189
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=2192
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=2418
-  _globals['_RECOGNITIONSERVICE']._serialized_start=2421
-  _globals['_RECOGNITIONSERVICE']._serialized_end=2842
+  _globals['_RECOGNIZESTREAMRESPONSE']._serialized_start=985
+  _globals['_RECOGNIZESTREAMRESPONSE']._serialized_end=1120
+  _globals['_SEARCHBYTEXTREQUEST']._serialized_start=1122
+  _globals['_SEARCHBYTEXTREQUEST']._serialized_end=1202
+  _globals['_TEXTRESULT']._serialized_start=1204
+  _globals['_TEXTRESULT']._serialized_end=1276
+  _globals['_SEARCHBYTEXTRESPONSE']._serialized_start=1278
+  _globals['_SEARCHBYTEXTRESPONSE']._serialized_end=1393
+  _globals['_EMBEDREQUEST']._serialized_start=1395
+  _globals['_EMBEDREQUEST']._serialized_end=1464
+  _globals['_EMBEDDING']._serialized_start=1466
+  _globals['_EMBEDDING']._serialized_end=1587
+  _globals['_EMBEDRESPONSE']._serialized_start=1590
+  _globals['_EMBEDRESPONSE']._serialized_end=1722
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1724
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1746
+  _globals['_MODELINFO']._serialized_start=1748
+  _globals['_MODELINFO']._serialized_end=1851
+  _globals['_SERVERLIMITS']._serialized_start=1854
+  _globals['_SERVERLIMITS']._serialized_end=2130
+  _globals['_MATCHTHRESHOLDS']._serialized_start=2132
+  _globals['_MATCHTHRESHOLDS']._serialized_end=2234
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=2237
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=2463
+  _globals['_RECOGNITIONSERVICE']._serialized_start=2466
+  _globals['_RECOGNITIONSERVICE']._serialized_end=2887
 # @@protoc_insertion_point(module_scope)

@@ -84,12 +84,16 @@ class RecognizeStreamRequest(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[ImageInput, _Mapping]]] = ..., options: _Optional[_Union[_common_pb2.SearchOptions, _Mapping]] = ...) -> None: ...
 
 class RecognizeStreamResponse(_message.Message):
-    __slots__ = ("result", "catalog_version")
+    __slots__ = ("result", "catalog_version", "message_index", "image_index")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     result: ImageResult
     catalog_version: int
-    def __init__(self, result: _Optional[_Union[ImageResult, _Mapping]] = ..., catalog_version: _Optional[int] = ...) -> None: ...
+    message_index: int
+    image_index: int
+    def __init__(self, result: _Optional[_Union[ImageResult, _Mapping]] = ..., catalog_version: _Optional[int] = ..., message_index: _Optional[int] = ..., image_index: _Optional[int] = ...) -> None: ...
 
 class SearchByTextRequest(_message.Message):
     __slots__ = ("texts", "options")

@@ -78,7 +78,9 @@ class RecognitionServiceServicer:
 
     def RecognizeStream(self, request_iterator, context):
         """Recognises images sent as a stream: one response per image, sent as soon as it is ready (not necessarily
-        in request order; match them by ImageInput.id).
+        in request order; each response names its request message and image position). A message the server
+        refuses (bad options, too many images or regions) is answered in the stream, once per image of it (or once,
+        if it has none), with the error status; the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

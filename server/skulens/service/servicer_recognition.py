@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from skulens.errors import code_name
+from skulens.errors import SkulensError, code_name
 from skulens.imaging.preprocess import Box
 from skulens.service.calllog import call_fields
 from skulens.service.consistency import reach_version
@@ -198,7 +198,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         fields["images"] = 0
 
         async def one(
-            image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float
+            image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float, at: tuple[int, int]
         ) -> None:
             version = 0
             try:
@@ -218,23 +218,43 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             finally:
                 window.release()
             self._count("RecognizeStream", [res])
-            await out.put(pb.RecognizeStreamResponse(result=res, catalog_version=version))
+            await out.put(
+                pb.RecognizeStreamResponse(result=res, catalog_version=version, message_index=at[0], image_index=at[1])
+            )
+
+        async def refuse(msg: pb.RecognizeStreamRequest, index: int, exc: SkulensError) -> None:
+            """A message the server refuses: its error, in the stream, once per image (once if it has none)."""
+            status = item_status(exc)
+            images = [(k, im.id) for k, im in enumerate(msg.images)] or [(0, "")]
+            fields["refused_messages"] = fields.get("refused_messages", 0) + 1
+            for k, image_id in images:
+                await out.put(
+                    pb.RecognizeStreamResponse(
+                        result=pb.ImageResult(id=image_id, status=status), message_index=index, image_index=k
+                    )
+                )
 
         async def reader() -> None:
             params = search_params(common_pb2.SearchOptions(), self.settings)
             try:
+                index = -1
                 async for msg in request_iterator:
+                    index += 1
                     t_in = time.perf_counter()
-                    check_images(msg.images, self.settings)
-                    if msg.HasField("options"):
-                        params = search_params(msg.options, self.settings)
-                    boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(msg.images)]
+                    try:
+                        check_images(msg.images, self.settings)
+                        these = search_params(msg.options, self.settings) if msg.HasField("options") else params
+                        boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(msg.images)]
+                    except SkulensError as exc:  # this message is refused; the stream and its options go on
+                        await refuse(msg, index, exc)
+                        continue
+                    params = these
                     if self.rt.metrics is not None and len(msg.images):
                         self.rt.metrics.observe_items("RecognizeStream", len(msg.images))
-                    for image, b in zip(msg.images, boxes, strict=True):
+                    for k, (image, b) in enumerate(zip(msg.images, boxes, strict=True)):
                         await window.acquire()
                         fields["images"] += 1
-                        t = asyncio.create_task(one(image, params, b, t_in))
+                        t = asyncio.create_task(one(image, params, b, t_in, (index, k)))
                         tasks.add(t)
                         t.add_done_callback(tasks.discard)
                 if tasks:
