@@ -142,6 +142,8 @@ def test_delete_reference_and_product(client: SkulensClient) -> None:
     assert client.delete_product("gone") == 1
     assert client.get_product("gone") is None
     assert rpc_error(client.delete_product, "gone").code() is C.NOT_FOUND
+    assert client.delete_product("gone", allow_missing=True) == 0  # a retry after a lost response: OK
+    client.delete_reference(rid, allow_missing=True)
     resp = client.recognize([image_input(pattern_image(31))])
     assert all(m.product_id != "gone" for m in resp.results[0].recognition.matches)
 

@@ -251,18 +251,21 @@ class SkulensClient:
             if not token:
                 return
 
-    def delete_product(self, product_id: str, timeout: float | None = None) -> int:
-        """Delete a product; returns the number of references deleted."""
+    def delete_product(self, product_id: str, timeout: float | None = None, allow_missing: bool = False) -> int:
+        """Delete a product; returns the number of references deleted (`allow_missing`: 0, not NOT_FOUND, when
+        it does not exist: safe to retry)."""
         return int(
             self.catalog.DeleteProduct(
-                catalog_pb2.DeleteProductRequest(product_id=product_id), **self._kw(timeout)
+                catalog_pb2.DeleteProductRequest(product_id=product_id, allow_missing=allow_missing),
+                **self._kw(timeout),
             ).deleted_references
         )
 
-    def delete_reference(self, reference_id: int, timeout: float | None = None) -> None:
-        """Delete one reference image."""
+    def delete_reference(self, reference_id: int, timeout: float | None = None, allow_missing: bool = False) -> None:
+        """Delete one reference image (`allow_missing`: OK, not NOT_FOUND, when it does not exist)."""
         self.catalog.DeleteReferenceImage(
-            catalog_pb2.DeleteReferenceImageRequest(reference_id=reference_id), **self._kw(timeout)
+            catalog_pb2.DeleteReferenceImageRequest(reference_id=reference_id, allow_missing=allow_missing),
+            **self._kw(timeout),
         )
 
     def stats(self, timeout: float | None = None) -> catalog_pb2.GetCatalogStatsResponse:

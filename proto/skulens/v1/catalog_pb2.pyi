@@ -81,10 +81,12 @@ class AddReferenceImagesResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[AddedReference, _Mapping]]] = ..., added: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class DeleteProductRequest(_message.Message):
-    __slots__ = ("product_id",)
+    __slots__ = ("product_id", "allow_missing")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
     product_id: str
-    def __init__(self, product_id: _Optional[str] = ...) -> None: ...
+    allow_missing: bool
+    def __init__(self, product_id: _Optional[str] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
 
 class DeleteProductResponse(_message.Message):
     __slots__ = ("deleted_references", "catalog_version")
@@ -95,10 +97,12 @@ class DeleteProductResponse(_message.Message):
     def __init__(self, deleted_references: _Optional[int] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class DeleteReferenceImageRequest(_message.Message):
-    __slots__ = ("reference_id",)
+    __slots__ = ("reference_id", "allow_missing")
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
     reference_id: int
-    def __init__(self, reference_id: _Optional[int] = ...) -> None: ...
+    allow_missing: bool
+    def __init__(self, reference_id: _Optional[int] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
 
 class DeleteReferenceImageResponse(_message.Message):
     __slots__ = ("catalog_version",)

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from skulens.catalog import validation
-from skulens.catalog.errors import CatalogError
+from skulens.catalog.errors import CatalogError, NotFound
 from skulens.catalog.models import HashedImage, NewReference
 from skulens.errors import SkulensError, code_name
 from skulens.imaging.errors import ImageTooLarge, InvalidImage, InvalidRegion
@@ -120,6 +120,18 @@ async def _then_version(catalog: CatalogBackend, write: Callable[[], _T]) -> tup
         return out, catalog.version()
 
     return await asyncio.to_thread(run)
+
+
+def _allowing_missing(delete: Callable[[], _T], missing: _T) -> Callable[[], _T]:
+    """`delete`, answering `missing` instead of NotFound (an idempotent delete, AIP-135 allow_missing)."""
+
+    def run() -> _T:
+        try:
+            return delete()
+        except NotFound:
+            return missing
+
+    return run
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
@@ -384,7 +396,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         call_fields()["product_id"] = request.product_id
-        n, version = await _then_version(catalog, functools.partial(catalog.delete_product, request.product_id))
+        delete = functools.partial(catalog.delete_product, request.product_id)
+        n, version = await _then_version(catalog, _allowing_missing(delete, 0) if request.allow_missing else delete)
         return pb.DeleteProductResponse(deleted_references=n, catalog_version=version)
 
     async def DeleteReferenceImage(
@@ -393,8 +406,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         call_fields()["reference_id"] = request.reference_id
+        delete = functools.partial(catalog.delete_reference, request.reference_id)
         _, version = await _then_version(
-            catalog, functools.partial(catalog.delete_reference, request.reference_id)
+            catalog, _allowing_missing(delete, None) if request.allow_missing else delete
         )
         return pb.DeleteReferenceImageResponse(catalog_version=version)
 
