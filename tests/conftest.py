@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,22 @@ def effnet_model_dir() -> Path:
         return export_efficientnet_lite0(out, variant="fp32", force=True)
 
     return export_cached("efficientnet-lite0-fp32", build)
+
+
+# ================================================================ PostgreSQL (tests/pg_fixture.py)
+@pytest.fixture(scope="session")
+def postgres_server() -> Any:
+    """The session's embedded PostgreSQL 18 + pgvector (started on first use; skipped, or failed on CI, when it
+    cannot run here). `url(dbname)`, `new_schema()`, `new_database()`, `execute(sql)`, `stop()` / `start()`."""
+    from pg_fixture import shared_postgres
+
+    return shared_postgres()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_postgres_at_session_end() -> Iterator[None]:
+    """Stops the embedded PostgreSQL (by its PID, `pg_ctl stop`) when the session ends, if a test started it."""
+    yield
+    from pg_fixture import stop_shared
+
+    stop_shared()

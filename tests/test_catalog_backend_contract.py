@@ -54,6 +54,7 @@ from typing import Any, Protocol
 import numpy as np
 import pytest
 from catalog_helpers import product_refs, unit
+from pg_fixture import shared_postgres
 
 from skulens.catalog import (
     AlreadyExists,
@@ -91,8 +92,29 @@ def _embedded(tmp_path: Path) -> Iterator[Opener]:
     yield open_
 
 
+@contextlib.contextmanager
+def _postgres(tmp_path: Path) -> Iterator[Opener]:
+    """PostgreSQL + pgvector (`PostgresCatalog`): one fresh schema per backend in the session's embedded server
+    (tests/pg_fixture.py; skipped where it cannot run, never on CI); the schemas are dropped on exit."""
+    server = shared_postgres()  # before importing the backend: without psycopg this skips (fails on CI)
+    from skulens.catalog.postgres import PostgresCatalog
+
+    schemas: list[str] = []
+
+    def open_(dim: int, fingerprint: str, settings: dict[str, Any]) -> CatalogBackend:
+        schemas.append(server.new_schema())
+        return PostgresCatalog.open(server.url(), schema=schemas[-1], fingerprint=fingerprint, dim=dim,
+                                    settings=CatalogSettings(**settings))
+
+    try:
+        yield open_
+    finally:
+        server.drop_schemas(schemas)
+
+
 BACKENDS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Opener]]] = {
     "embedded": _embedded,
+    "postgres": _postgres,
 }
 
 

@@ -54,6 +54,7 @@ NEEDS_RUNTIME_EXTRA = {
         ],
         "faiss",
     ),
+    "skulens.catalog.postgres": "psycopg",
     "skulens.inference.encoder": "onnxruntime",
     "skulens.inference.engine": "onnxruntime",
 }

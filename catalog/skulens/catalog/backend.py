@@ -16,10 +16,12 @@ the pure `skulens.catalog.matching.decide`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from skulens.catalog.errors import CatalogClosed, FingerprintMismatch
 from skulens.catalog.models import (
     AddedReference,
     CatalogStats,
@@ -122,3 +124,42 @@ class CatalogBackend(Protocol):
     def close(self) -> None:
         """Release what the backend holds (files, threads, connections); idempotent."""
         ...
+
+
+_B = TypeVar("_B", bound="BackendState")
+
+
+class BackendState:
+    """What every backend does alike about its own state: closed or open, and whether its stored embeddings belong
+    to the model it was opened for (a catalog opened with `allow_fingerprint_mismatch` serves reads and deletes
+    only). A backend sets `_closed`, `_requested` (fingerprint, dim) and implements `_stored_identity`."""
+
+    _closed: bool
+    _requested: tuple[str, int]
+
+    def _stored_identity(self) -> tuple[str, int]:
+        """(fingerprint, dim) of the embeddings the catalog holds."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _B) -> _B:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _check_open(self, *, searchable: bool = False) -> None:
+        """CatalogClosed once closed; with `searchable`, FingerprintMismatch when another model made the vectors."""
+        if self._closed:
+            raise CatalogClosed()
+        mismatch = self._mismatch() if searchable else None
+        if mismatch is not None:
+            raise mismatch
+
+    def _mismatch(self) -> FingerprintMismatch | None:
+        have = self._stored_identity()
+        if have == self._requested:
+            return None
+        return FingerprintMismatch.between(*have, *self._requested)

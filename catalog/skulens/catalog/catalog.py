@@ -21,12 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
 from skulens.catalog import validation as v
-from skulens.catalog.errors import CatalogClosed, FingerprintMismatch, InvalidArgument
+from skulens.catalog.backend import BackendState
+from skulens.catalog.errors import FingerprintMismatch, InvalidArgument
 from skulens.catalog.index import GpuFactory, VectorIndex, choose_kind, default_gpu_factory, gpu_available
 from skulens.catalog.integrity import DB_FILE, SNAPSHOT_FILE, refuse_lost_store
 from skulens.catalog.models import (
@@ -49,7 +49,7 @@ from skulens.catalog.view import CatalogView
 log = logging.getLogger(__name__)
 
 
-class Catalog:
+class Catalog(BackendState):
     """Products, their reference embeddings and the index that searches them. Thread-safe."""
 
     def __init__(self, path: Path, store: Store, settings: CatalogSettings, *, fingerprint: str, dim: int,
@@ -145,25 +145,8 @@ class Catalog:
                 self._closed = True
                 self._store.close()
 
-    def __enter__(self) -> Catalog:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def _check_open(self, *, searchable: bool = False) -> None:
-        if self._closed:
-            raise CatalogClosed()
-        mismatch = self._mismatch() if searchable else None
-        if mismatch is not None:
-            raise mismatch
-
-    def _mismatch(self) -> FingerprintMismatch | None:
-        have = (self._view.fingerprint, self._view.dim)
-        if have == self._requested:
-            return None
-        return FingerprintMismatch.between(*have, *self._requested)
+    def _stored_identity(self) -> tuple[str, int]:
+        return (self._view.fingerprint, self._view.dim)
 
     def save_snapshot(self) -> bool:
         """Write the index snapshot now if it changed since the last one; True when written."""
@@ -364,17 +347,13 @@ class Catalog:
         checked, not each row's norm again.
         """
         self._check_open(searchable=True)
-        q = v.vectors(queries, self._view.dim, self.settings.norm_tolerance, "queries", trusted=trusted)
-        k = v.positive_int(top_k, "top_k", self.settings.max_top_k)
-        floor = v.score(min_score, "min_score")
-        cat = v.category(category)
-        lab = v.labels(labels)
-        threshold = v.score(unknown_threshold, "unknown_threshold")
-        threshold = self.settings.unknown_threshold if threshold is None else threshold
-        margin = self.settings.ambiguity_margin if ambiguity_margin is None else float(ambiguity_margin)
-        if not 0.0 <= margin <= 2.0:
-            raise InvalidArgument(f"ambiguity_margin must be in [0, 2], got {ambiguity_margin!r}",
-                                  field="ambiguity_margin")
+        r = v.search_request(
+            queries, self._view.dim, tolerance=self.settings.norm_tolerance, max_top_k=self.settings.max_top_k,
+            default_threshold=self.settings.unknown_threshold, default_margin=self.settings.ambiguity_margin,
+            top_k=top_k, min_score=min_score, category_=category, labels_=labels,
+            unknown_threshold=unknown_threshold, ambiguity_margin=ambiguity_margin, trusted=trusted)
+        q, k, floor, cat, lab = r.queries, r.top_k, r.min_score, r.category, r.labels
+        threshold, margin = r.unknown_threshold, r.ambiguity_margin
         if not len(q):
             return []
         with self._view.rw.read():
@@ -444,20 +423,11 @@ class Catalog:
 def _reference_rows(refs: Sequence[NewReference], dim: int, settings: CatalogSettings,
                     keep_images: bool) -> tuple[list[RefRow], np.ndarray]:
     """Validate references to enrol: (store rows, float32 embeddings [n, dim]); InvalidArgument names the item."""
-    limit = settings.max_references_per_call
-    if not isinstance(refs, Sequence) or not 1 <= len(refs) <= limit:
-        got = len(refs) if isinstance(refs, Sequence) else type(refs).__name__
-        raise InvalidArgument(f"references must hold 1-{limit} items, got {got}", field="references")
-    rows: list[RefRow] = []
-    vecs = np.empty((len(refs), dim), dtype=np.float32)
-    for i, ref in enumerate(refs):
-        f = f"references[{i}]"
-        if not isinstance(ref, NewReference):
-            raise InvalidArgument(f"{f} must be a NewReference, got {type(ref).__name__}", field=f)
-        vecs[i] = v.vectors(ref.embedding, dim, settings.norm_tolerance, f"{f}.embedding", single=True)[0]
-        image, sha = v.image_and_sha(ref.image, ref.content_sha256, f, settings.max_image_bytes)
-        rows.append(RefRow(vecs[i].astype("<f4").tobytes(), v.source(ref.source, f"{f}.source"), sha,
-                           image if keep_images else None))
+    checked = v.references(refs, dim, max_items=settings.max_references_per_call, tolerance=settings.norm_tolerance,
+                           max_image_bytes=settings.max_image_bytes, keep_images=keep_images)
+    vecs = np.stack([c.embedding for c in checked]).astype(np.float32, copy=False)
+    rows = [RefRow(vec.astype("<f4").tobytes(), c.source, c.content_sha256, c.image)
+            for vec, c in zip(vecs, checked, strict=True)]
     return rows, vecs
 
 

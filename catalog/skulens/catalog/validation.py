@@ -9,12 +9,13 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from skulens.catalog.errors import InvalidArgument
-from skulens.catalog.models import HashedImage
+from skulens.catalog.models import HashedImage, NewReference
 
 PRODUCT_ID_MAX = 128
 DISPLAY_NAME_MAX = 512
@@ -242,3 +243,60 @@ def decode_page_token(token: object, category_: str) -> str:
         raise InvalidArgument(f"page_token was issued for category {cat!r}, not {category_!r}",
                               field="page_token")
     return after
+
+
+@dataclass(frozen=True)
+class CheckedReference:
+    """A reference that passed `references`: its float32 unit embedding, source, content hash and kept image."""
+
+    embedding: np.ndarray
+    source: str
+    content_sha256: str | None
+    image: bytes | None
+
+
+def references(refs: object, dim_: int, *, max_items: int, tolerance: float, max_image_bytes: int,
+               keep_images: bool) -> list[CheckedReference]:
+    """Validate the references of one enrolment (every backend's `add_references`); InvalidArgument names the
+    item (``references[i].embedding`` / ``.image`` / ``.content_sha256`` / ``.source``)."""
+    if not isinstance(refs, Sequence) or not 1 <= len(refs) <= max_items:
+        got = len(refs) if isinstance(refs, Sequence) else type(refs).__name__
+        raise InvalidArgument(f"references must hold 1-{max_items} items, got {got}", field="references")
+    out: list[CheckedReference] = []
+    for i, ref in enumerate(refs):
+        f = f"references[{i}]"
+        if not isinstance(ref, NewReference):
+            raise InvalidArgument(f"{f} must be a NewReference, got {type(ref).__name__}", field=f)
+        vec = vectors(ref.embedding, dim_, tolerance, f"{f}.embedding", single=True)[0]
+        image, sha = image_and_sha(ref.image, ref.content_sha256, f, max_image_bytes)
+        out.append(CheckedReference(vec, source(ref.source, f"{f}.source"), sha, image if keep_images else None))
+    return out
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """A search's checked arguments: query rows, k, score floor, filters, and the verdict's thresholds."""
+
+    queries: np.ndarray
+    top_k: int
+    min_score: float | None
+    category: str
+    labels: dict[str, str]
+    unknown_threshold: float
+    ambiguity_margin: float
+
+
+def search_request(queries: object, dim_: int, *, tolerance: float, max_top_k: int, default_threshold: float,
+                   default_margin: float, top_k: object, min_score: float | None, category_: object,
+                   labels_: Mapping[str, str] | None, unknown_threshold: float | None,
+                   ambiguity_margin: float | None, trusted: bool) -> SearchRequest:
+    """Check every backend's `search` arguments alike (thresholds left None take the catalog's defaults)."""
+    q = vectors(queries, dim_, tolerance, "queries", trusted=trusted)
+    threshold = score(unknown_threshold, "unknown_threshold")
+    margin = default_margin if ambiguity_margin is None else float(ambiguity_margin)
+    if not 0.0 <= margin <= 2.0:
+        raise InvalidArgument(f"ambiguity_margin must be in [0, 2], got {ambiguity_margin!r}",
+                              field="ambiguity_margin")
+    return SearchRequest(q, positive_int(top_k, "top_k", max_top_k), score(min_score, "min_score"),
+                         category(category_), labels(labels_), default_threshold if threshold is None else threshold,
+                         margin)

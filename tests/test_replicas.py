@@ -1,0 +1,214 @@
+"""Several `skulens serve` processes on one shared catalog (PostgreSQL + pgvector), as real processes: enrol
+through one, recognise through the other (read-your-writes with min_catalog_version, and the lag without it),
+deletes seen everywhere, a replica killed with SIGKILL in the middle of a streaming enrolment, PostgreSQL stopped and
+started under load."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from service_harness import pattern_image
+
+from skulens.client.client import ClientConfig, SkulensClient, image_input, search_options
+from skulens.v1 import catalog_pb2
+
+C = grpc.StatusCode
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ServeProcess:
+    """`skulens serve --catalog URL` in a subprocess on port 0; stderr kept in a log file."""
+
+    def __init__(self, model: Path, catalog_url: str, log: Path, *extra: str) -> None:
+        self.log_path = log
+        self._log = open(log, "w")  # noqa: SIM115
+        env = {**os.environ, "SKULENS_LOG_FORMAT": "text", "SKULENS_LOG_LEVEL": "INFO"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "skulens.cli", "serve", "--model", str(model), "--catalog", catalog_url,
+             "--port", "0", "--max-batch", "8", "--grace-seconds", "2", *extra],
+            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stderr is not None
+        self.port = 0
+        deadline = time.monotonic() + 120
+        for line in self.proc.stderr:
+            self._log.write(line)
+            m = re.search(r"gRPC listening on 127\.0\.0\.1:(\d+)", line)
+            self.port = int(m.group(1)) if m else self.port
+            if 'msg="serving' in line or time.monotonic() > deadline:
+                break
+        if not self.port or self.proc.poll() is not None:
+            self._log.flush()
+            raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._log.write(line)
+
+    def client(self, timeout: float = 30) -> SkulensClient:
+        return SkulensClient(ClientConfig(addr=f"127.0.0.1:{self.port}", timeout=timeout))
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+@pytest.fixture()
+def replicas(postgres_server: Any, effnet_model_dir: Path, tmp_path: Path) -> Iterator[tuple[ServeProcess, ...]]:
+    url = postgres_server.new_database()
+    servers: list[ServeProcess] = []
+    try:
+        for name in ("a", "b"):
+            servers.append(ServeProcess(effnet_model_dir, url, tmp_path / f"{name}.log"))
+        yield tuple(servers)
+    finally:
+        for s in servers:
+            s.stop()
+        postgres_server.drop_database(url)
+
+
+def _enrol(c: SkulensClient, pid: str, seeds: list[int]) -> catalog_pb2.AddReferenceImagesResponse:
+    c.upsert_product(pid, display_name=pid.upper())
+    return c.add_references(
+        [catalog_pb2.AddReferenceImagesRequest(product_id=pid, content=pattern_image(s)) for s in seeds]
+    )
+
+
+def _top(c: SkulensClient, seed: int, **options: Any) -> str:
+    resp = c.recognize([image_input(pattern_image(seed))], search_options(top_k=1, **options))
+    matches = resp.results[0].recognition.matches
+    return matches[0].product_id if matches else ""
+
+
+def test_enrol_on_a_recognise_on_b(replicas: tuple[ServeProcess, ...]) -> None:
+    """An enrolment through A is found through B: at once with min_catalog_version, and without it within the
+    measured lag; a delete through A is gone from B's answers; both report one catalog version."""
+    a, b = replicas
+    with a.client() as ca, b.client() as cb:
+        added = _enrol(ca, "oat-1l", [1, 2])
+        assert added.added == 2 and added.catalog_version > 0
+        assert cb.stats().backend == "postgresql+pgvector"
+        assert _top(cb, 1, min_catalog_version=added.catalog_version) == "oat-1l"
+        got = cb.get_product("oat-1l", min_catalog_version=added.catalog_version)
+        assert got is not None and len(got.references) == 2
+        t0 = time.perf_counter()
+        second = _enrol(ca, "rye-500g", [3])
+        while _top(cb, 3) != "rye-500g":  # no version given: how long until B sees it
+            assert time.perf_counter() - t0 < 5, "B never saw A's enrolment"
+        lag_ms = (time.perf_counter() - t0) * 1000
+        print(f"write on A → visible on B without min_catalog_version: {lag_ms:.1f} ms")
+        gone = ca.catalog.DeleteProduct(catalog_pb2.DeleteProductRequest(product_id="oat-1l"), timeout=30)
+        assert gone.catalog_version > second.catalog_version
+        assert _top(cb, 1, min_catalog_version=gone.catalog_version) != "oat-1l"
+        assert cb.get_product("oat-1l", min_catalog_version=gone.catalog_version) is None
+        assert ca.stats().catalog_version == cb.stats().catalog_version == gone.catalog_version
+
+
+def test_a_replica_killed_mid_enrolment_loses_nothing_acknowledged(replicas: tuple[ServeProcess, ...]) -> None:
+    """SIGKILL of A while it streams an enrolment: B keeps answering; what A committed is whole (every stored
+    reference is searchable as itself through B), what it acknowledged is there, nothing half-written."""
+    a, b = replicas
+    with a.client() as ca, b.client() as cb:
+        acked = _enrol(ca, "kept", [10, 11])  # acknowledged before the kill
+        ca.upsert_product("bulk")
+        seeds = list(range(100, 260))
+
+        def stream() -> Iterator[catalog_pb2.AddReferenceImagesRequest]:
+            for s in seeds:
+                yield catalog_pb2.AddReferenceImagesRequest(product_id="bulk", content=pattern_image(s))
+                time.sleep(0.01)
+
+        outcome: list[BaseException | catalog_pb2.AddReferenceImagesResponse] = []
+
+        def enrol_bulk() -> None:
+            try:
+                outcome.append(ca.add_references(stream()))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=enrol_bulk)
+        t.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # kill once some of the bulk enrolment is committed
+            detail = cb.get_product("bulk")
+            if detail is not None and len(detail.references) >= 32:
+                break
+            time.sleep(0.05)
+        a.kill()
+        t.join(timeout=30)
+        assert outcome and isinstance(outcome[0], grpc.RpcError), outcome
+        assert outcome[0].code() is C.UNAVAILABLE
+        detail = cb.get_product("bulk")
+        assert detail is not None and 32 <= len(detail.references) < len(seeds)
+        kept = cb.get_product("kept", min_catalog_version=acked.catalog_version)
+        assert kept is not None and len(kept.references) == 2
+        shas = {r.content_sha256: r.reference_id for r in detail.references}
+        for s in seeds:  # every committed reference is whole: found as itself, with its own reference id
+            sha = hashlib.sha256(pattern_image(s)).hexdigest()
+            if sha in shas:
+                resp = cb.recognize([image_input(pattern_image(s))], search_options(top_k=1))
+                m = resp.results[0].recognition.matches[0]
+                assert (m.product_id, m.reference_id) == ("bulk", shas[sha]) and m.score > 0.999
+        assert cb.stats().reference_count == 2 + len(detail.references)
+
+
+def test_postgres_down_then_back_under_load(replicas: tuple[ServeProcess, ...], postgres_server: Any) -> None:
+    """PostgreSQL stopped and started while B serves: calls fail with UNAVAILABLE (never INTERNAL, never past
+    their deadline), then succeed again, with no restart of B."""
+    _, b = replicas
+    with b.client(timeout=5) as cb:
+        _enrol(cb, "milk", [20])
+        assert _top(cb, 20) == "milk"
+        postgres_server.stop()
+        try:
+            codes = []
+            for _ in range(5):
+                t0 = time.monotonic()
+                try:
+                    _top(cb, 20)
+                    codes.append("OK")
+                except grpc.RpcError as exc:
+                    codes.append(exc.code().name)
+                assert time.monotonic() - t0 < 6  # the 5 s deadline, never a hang
+            assert set(codes) == {"UNAVAILABLE"}, codes
+            err = None
+            try:
+                cb.upsert_product("new")
+            except grpc.RpcError as exc:
+                err = exc
+            assert err is not None and err.code() is C.UNAVAILABLE
+        finally:
+            postgres_server.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert _top(cb, 20) == "milk"
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() is C.UNAVAILABLE
+                assert time.monotonic() < deadline, "B did not recover"
+                time.sleep(0.2)
+        cb.upsert_product("new")
