@@ -1,5 +1,7 @@
-"""Catalog: the durable product store (SQLite WAL, the source of truth), the FAISS index derived from it,
-product matching and unknown detection, behind the `CatalogBackend` Protocol (`backend`).
+"""Catalog: products and their reference embeddings behind the `CatalogBackend` Protocol (`backend`), in two
+backends — embedded (`catalog`: SQLite WAL, the source of truth, + the FAISS index derived from it) and shared
+(`postgres`: PostgreSQL + pgvector, for replicas) — opened by `location.open_catalog`; pure product matching and
+unknown detection (`matching`) for both.
 
 Knows vectors, a dimension and a model fingerprint; imports only `skulens.errors` outside itself (never the
 service, inference, imaging, client or export rooms). The names below are imported on first use (PEP 562), so
@@ -14,10 +16,15 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "calibrate": ["CalibrationReport", "calibrate"],
     "catalog": ["Catalog"],
+    "location": ["CatalogLocation", "open_catalog", "parse_location"],
     "backend": ["CatalogBackend"],
-    "errors": ["AlreadyExists", "CatalogClosed", "CatalogError", "FingerprintMismatch", "InvalidArgument", "NotFound"],
+    "errors": [
+        "AlreadyExists", "CatalogClosed", "CatalogError", "CatalogUnavailable", "FingerprintMismatch",
+        "InvalidArgument", "NotFound",
+    ],
     "models": [
-        "AddedReference", "CatalogStats", "DroppedReference", "EmbeddedStats", "Match", "NewReference", "Product",
+        "AddedReference", "CatalogStats", "DroppedReference", "EmbeddedStats", "HashedImage", "Match", "NewReference",
+        "Product",
         "ProductDetail", "ReembedReport", "ReferenceInfo", "SearchResult", "SnapshotInfo", "Verdict",
     ],
     "settings": ["CatalogSettings"],
@@ -25,9 +32,10 @@ _EXPORTS = {
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [  # the same names as _EXPORTS (tests/test_layout.py checks)
     "AddedReference", "AlreadyExists", "CalibrationReport", "Catalog", "CatalogBackend", "CatalogClosed",
-    "CatalogError", "CatalogSettings", "CatalogStats", "DroppedReference", "EmbeddedStats", "FingerprintMismatch",
-    "InvalidArgument", "Match", "NewReference", "NotFound", "Product", "ProductDetail", "ReembedReport",
-    "ReferenceInfo", "SearchResult", "SnapshotInfo", "Verdict", "calibrate",
+    "CatalogError", "CatalogLocation", "CatalogSettings", "CatalogStats", "CatalogUnavailable", "DroppedReference",
+    "EmbeddedStats", "FingerprintMismatch", "HashedImage", "InvalidArgument", "Match", "NewReference", "NotFound",
+    "Product", "ProductDetail", "ReembedReport", "ReferenceInfo", "SearchResult", "SnapshotInfo", "Verdict",
+    "calibrate", "open_catalog", "parse_location",
 ]
 
 if TYPE_CHECKING:
@@ -38,15 +46,18 @@ if TYPE_CHECKING:
         AlreadyExists,
         CatalogClosed,
         CatalogError,
+        CatalogUnavailable,
         FingerprintMismatch,
         InvalidArgument,
         NotFound,
     )
+    from skulens.catalog.location import CatalogLocation, open_catalog, parse_location
     from skulens.catalog.models import (
         AddedReference,
         CatalogStats,
         DroppedReference,
         EmbeddedStats,
+        HashedImage,
         Match,
         NewReference,
         Product,
