@@ -231,6 +231,30 @@ def test_upsert_creates_then_replaces(backend: CatalogBackend) -> None:
     assert backend.stats().products == 1
 
 
+def test_update_fields_touch_only_the_named_fields(backend: CatalogBackend) -> None:
+    """update_fields (the API's update_mask): an existing product changes only those fields, and the answer is
+    the product as stored; a new product is created with what was given; unknown names change nothing."""
+    backend.upsert_product("sku-m", "Milk 1l", "dairy", {"brand": "moo"})
+    v0 = backend.version()
+    p, created = backend.upsert_product("sku-m", "Milk 1 l", update_fields=["display_name"])
+    assert created is False and (p.display_name, p.category, p.labels) == ("Milk 1 l", "dairy", {"brand": "moo"})
+    p, _ = backend.upsert_product("sku-m", category="", labels={"brand": "moo2"}, update_fields=("labels",))
+    assert (p.display_name, p.category, p.labels) == ("Milk 1 l", "dairy", {"brand": "moo2"})
+    p, _ = backend.upsert_product("sku-m", update_fields={"category", "labels"})  # clearing takes the mask
+    assert (p.display_name, p.category, p.labels) == ("Milk 1 l", "", {})
+    got = backend.get_product("sku-m").product
+    assert (got.display_name, got.category, got.labels) == ("Milk 1 l", "", {})
+    assert backend.version() > v0
+    n, created = backend.upsert_product("sku-n", "New", "cat", {"k": "v"}, update_fields=["display_name"])
+    assert created is True and (n.display_name, n.category, n.labels) == ("New", "cat", {"k": "v"})
+    before = backend.version()
+    for bad in (["name"], ["labels", "sku"], "labels"):
+        with pytest.raises(InvalidArgument) as err:
+            backend.upsert_product("sku-m", "X", update_fields=bad)  # type: ignore[arg-type]
+        assert err.value.field == "update_mask"
+    assert backend.version() == before and backend.get_product("sku-m").product.display_name == "Milk 1 l"
+
+
 def test_create_only_refuses_an_existing_product_and_changes_nothing(backend: CatalogBackend) -> None:
     _, created = backend.upsert_product("sku-co", "Original", "drinks", {"brand": "a"}, create_only=True)
     assert created is True

@@ -56,7 +56,18 @@ def test_upsert_creates_then_updates(client: SkulensClient) -> None:
     r = client.upsert_product("milk-1l", display_name="Milk 1 l", category="dairy", labels={"brand": "arla"})
     assert r.created and r.product.product_id == "milk-1l" and r.product.labels["brand"] == "arla"
     r = client.upsert_product("milk-1l", display_name="Milk, 1 litre", category="dairy")
-    assert not r.created and r.product.display_name == "Milk, 1 litre" and not r.product.labels
+    # no update_mask: only the fields sent (AIP-134), so the labels stay
+    assert not r.created and r.product.display_name == "Milk, 1 litre" and r.product.labels["brand"] == "arla"
+    r = client.upsert_product("milk-1l", display_name="Milk 1l")
+    assert (r.product.display_name, r.product.category) == ("Milk 1l", "dairy")
+    assert dict(r.product.labels) == {"brand": "arla"}
+    r = client.upsert_product("milk-1l", update_mask=["labels", "category"])  # clearing needs the mask
+    assert (r.product.display_name, r.product.category, dict(r.product.labels)) == ("Milk 1l", "", {})
+    r = client.upsert_product("milk-1l", "Milk", "dairy", {"brand": "x"}, update_mask=["*"])
+    assert (r.product.display_name, r.product.category, dict(r.product.labels)) == ("Milk", "dairy", {"brand": "x"})
+    err = rpc_error(client.upsert_product, "milk-1l", "Y", update_mask=["display_name", "sku"])
+    assert err.code() is C.INVALID_ARGUMENT and "update_mask.paths[1] is 'sku'" in (err.details() or "")
+    assert client.get_product("milk-1l").product.display_name == "Milk"  # type: ignore[union-attr]
 
 
 def test_create_only_on_an_existing_product_is_already_exists(client: SkulensClient) -> None:

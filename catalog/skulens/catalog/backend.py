@@ -69,8 +69,10 @@ class CatalogBackend(Protocol):
         labels: Mapping[str, str] | None = None,
         *,
         create_only: bool = False,
+        update_fields: Sequence[str] | frozenset[str] | None = None,
     ) -> tuple[Product, bool]:
-        """Create or replace a product's name, category and labels; (product, created)."""
+        """Create a product, or update an existing one: every field, or only `update_fields` (of display_name,
+        category, labels; the others keep their stored values); (product as stored, created)."""
         ...
 
     def get_product(self, product_id: str) -> ProductDetail:

@@ -202,17 +202,19 @@ class Catalog(BackendState):
 
     # ================================================================ writes
     def upsert_product(self, product_id: str, display_name: str = "", category: str = "",
-                       labels: Mapping[str, str] | None = None, *,
-                       create_only: bool = False) -> tuple[Product, bool]:
-        """Create a product, or replace its display name, category and labels; returns (product, created).
+                       labels: Mapping[str, str] | None = None, *, create_only: bool = False,
+                       update_fields: Sequence[str] | frozenset[str] | None = None) -> tuple[Product, bool]:
+        """Create a product, or update an existing one's display name, category and labels (all of them, or only
+        `update_fields`); returns (product as stored, created).
 
         `create_only`: an existing product is left as it is and `AlreadyExists` is raised.
         """
         self._check_open()
         pid = v.product_id(product_id)
         name, cat, lab = v.display_name(display_name), v.category(category), v.labels(labels)
+        fields = v.update_fields(update_fields)
         with self._write_lock:
-            row, created, count, gen = self._store.upsert_product(pid, name, cat, lab, create_only)
+            row, created, count, gen = self._store.upsert_product(pid, name, cat, lab, create_only, fields)
             with self._view.rw.write():
                 ok = self._view.advance(gen)
                 self._view.put_product(row)

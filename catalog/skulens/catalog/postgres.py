@@ -544,8 +544,8 @@ class PostgresCatalog(BackendState):
 
     # ================================================================ writes
     def upsert_product(self, product_id: str, display_name: str = "", category: str = "",
-                       labels: Mapping[str, str] | None = None, *,
-                       create_only: bool = False) -> tuple[Product, bool]:
+                       labels: Mapping[str, str] | None = None, *, create_only: bool = False,
+                       update_fields: Sequence[str] | frozenset[str] | None = None) -> tuple[Product, bool]:
         """Create a product, or replace its display name, category and labels; returns (product, created).
 
         `create_only`: an existing product is left as it is and `AlreadyExists` is raised.
@@ -553,6 +553,8 @@ class PostgresCatalog(BackendState):
         self._check_open()
         pid = v.product_id(product_id)
         name, cat, lab = v.display_name(display_name), v.category(category), v.labels(labels)
+        fields = v.update_fields(update_fields)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in v.PRODUCT_FIELDS if fields is None or c in fields)
 
         def tx(conn: Conn) -> tuple[Product, bool]:
             now = time.time()
@@ -561,19 +563,19 @@ class PostgresCatalog(BackendState):
                       "VALUES (%(pid)s, %(name)s, %(cat)s, %(labels)s, %(now)s, %(now)s) "
                       "ON CONFLICT (product_id) WHERE deleted_at IS NULL ")
             if create_only:
-                row = conn.execute(self._q(insert + "DO NOTHING RETURNING created_at, reference_count, true"),
-                                   args).fetchone()
+                row = conn.execute(self._q(insert + "DO NOTHING RETURNING created_at, reference_count, true, "
+                                                    "display_name, category, labels"), args).fetchone()
                 if row is None:
                     raise AlreadyExists(f"product {pid!r} exists already (create_only)", field="product_id")
             else:
                 row = conn.execute(self._q(
-                    insert + "DO UPDATE SET display_name = EXCLUDED.display_name, category = EXCLUDED.category, "
-                    "labels = EXCLUDED.labels, updated_at = EXCLUDED.updated_at "
-                    "RETURNING created_at, reference_count, (xmax = 0)"), args).fetchone()
+                    insert + "DO UPDATE SET " + (updates + ", " if updates else "") + "updated_at = "
+                    "EXCLUDED.updated_at RETURNING created_at, reference_count, (xmax = 0), display_name, category, "
+                    "labels"), args).fetchone()
             assert row is not None
             created = bool(row[2])
             self._bump(conn, products=1 if created else 0)
-            return Product(pid, name, cat, dict(lab), int(row[1]), float(row[0]), now), created
+            return Product(pid, str(row[3]), str(row[4]), dict(row[5]), int(row[1]), float(row[0]), now), created
 
         return self._run(tx)
 

@@ -317,11 +317,13 @@ class Store:
         return self.meta()
 
     # ---------------------------------------------------------------- products
-    def upsert_product(self, product_id: str, display_name: str, category: str,
-                       labels: dict[str, str], create_only: bool = False) -> tuple[ProductRow, bool, int, int]:
-        """Create or replace a product's fields; returns (row, created, reference count, generation).
+    def upsert_product(self, product_id: str, display_name: str, category: str, labels: dict[str, str],
+                       create_only: bool = False, fields: frozenset[str] | None = None
+                       ) -> tuple[ProductRow, bool, int, int]:
+        """Create or update a product; returns (row as stored, created, reference count, generation).
 
-        With `create_only`, an existing product raises `AlreadyExists` and nothing is written.
+        An existing product gets the `fields` given (None: display_name, category and labels all); with
+        `create_only` it raises `AlreadyExists` and nothing is written.
         """
         now = time.time()
         lj = _labels_json(labels)
@@ -338,8 +340,13 @@ class Store:
                 raise AlreadyExists(f"product {product_id!r} exists already (create_only)", field="product_id")
             else:
                 pk, created_at, created = int(row[0]), float(row[1]), False
-                tx.execute("UPDATE products SET display_name=?, category=?, labels=?, updated_at=? "
-                           "WHERE pk=?", (display_name, category, lj, now, pk))
+                values = {"display_name": display_name, "category": category, "labels": lj}
+                chosen = [c for c in values if fields is None or c in fields]
+                tx.execute(f"UPDATE products SET {''.join(f'{c}=?, ' for c in chosen)}updated_at=? WHERE pk=?",
+                           (*(values[c] for c in chosen), now, pk))
+                display_name, category, stored = tx.execute(
+                    "SELECT display_name, category, labels FROM products WHERE pk = ?", (pk,)).fetchone()
+                labels = json.loads(stored)
             count = int(tx.execute("SELECT COUNT(*) FROM refs WHERE product_pk = ?", (pk,)).fetchone()[0])
             gen = self._bump(tx)
         row_ = ProductRow(pk, product_id, display_name, category, dict(labels), created_at, now)

@@ -300,3 +300,20 @@ def search_request(queries: object, dim_: int, *, tolerance: float, max_top_k: i
     return SearchRequest(q, positive_int(top_k, "top_k", max_top_k), score(min_score, "min_score"),
                          category(category_), labels(labels_), default_threshold if threshold is None else threshold,
                          margin)
+
+
+#: The product fields an update may name (`upsert_product(update_fields=...)`, the API's update_mask paths).
+PRODUCT_FIELDS = ("display_name", "category", "labels")
+
+
+def update_fields(value: object, field: str = "update_mask") -> frozenset[str] | None:
+    """None (every field), or the named product fields; InvalidArgument for a name that is not one."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise InvalidArgument(f"{field} must be a collection of field names, got {type(value).__name__}", field)
+    unknown = sorted(str(f) for f in value if f not in PRODUCT_FIELDS)
+    if unknown:
+        raise InvalidArgument(f"{field} names {', '.join(map(repr, unknown))}; a product update may name "
+                              f"{', '.join(PRODUCT_FIELDS)}", field)
+    return frozenset(value)

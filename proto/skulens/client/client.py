@@ -203,18 +203,21 @@ class SkulensClient:
         labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
         create_only: bool = False,
+        update_mask: Sequence[str] | None = None,
     ) -> catalog_pb2.UpsertProductResponse:
-        """Create or update a product (`create_only`: ALREADY_EXISTS instead of updating)."""
-        return self.catalog.UpsertProduct(
-            catalog_pb2.UpsertProductRequest(
-                product_id=product_id,
-                display_name=display_name,
-                category=category,
-                labels=dict(labels or {}),
-                create_only=create_only,
-            ),
-            **self._kw(timeout),
+        """Create or update a product (`create_only`: ALREADY_EXISTS instead of updating). An existing product
+        changes the fields named in `update_mask` ("display_name", "category", "labels"; "*": all), or, without
+        it, the fields given non-empty here."""
+        request = catalog_pb2.UpsertProductRequest(
+            product_id=product_id,
+            display_name=display_name,
+            category=category,
+            labels=dict(labels or {}),
+            create_only=create_only,
         )
+        if update_mask is not None:
+            request.update_mask.paths.extend(update_mask)
+        return self.catalog.UpsertProduct(request, **self._kw(timeout))
 
     def add_references(
         self, requests: Iterable[catalog_pb2.AddReferenceImagesRequest], timeout: float | None = None

@@ -144,17 +144,13 @@ def enroll(
     for plan in plans:
         existing = client.get_product(plan.product_id) if resume or not plan.has_metadata else None
         if existing is None or plan.has_metadata:
-            resp = client.upsert_product(
+            given = {"display_name": plan.display_name, "category": plan.category, "labels": plan.labels}
+            resp = client.upsert_product(  # the plan's fields only (an empty one clears it); the rest stays
                 plan.product_id,
-                display_name=plan.display_name
-                if plan.display_name is not None
-                else (existing.product.display_name if existing else ""),
-                category=plan.category
-                if plan.category is not None
-                else (existing.product.category if existing else ""),
-                labels=plan.labels
-                if plan.labels is not None
-                else (dict(existing.product.labels) if existing else {}),
+                display_name=plan.display_name or "",
+                category=plan.category or "",
+                labels=plan.labels or {},
+                update_mask=[name for name, value in given.items() if value is not None],
             )
             report.products_created += int(resp.created)
         known = {r.content_sha256 for r in existing.references} if existing is not None and resume else set()

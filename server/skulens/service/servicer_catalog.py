@@ -29,7 +29,7 @@ from skulens.service.calllog import call_fields
 from skulens.service.consistency import reach_version
 from skulens.service.convert import product_pb
 from skulens.service.embedding import embed_batch
-from skulens.service.errors_grpc import item_status
+from skulens.service.errors_grpc import BadRequest, item_status
 from skulens.service.state import Runtime, deadline_of
 from skulens.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 
@@ -122,6 +122,26 @@ async def _then_version(catalog: CatalogBackend, write: Callable[[], _T]) -> tup
     return await asyncio.to_thread(run)
 
 
+def _update_fields(request: pb.UpsertProductRequest) -> frozenset[str]:
+    """The product fields an upsert changes (AIP-134): `update_mask` paths ("*": all), else the populated ones."""
+    if not request.HasField("update_mask"):
+        populated = {"display_name": request.display_name, "category": request.category, "labels": request.labels}
+        return frozenset(name for name, value in populated.items() if value)
+    paths = list(request.update_mask.paths)
+    if "*" in paths:
+        if paths != ["*"]:
+            raise BadRequest("update_mask: \"*\" stands alone (it means every field)", field="update_mask.paths")
+        return frozenset(validation.PRODUCT_FIELDS)
+    for i, path in enumerate(paths):
+        if path not in validation.PRODUCT_FIELDS:
+            raise BadRequest(
+                f"update_mask.paths[{i}] is {path!r}; a product update may name "
+                f"{', '.join(validation.PRODUCT_FIELDS)} (or \"*\")",
+                field=f"update_mask.paths[{i}]",
+            )
+    return frozenset(paths)
+
+
 def _allowing_missing(delete: Callable[[], _T], missing: _T) -> Callable[[], _T]:
     """`delete`, answering `missing` instead of NotFound (an idempotent delete, AIP-135 allow_missing)."""
 
@@ -162,6 +182,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 request.category,
                 dict(request.labels),
                 create_only=request.create_only,
+                update_fields=_update_fields(request),
             ),
         )
         return pb.UpsertProductResponse(product=product_pb(product), created=created, catalog_version=version)
