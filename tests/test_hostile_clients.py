@@ -388,6 +388,53 @@ def test_request_that_never_arrives_times_out(gate_server: RunningServer) -> Non
     assert in_flight(gate_server, "GetCatalogStats") == 0
 
 
+
+@pytest.fixture(scope="module")
+def idle_server(clip_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server whose streams may stay idle 1 s between messages."""
+    srv = RunningServer(
+        _settings(tmp_path_factory.mktemp("idle") / "data", stream_idle_seconds=1.0), SHARED.engine(clip_model_dir)
+    )
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("method", ["RecognizeStream", "AddReferenceImages"])
+def test_an_idle_stream_is_ended_and_frees_its_slot(idle_server: RunningServer, method: str) -> None:
+    """A streaming-request call whose client sends one message, then nothing while keeping the stream open, is
+    ended after the stream idle limit (1.0 s here) with DEADLINE_EXCEEDED naming the limit; its call slot is free."""
+    release = threading.Event()
+    image = recognition_pb2.ImageInput(id="i", content=pattern_image(3))
+    first: bytes = (
+        recognition_pb2.RecognizeStreamRequest(images=[image]).SerializeToString()
+        if method == "RecognizeStream"
+        else catalog_pb2.AddReferenceImagesRequest(product_id="nobody", content=pattern_image(3)).SerializeToString()
+    )
+
+    def one_then_silence() -> Iterator[bytes]:
+        yield first
+        release.wait(30)
+
+    before = calls(idle_server, method, "DEADLINE_EXCEEDED")
+    t0 = time.monotonic()
+    prefix = REC if method == "RecognizeStream" else CAT
+    with grpc.insecure_channel(idle_server.addr) as ch:
+        try:
+            with pytest.raises(grpc.RpcError) as info:
+                if method == "RecognizeStream":
+                    list(ch.stream_stream(prefix + method)(one_then_silence(), timeout=20))
+                else:
+                    ch.stream_unary(prefix + method)(one_then_silence(), timeout=20)
+        finally:
+            release.set()
+    assert info.value.code() is C.DEADLINE_EXCEEDED
+    assert "no request message for 1 s" in (info.value.details() or "")
+    assert 0.9 <= time.monotonic() - t0 < 10
+    wait_for(lambda: calls(idle_server, method, "DEADLINE_EXCEEDED") == before + 1, 5, "the call counted")
+    assert in_flight(idle_server, method) == 0
+    assert idle_server.app.runtime.admission.stats().calls == 0
+
+
 # --------------------------------------------------------------------------- raw HTTP/2 (frames by hand)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x7

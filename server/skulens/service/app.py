@@ -105,7 +105,12 @@ def create_server(
     ]
     read_timeout = settings.request_read_timeout_seconds or None
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(runtime.metrics, read_timeout=read_timeout), AuthInterceptor(tokens)],
+        interceptors=[
+            CallInterceptor(
+                runtime.metrics, read_timeout=read_timeout, idle_timeout=settings.stream_idle_seconds or None
+            ),
+            AuthInterceptor(tokens),
+        ],
         options=options,
     )
     recognition_pb2_grpc.add_RecognitionServiceServicer_to_server(RecognitionServicer(runtime), server)

@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -98,11 +98,14 @@ class _DecodedRequests:
     message that is not valid protobuf becomes a `BadRequest` naming its index. Lazy: nothing is read from the
     call until the handler iterates."""
 
-    def __init__(self, raw: AsyncIterable[bytes], deserializer: Callable[[bytes], Any] | None) -> None:
+    def __init__(
+        self, raw: AsyncIterable[bytes], deserializer: Callable[[bytes], Any] | None, idle_timeout: float | None = None
+    ) -> None:
         self._source = raw
         self._raw: AsyncIterator[bytes] | None = None
         self._deserializer = deserializer
         self._index = 0
+        self._idle = idle_timeout
 
     def __aiter__(self) -> _DecodedRequests:
         return self
@@ -110,7 +113,14 @@ class _DecodedRequests:
     async def __anext__(self) -> Any:
         if self._raw is None:
             self._raw = self._source.__aiter__()
-        raw = await self._raw.__anext__()
+        try:
+            raw = await _within(self._idle, self._raw.__anext__())
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(
+                f"no request message for {self._idle:g} s after message {self._index - 1} (the server's stream idle "
+                "limit); send messages sooner, or end the stream",
+                "requests",
+            ) from None
         index, self._index = self._index, self._index + 1
         return parse_request(self._deserializer, raw, f"request message {index}")
 
@@ -140,7 +150,7 @@ async def _first_two(requests: AsyncIterable[bytes]) -> tuple[bytes | None, byte
     return first, (None if first is None else await anext(it, None))
 
 
-async def _within(timeout: float | None, coro: Coroutine[Any, Any, _T]) -> _T:
+async def _within(timeout: float | None, coro: Awaitable[_T]) -> _T:
     """`await coro` with a time limit (asyncio.TimeoutError); without an extra task where asyncio allows."""
     if timeout is None:
         return await coro
@@ -167,9 +177,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     limit; expiry is DEADLINE_EXCEEDED, which frees the connection's stream) and a second message is refused.
     """
 
-    def __init__(self, metrics: Metrics | None = None, *, read_timeout: float | None = 30.0) -> None:
+    def __init__(
+        self, metrics: Metrics | None = None, *, read_timeout: float | None = 30.0, idle_timeout: float | None = None
+    ) -> None:
         self._metrics = metrics
         self._read_timeout = read_timeout
+        self._idle_timeout = idle_timeout
 
     async def intercept_service(
         self,
@@ -202,14 +215,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             behavior_su = handler.stream_unary
 
             async def run_su(requests: AsyncIterable[bytes], context: grpc.aio.ServicerContext) -> Any:
-                result = behavior_su(_DecodedRequests(requests, des), context)
+                result = behavior_su(_DecodedRequests(requests, des, self._idle_timeout), context)
                 return await result if inspect.isawaitable(result) else result
 
             return grpc.stream_unary_rpc_method_handler(self._unary(run_su, method, rid), response_serializer=ser)
         behavior_ss = handler.stream_stream
 
         async def run_ss(requests: AsyncIterable[bytes], context: grpc.aio.ServicerContext) -> Any:
-            return behavior_ss(_DecodedRequests(requests, des), context)
+            return behavior_ss(_DecodedRequests(requests, des, self._idle_timeout), context)
 
         return grpc.stream_stream_rpc_method_handler(self._stream(run_ss, method, rid), response_serializer=ser)
 

@@ -169,6 +169,13 @@ class Settings:
         float,
         group="connections",
     )
+    stream_idle_seconds: float = _opt(
+        300.0,
+        "streaming-request methods (RecognizeStream, AddReferenceImages): longest wait for the next message; a "
+        "stream idle longer is ended with DEADLINE_EXCEEDED, freeing its call slot; 0 = no limit",
+        float,
+        group="connections",
+    )
     keepalive_time_seconds: float = _opt(
         60.0,
         "seconds without traffic on a connection after which the server pings the client (finds dead peers)",
@@ -337,7 +344,7 @@ class Settings:
             raise bad("max_image_mb", f"in (0, max_message_mb={self.max_message_mb}]")
         if self.drain_delay_seconds < 0:
             raise bad("drain_delay_seconds", ">= 0")
-        for name in ("request_read_timeout_seconds", "max_connection_idle_seconds"):
+        for name in ("request_read_timeout_seconds", "max_connection_idle_seconds", "stream_idle_seconds"):
             if not 0 <= getattr(self, name) <= 86_400:
                 raise bad(name, "in [0, 86400] (0 = off)")
         for name in ("keepalive_time_seconds", "keepalive_timeout_seconds"):
