@@ -193,3 +193,35 @@ def test_a_method_nobody_implemented_is_unimplemented_not_internal() -> None:
     """A generated servicer's default raises NotImplementedError: UNIMPLEMENTED, the standard's answer."""
     code, message, field = eg.describe(NotImplementedError("Method not implemented!"))
     assert (code, field) == (C.UNIMPLEMENTED, "") and "not implemented" in message
+
+
+def test_status_details_are_standard_google_rpc() -> None:
+    """Every error also travels as a google.rpc.Status: ErrorInfo (stable reason, domain, field), BadRequest with
+    the field violation for INVALID_ARGUMENT, RetryInfo when a retry delay is known."""
+    from google.rpc import error_details_pb2
+
+    def details(st: object) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for any_ in st.details:  # type: ignore[attr-defined]
+            for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
+                if any_.Is(kind.DESCRIPTOR):
+                    msg = kind()
+                    any_.Unpack(msg)
+                    out[kind.__name__] = msg
+        return out
+
+    st = eg.status_proto(img.ImageTooLarge("image is 9 bytes; the limit is 4 bytes", "images[2]"))
+    assert (st.code, st.message) == (C.INVALID_ARGUMENT.value[0], "images[2]: image is 9 bytes; the limit is 4 bytes")
+    d = details(st)
+    info, bad = d["ErrorInfo"], d["BadRequest"]
+    assert (info.reason, info.domain, dict(info.metadata)) == ("IMAGE_TOO_LARGE", "skulens.v1", {"field": "images[2]"})
+    assert [(v.field, v.description) for v in bad.field_violations] == [("images[2]", st.message)]
+    assert "RetryInfo" not in d
+    shed = details(eg.status_proto(inf.Overloaded("busy", retry_after_s=0.25)))
+    assert shed["RetryInfo"].retry_delay.ToMilliseconds() == 250 and "BadRequest" not in shed
+    assert shed["ErrorInfo"].reason == "OVERLOADED"
+    behind = details(eg.status_proto(eg.CatalogBehind("behind", "min_catalog_version", retry_after_s=0.1)))
+    assert behind["RetryInfo"].retry_delay.ToMilliseconds() == 100
+    internal = eg.status_proto(KeyError("secret"))
+    assert internal.code == C.INTERNAL.value[0] and "secret" not in internal.message
+    assert details(internal)["ErrorInfo"].reason == "INTERNAL"

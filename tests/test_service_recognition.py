@@ -313,3 +313,19 @@ def test_server_info_says_what_the_server_is_and_accepts(client: SkulensClient, 
     assert info.server_version  # the installed distribution's version
     too_many = [image_input(pattern_image(0))] * (lim.max_images_per_request + 1)
     assert rpc_error(client.recognize, too_many).code() is C.RESOURCE_EXHAUSTED  # the limit it announced
+
+
+def test_call_errors_carry_google_rpc_status_details(client: SkulensClient) -> None:
+    """Any gRPC library reads the standard trailer: grpc_status.rpc_status.from_call gives a google.rpc.Status
+    whose code and message match the call's, with ErrorInfo and BadRequest naming the field."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    err = rpc_error(client.recognize, [image_input(b"x")], search_options(top_k=999))
+    st = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert st is not None and st.code == C.INVALID_ARGUMENT.value[0] and st.message == err.details()
+    bad = error_details_pb2.BadRequest()
+    info = error_details_pb2.ErrorInfo()
+    assert any(a.Unpack(bad) for a in st.details if a.Is(bad.DESCRIPTOR))
+    assert any(a.Unpack(info) for a in st.details if a.Is(info.DESCRIPTOR))
+    assert bad.field_violations[0].field == "options.top_k" and info.reason == "BAD_REQUEST"

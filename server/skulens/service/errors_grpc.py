@@ -25,9 +25,12 @@ it becomes INTERNAL with a generic text and its traceback goes to the log only.
 from __future__ import annotations
 
 import logging
+import re
 from typing import NoReturn
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from skulens.catalog import errors as cat
 from skulens.errors import SkulensError
@@ -42,6 +45,10 @@ INTERNAL_MESSAGE = "internal error; see the server log (request id in trailing m
 FIELD_METADATA_KEY = "skulens-error-field"
 #: gRPC's standard server pushback trailer (retry design A6): milliseconds a client should wait before retrying.
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+#: The standard trailer carrying a serialized google.rpc.Status with its details (every gRPC library reads it).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+#: google.rpc.ErrorInfo.domain of every skulens error.
+ERROR_DOMAIN = "skulens.v1"
 
 
 class ServiceError(SkulensError):
@@ -140,11 +147,46 @@ def item_status(exc: BaseException | None = None) -> common_pb2.ItemStatus:
     return common_pb2.ItemStatus(code=code.value[0], message=message, field=field)
 
 
+def reason_of(exc: BaseException) -> str:
+    """The stable ErrorInfo reason of an error: its class name in UPPER_SNAKE_CASE (ImageTooLarge →
+    IMAGE_TOO_LARGE); INTERNAL for anything that is not a domain error."""
+    if isinstance(exc, NotImplementedError):
+        return "UNIMPLEMENTED"
+    if not isinstance(exc, SkulensError) or code_of(exc) is None:
+        return "INTERNAL"
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", type(exc).__name__).upper()
+
+
+def status_proto(exc: BaseException, described: tuple[grpc.StatusCode, str, str] | None = None) -> status_pb2.Status:
+    """`exc` as a google.rpc.Status with standard details: ErrorInfo (reason, domain, the field) always;
+    BadRequest with a field violation for INVALID_ARGUMENT naming a field; RetryInfo when a retry delay is known.
+    `described`: `describe(exc)` when the caller has it already (an unmapped error is logged once)."""
+    code, message, field = described or describe(exc)
+    details = [error_details_pb2.ErrorInfo(reason=reason_of(exc), domain=ERROR_DOMAIN,
+                                           metadata={"field": field} if field else {})]
+    if code is C.INVALID_ARGUMENT and field:
+        details.append(error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
+        ))
+    retry_after = getattr(exc, "retry_after_s", None)
+    if isinstance(retry_after, (int, float)) and code in (C.RESOURCE_EXHAUSTED, C.UNAVAILABLE):
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(1, round(retry_after * 1000)))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    return status_pb2.Status(code=code.value[0], message=message, details=packed)
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
     """End the call with the status for `exc` (field in trailing metadata `skulens-error-field`; a retry hint
     of an overload refusal in `grpc-retry-pushback-ms`)."""
     code, message, field = describe(exc)
     trailing = tuple(context.trailing_metadata() or ())
+    trailing += ((STATUS_DETAILS_KEY, status_proto(exc, (code, message, field)).SerializeToString()),)
     if field:
         trailing += ((FIELD_METADATA_KEY, field),)
     retry_after = getattr(exc, "retry_after_s", None)
