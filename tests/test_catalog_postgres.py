@@ -199,7 +199,7 @@ def test_filtered_hnsw_search_keeps_recall_at_5_percent_selectivity(open_catalog
 
 
 def _explain(server: PgServer, cat: PostgresCatalog, category: str) -> str:
-    stmt = cat._search_statement(False, True, False)
+    stmt = cat._rounds.statement(False, True, False)
     with psycopg.connect(server.url(), autocommit=True) as conn, conn.transaction():
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
                      "set_config('enable_sort', 'off', true)")
@@ -209,7 +209,7 @@ def _explain(server: PgServer, cat: PostgresCatalog, category: str) -> str:
 
 
 def _rows_without_iterative_scan(server: PgServer, cat: PostgresCatalog, q: np.ndarray, k: int) -> int:
-    stmt = cat._search_statement(False, True, False)
+    stmt = cat._rounds.statement(False, True, False)
     with psycopg.connect(server.url(), autocommit=True) as conn, conn.transaction():
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'off', true), set_config('hnsw.ef_search', '40', "
                      "true), set_config('enable_sort', 'off', true)")

@@ -186,7 +186,10 @@ def test_abort_helper_keeps_trailing_metadata() -> None:
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(eg.abort(ctx, eg.BadRequest("bad", "options.top_k")))
     assert ctx.aborted[0] is C.INVALID_ARGUMENT
-    assert ctx.aborted[2] == (("x-request-id", "r1"), (eg.FIELD_METADATA_KEY, "options.top_k"))
+    trailing = dict(ctx.aborted[2])  # type: ignore[call-overload]
+    assert list(trailing) == ["x-request-id", eg.STATUS_DETAILS_KEY, eg.FIELD_METADATA_KEY]
+    assert trailing["x-request-id"] == "r1" and trailing[eg.FIELD_METADATA_KEY] == "options.top_k"
+    assert trailing[eg.STATUS_DETAILS_KEY] == eg.status_proto(eg.BadRequest("bad", "options.top_k")).SerializeToString()
 
 
 def test_a_method_nobody_implemented_is_unimplemented_not_internal() -> None:

@@ -55,6 +55,9 @@ NEEDS_RUNTIME_EXTRA = {
         "faiss",
     ),
     "skulens.catalog.postgres": "psycopg",
+    "skulens.catalog.postgres_pool": "psycopg",
+    "skulens.catalog.postgres_schema": "psycopg",
+    "skulens.catalog.postgres_search": "psycopg",
     "skulens.inference.encoder": "onnxruntime",
     "skulens.inference.engine": "onnxruntime",
 }
