@@ -333,3 +333,68 @@ def test_serve_refuses_a_damaged_catalog_without_a_traceback(
     last = err.rstrip("\n").splitlines()[-1]
     assert last.startswith(f"skulens: error: catalog store {data / 'catalog.db'} is empty (0 bytes)")
     assert f"skulens catalog check --data {data}" in last
+
+
+def test_enroll_takes_any_depth_and_checks_its_input_first(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`<group>/<class>/<product>/<images>` enrols one product per leaf folder; two leaves of one name, images in
+    the root, or a CSV naming a missing file fail before anything is written (exit 1, no junk product)."""
+    root = tmp_path / "grocery"
+    for group, cls, pid, seed in (("Packages", "Juice", "juice-apple", 300), ("Fruit", "Apple", "apple-pink", 301)):
+        d = root / group / cls / pid
+        d.mkdir(parents=True)
+        (d / "a.png").write_bytes(pattern_image(seed))
+    code, out, _ = run(capsys, "enroll", str(root), "--addr", server.addr, "--no-progress", "--json")
+    assert code == EXIT_OK and json.loads(out)["products"] == 2 and json.loads(out)["added"] == 2
+    with server.client() as c:
+        assert c.get_product("juice-apple") is not None and c.get_product("apple-pink") is not None
+    twin = root / "Other" / "juice-apple"
+    twin.mkdir(parents=True)
+    (twin / "b.png").write_bytes(pattern_image(302))
+    (root / "Fruit" / "Apple" / "pear-1").mkdir()
+    (root / "Fruit" / "Apple" / "pear-1" / "p.png").write_bytes(pattern_image(303))
+    code, _, err = run(capsys, "enroll", str(root), "--addr", server.addr, "--no-progress")
+    assert code == EXIT_FAIL and "two folders name product 'juice-apple'" in err
+    csv_path = tmp_path / "broken.csv"
+    csv_path.write_text(f"ghost-1,{root / 'nope.png'}\n")
+    code, _, err = run(capsys, "enroll", str(csv_path), "--addr", server.addr, "--no-progress")
+    assert code == EXIT_FAIL and "image files not found" in err
+    with server.client() as c:
+        assert c.get_product("pear-1") is None and c.get_product("ghost-1") is None  # nothing written
+
+
+def test_recognize_takes_folders_and_lists_and_batches_by_the_server_limit(
+    clip_model_dir: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """10 images from a folder and a list file, a server that takes 3 per call: every image answered once."""
+    srv = RunningServer(make_settings(tmp_path / "data", max_images_per_request=3), SHARED.engine(clip_model_dir))
+    try:
+        listed = tmp_path / "some.txt"
+        listed.write_text(f"# two of them\n{folder / 'sku-0' / '0.png'}\n{folder / 'sku-1' / '1.png'}\n")
+        code, out, _ = run(capsys, "recognize", str(folder), str(listed), "--json", "--addr", srv.addr)
+        assert code == EXIT_OK
+        ids = [r["id"] for r in json.loads(out)["results"]]
+        assert len(ids) == 2 * N_PRODUCTS + 2 and ids[-2:] == [str(folder / "sku-0" / "0.png"),
+                                                            str(folder / "sku-1" / "1.png")]
+        code, _, err = run(capsys, "recognize", str(tmp_path / "missing.png"), "--addr", srv.addr)
+        assert code == EXIT_FAIL and "not an image file" in err
+    finally:
+        srv.stop()
+
+
+def test_output_into_a_closed_pipe_ends_quietly(server: RunningServer, folder: Path) -> None:
+    """`skulens recognize ... | head`: output into a pipe whose reader is gone (closed before the first write,
+    so the write surely fails) ends with no BrokenPipeError traceback and a clean exit."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skulens.cli", "recognize", str(folder), "--addr", server.addr, "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away at once
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -151,12 +153,53 @@ def _recognition_row(label: str, rec: Any) -> list[Any]:
     ]
 
 
-def _cmd_recognize(args: argparse.Namespace) -> int:
-    from skulens.client.client import image_input
+def image_paths(inputs: Sequence[Path]) -> list[Path]:
+    """Image files from files, folders (every image below, sorted) and list files (`.txt` / `.lst`: one path a
+    line, relative to the list); checked before any call: a missing path raises ValueError naming it."""
+    from skulens.client.enroll import IMAGE_SUFFIXES
 
-    images = [image_input(Path(p).read_bytes(), id=str(p)) for p in args.images]
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.suffix.lower() in (".txt", ".lst") and p.is_file():
+            lines = (ln.strip() for ln in p.read_text(encoding="utf-8").splitlines())
+            out += [q if q.is_absolute() else p.parent / q for q in map(Path, lines) if str(q) and str(q)[0] != "#"]
+        else:
+            out.append(p)
+    missing = [str(p) for p in out if not p.is_file()]
+    if missing:
+        raise ValueError(f"not an image file: {', '.join(missing[:3])}" + (f" and {len(missing) - 3} more"
+                                                                         if len(missing) > 3 else ""))
+    if not out:
+        raise ValueError("no image files found in " + ", ".join(map(str, inputs)))
+    return out
+
+
+def _cmd_recognize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from skulens.client.client import image_input
+    from skulens.v1 import recognition_pb2
+
+    paths = image_paths(args.images)
     with _client(args) as c:
-        resp = c.recognize(images, _options(args))
+        try:  # batches as large as the server takes
+            per_call = max(1, c.server_info().limits.max_images_per_request)
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            per_call = 16  # an older server: a size every server takes
+        resp = recognition_pb2.RecognizeResponse()
+        quiet = args.no_progress or len(paths) <= per_call
+        with tqdm(total=len(paths), unit="img", desc="recognising", disable=quiet, dynamic_ncols=True) as bar:
+            for at in range(0, len(paths), per_call):
+                chunk = paths[at : at + per_call]
+                part = c.recognize([image_input(q.read_bytes(), id=str(q)) for q in chunk], _options(args))
+                resp.results.extend(part.results)
+                resp.model_fingerprint, resp.random_weights = part.model_fingerprint, part.random_weights
+                resp.catalog_version = part.catalog_version
+                bar.update(len(chunk))
     if args.json:
         print(json.dumps(_to_json(resp), indent=2))
     else:
@@ -392,8 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_args(p)
     p.set_defaults(func=_cmd_enroll)
 
-    p = sub.add_parser("recognize", help="recognise image files")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p = sub.add_parser("recognize", help="recognise image files (files, folders, list files)")
+    p.add_argument(
+        "images", nargs="+", type=Path,
+        help="image files, folders (every image below) or list files (.txt/.lst, one path a line); sent in "
+        "batches of the server's per-request limit",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_search_args(p)
     _add_client_args(p)
     p.set_defaults(func=_cmd_recognize)
@@ -459,7 +507,17 @@ def _missing_export(exc: ImportError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `skulens` console script; returns the exit status."""
+    """Entry point of the `skulens` console script; returns the exit status. Output piped into a reader that
+    stops early (`| head`) ends the command quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):  # Python's advice: point stdout at devnull so its flush at exit is quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("serve", "calibrate", "reembed") or getattr(args, "catalog_cmd", None) == "check":
         try:
@@ -483,6 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise  # main() ends quietly
     except Exception as exc:
         if isinstance(exc, ConfigError):
             print(f"skulens: {exc.message}", file=sys.stderr)

@@ -69,14 +69,31 @@ def parse_labels(text: str) -> dict[str, str]:
     return out
 
 
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def plan_from_folder(root: Path) -> list[ProductPlan]:
-    """One product per sub-folder (its name is the product id), its image files sorted by name."""
-    plans = []
-    for d in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if files:
-            plans.append(ProductPlan(d.name, paths=files))
-    return plans
+    """One product per folder that holds images, at any depth (`<product_id>/<images>`, or deeper such as
+    `<group>/<class>/<product_id>/<images>`): its name is the product id, its image files sorted by name.
+
+    Checked before anything is written: ValueError for images lying in `root` itself, for two folders with the
+    same name (one product id), or when no folder holds an image."""
+    root = Path(root)
+    if _images_in(root):
+        raise ValueError(f"{root} holds image files itself: put each product's images in a folder named by its id")
+    plans: dict[str, ProductPlan] = {}
+    where: dict[str, Path] = {}
+    for d in sorted(p for p in root.rglob("*") if p.is_dir() and not any(s.startswith(".") for s in p.parts)):
+        files = _images_in(d)
+        if not files:
+            continue
+        if d.name in plans:
+            raise ValueError(f"two folders name product {d.name!r}: {where[d.name]} and {d}; rename one")
+        plans[d.name], where[d.name] = ProductPlan(d.name, paths=files), d
+    if not plans:
+        raise ValueError(f"no folder under {root} holds images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return list(plans.values())
 
 
 def plan_from_csv(path: Path) -> list[ProductPlan]:
@@ -104,6 +121,12 @@ def plan_from_csv(path: Path) -> list[ProductPlan]:
                     plan.labels = parse_labels(row[4])
                 except ValueError as exc:
                     raise ValueError(f"{path}:{lineno}: {exc}") from None
+    missing = [str(f) for plan in plans.values() for f in plan.paths if not f.is_file()]
+    if missing:  # checked before anything is written: no product is created for a broken list
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ValueError(f"{path}: image files not found: {', '.join(missing[:3])}{more}")
+    if not plans:
+        raise ValueError(f"{path} lists no images")
     return list(plans.values())
 
 
