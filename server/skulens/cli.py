@@ -183,6 +183,7 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
     from skulens.v1 import recognition_pb2
 
     paths = image_paths(args.images)
+    options = _options(args)  # arguments checked before any call
     with _client(args) as c:
         try:  # batches as large as the server takes
             per_call = max(1, c.server_info().limits.max_images_per_request)
@@ -195,7 +196,7 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
         with tqdm(total=len(paths), unit="img", desc="recognising", disable=quiet, dynamic_ncols=True) as bar:
             for at in range(0, len(paths), per_call):
                 chunk = paths[at : at + per_call]
-                part = c.recognize([image_input(q.read_bytes(), id=str(q)) for q in chunk], _options(args))
+                part = c.recognize([image_input(q.read_bytes(), id=str(q)) for q in chunk], options)
                 resp.results.extend(part.results)
                 resp.model_fingerprint, resp.random_weights = part.model_fingerprint, part.random_weights
                 resp.catalog_version = part.catalog_version
@@ -265,6 +266,8 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 def _cmd_catalog(args: argparse.Namespace) -> int:
     if args.catalog_cmd == "check":
         return _cmd_catalog_check(args)
+    if args.catalog_cmd == "copy":
+        return _cmd_catalog_copy(args)
     with _client(args) as c:
         if args.catalog_cmd == "stats":
             st = c.stats()
@@ -324,6 +327,38 @@ def _cmd_catalog_check(args: argparse.Namespace) -> int:
     else:
         print(report.format())
     return EXIT_OK if report.healthy else EXIT_FAIL
+
+
+def _cmd_catalog_copy(args: argparse.Namespace) -> int:
+    """Offline copy of one catalog into another (embedded ⇄ PostgreSQL), resumable."""
+    from tqdm import tqdm
+
+    from skulens.catalog.copy import copy_catalog
+    from skulens.catalog.location import open_catalog, parse_location
+    from skulens.catalog.settings import CatalogSettings
+    from skulens.model.manifest import load_manifest
+
+    manifest = load_manifest(args.model)
+    fp, dim = manifest.fingerprint, manifest.embedding_dim
+    src_loc, dst_loc = parse_location(args.source, "--from"), parse_location(args.target, "--to")
+    if src_loc == dst_loc:
+        raise ConfigError("--from and --to name the same catalog", field="--to")
+    source = open_catalog(src_loc, fingerprint=fp, dim=dim, settings=CatalogSettings())
+    try:
+        target = open_catalog(dst_loc, fingerprint=fp, dim=dim, settings=CatalogSettings())
+        try:
+            with tqdm(total=source.stats().references, unit="ref", desc="copying", disable=args.no_progress,
+                      dynamic_ncols=True) as bar:
+                report = copy_catalog(source, target, batch=args.batch, progress=bar.update)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    print(json.dumps(report.__dict__) if args.json else
+          f"copied {src_loc.redacted()} → {dst_loc.redacted()}: {report.products} products; "
+          f"{report.references} references read, {report.copied} written, {report.skipped} already there; "
+          f"{report.seconds:.1f} s")
+    return EXIT_OK
 
 
 def _open_catalog(model_dir: Path, data_dir: Path, allow_mismatch: bool = False) -> Any:
@@ -477,6 +512,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", type=Path, required=True, help="catalog directory")
     c.add_argument("--model", type=Path, help="model directory to compare the catalog's model with (optional)")
     c.add_argument("--json", action="store_true", help="print the findings as JSON")
+    c = csub.add_parser(
+        "copy",
+        help="offline: copy a catalog into another (embedded ⇄ PostgreSQL), resumable",
+        description="Copy every product and reference (embedding, stored image, source, hash) of one catalog into "
+        "another: sqlite:///DIR or a directory, or postgresql://... . Safe to run again after an interruption: "
+        "what the target has already is skipped. Both must hold the --model's embeddings.",
+    )
+    c.add_argument("--from", dest="source", required=True, help="the catalog to read")
+    c.add_argument("--to", dest="target", required=True, help="the catalog to write (created if new)")
+    c.add_argument("--model", type=Path, required=True, help="model directory whose embeddings both catalogs hold")
+    c.add_argument("--batch", type=int, default=256, help="references read per step")
+    c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_catalog)
 
     p = sub.add_parser("calibrate", help="offline: suggest thresholds from the catalog's own references")
@@ -519,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("serve", "calibrate", "reembed") or getattr(args, "catalog_cmd", None) == "check":
+    if args.command in ("serve", "calibrate", "reembed") or getattr(args, "catalog_cmd", None) in ("check", "copy"):
         try:
             return int(args.func(args) or 0)
         except KeyboardInterrupt:

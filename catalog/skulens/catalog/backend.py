@@ -25,6 +25,7 @@ from skulens.catalog.errors import CatalogClosed, FingerprintMismatch
 from skulens.catalog.models import (
     AddedReference,
     CatalogStats,
+    ExportedReference,
     NewReference,
     Product,
     ProductDetail,
@@ -117,6 +118,11 @@ class CatalogBackend(Protocol):
     ) -> list[SearchResult]:
         """Top-k products per unit-norm query row, best first, with a verdict each (`trusted`: the rows come
         from an `Encoder` of this catalog's model, so their norms are not checked again)."""
+        ...
+
+    def export_references(self, after: int = 0, limit: int = 256) -> list[ExportedReference]:
+        """Up to `limit` live references with reference id > `after`, in id order: product, source, hash, stored
+        image and embedding (to copy a catalog; resume from the last id)."""
         ...
 
     def stats(self) -> CatalogStats:

@@ -32,6 +32,7 @@ from skulens.catalog.integrity import DB_FILE, SNAPSHOT_FILE, refuse_lost_store
 from skulens.catalog.models import (
     AddedReference,
     EmbeddedStats,
+    ExportedReference,
     NewReference,
     Product,
     ProductDetail,
@@ -312,6 +313,12 @@ class Catalog(BackendState):
         committed write of this process; another process's writes count once `refresh` has loaded them)."""
         self._check_open()
         return self._view.generation
+
+    def export_references(self, after: int = 0, limit: int = 256) -> list[ExportedReference]:
+        """Up to `limit` references with id > `after`, in id order (embedding, image, hash, source, product)."""
+        self._check_open()
+        return self._store.export_references(v.reference_id(after) if after else 0,
+                                             v.positive_int(limit, "limit", 65536))
 
     def stats(self) -> EmbeddedStats:
         """Counts, model identity, version, index kind/size/recall, snapshot state and database size."""

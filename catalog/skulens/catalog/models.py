@@ -100,6 +100,18 @@ class NewReference:
 
 
 @dataclass(frozen=True)
+class ExportedReference:
+    """A stored reference as `export_references` reads it back, to copy it into another catalog."""
+
+    reference_id: int
+    product_id: str
+    source: str
+    content_sha256: str | None
+    image: bytes | None
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
 class AddedReference:
     """Result of enrolling one reference; `duplicate` when an identical one existed (nothing written)."""
 

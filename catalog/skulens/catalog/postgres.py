@@ -40,6 +40,7 @@ from skulens.catalog.errors import AlreadyExists, FingerprintMismatch, InvalidAr
 from skulens.catalog.models import (
     AddedReference,
     CatalogStats,
+    ExportedReference,
     NewReference,
     Product,
     ProductDetail,
@@ -47,7 +48,7 @@ from skulens.catalog.models import (
     SearchResult,
 )
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, Database, one_row, parse_url, redact
-from skulens.catalog.postgres_schema import CatalogSchema, RefRow, current_schema, vec_text
+from skulens.catalog.postgres_schema import CatalogSchema, RefRow, current_schema, parse_vec, vec_text
 from skulens.catalog.postgres_search import HnswTuning, RoundSearch
 from skulens.catalog.settings import CatalogSettings
 
@@ -326,6 +327,24 @@ class PostgresCatalog(BackendState):
             p = rows[0]
             return ProductDetail(Product(str(p[0]), str(p[1]), str(p[2]), dict(p[3]), len(refs), float(p[4]),
                                          float(p[5])), refs)
+
+        return self._db.run(tx, tx=False)
+
+    def export_references(self, after: int = 0, limit: int = 256) -> list[ExportedReference]:
+        """Up to `limit` live references with id > `after`, in id order (embedding, image, hash, source, product)."""
+        self._check_open()
+        start = v.reference_id(after) if after else 0
+        n = v.positive_int(limit, "limit", 65536)
+
+        def tx(conn: Conn) -> list[ExportedReference]:
+            rows = conn.execute(self._schema.q(
+                "SELECT r.reference_id, p.product_id, r.source, r.content_sha256, r.image, e.embedding::text "
+                "FROM {refs} r JOIN {products} p ON p.pk = r.product_pk "
+                "JOIN {embeddings} e ON e.reference_id = r.reference_id AND e.fingerprint = {fp} "
+                "WHERE r.deleted_at IS NULL AND r.reference_id > %s ORDER BY r.reference_id LIMIT %s"),
+                (start, n)).fetchall()
+            return [ExportedReference(int(r[0]), str(r[1]), str(r[2]), r[3], None if r[4] is None else bytes(r[4]),
+                                      parse_vec(str(r[5]))) for r in rows]
 
         return self._db.run(tx, tx=False)
 

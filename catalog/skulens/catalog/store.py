@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from skulens.catalog.errors import AlreadyExists, CatalogClosed, CatalogCorrupt, CatalogError, NotFound
-from skulens.catalog.models import Product, ReferenceInfo
+from skulens.catalog.models import ExportedReference, Product, ReferenceInfo
 
 SCHEMA_VERSION = 1
 
@@ -476,6 +476,16 @@ class Store:
                     raise NotFound(f"reference {rid} does not exist", field="reference_id")
                 out[i] = np.frombuffer(row[0], dtype="<f4")
         return out
+
+    def export_references(self, after: int, limit: int) -> list[ExportedReference]:
+        """Up to `limit` references with id > `after`, in id order, with product id, image and embedding."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT r.reference_id, p.product_id, r.source, r.content_sha256, i.image, r.embedding FROM refs r "
+                "JOIN products p ON p.pk = r.product_pk LEFT JOIN ref_images i ON i.reference_id = r.reference_id "
+                "WHERE r.reference_id > ? ORDER BY r.reference_id LIMIT ?", (int(after), int(limit))).fetchall()
+        return [ExportedReference(int(r[0]), str(r[1]), str(r[2]), r[3], None if r[4] is None else bytes(r[4]),
+                                  np.frombuffer(r[5], dtype="<f4").astype(np.float32)) for r in rows]
 
     def counts(self) -> tuple[int, int, int]:
         """(products, references, references with a stored image)."""

@@ -1,0 +1,85 @@
+"""Copy a catalog into another (embedded ⇄ PostgreSQL, or any two `CatalogBackend`s): products with their
+metadata, then every reference with its embedding, stored image, source and content hash.
+
+Resumable and safe to run again: products are upserted, and references are skipped when the target product has
+their content hash already (`existing_hashes`). A reference stored without any hash (enrolled from an embedding
+alone) gets one made from its embedding, so a second run recognises it too. Both catalogs must hold one model's
+embeddings (same fingerprint and dimension): anything else is refused before a write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from skulens.catalog.backend import CatalogBackend
+from skulens.catalog.errors import FingerprintMismatch
+from skulens.catalog.models import ExportedReference, NewReference
+
+
+@dataclass
+class CopyReport:
+    """What a copy did."""
+
+    products: int = 0
+    references: int = 0  # read from the source
+    copied: int = 0  # written to the target
+    skipped: int = 0  # the target had them already (an earlier, interrupted run)
+    hashed_from_embedding: int = 0  # references without a content hash, given one made from the embedding
+    seconds: float = 0.0
+
+
+def embedding_hash(embedding: np.ndarray) -> str:
+    """The content hash given to a reference stored without one: sha256 of its float32 embedding bytes."""
+    return hashlib.sha256(b"skulens-embedding:" + np.asarray(embedding, dtype="<f4").tobytes()).hexdigest()
+
+
+def copy_catalog(source: CatalogBackend, target: CatalogBackend, *, batch: int = 256,
+                 progress: Callable[[int], object] | None = None) -> CopyReport:
+    """Copy every product and reference of `source` into `target`; `progress(n)` after each n references."""
+    if (source.fingerprint, source.dim) != (target.fingerprint, target.dim):
+        raise FingerprintMismatch.between(source.fingerprint, source.dim, target.fingerprint, target.dim)
+    t0 = time.perf_counter()
+    report = CopyReport()
+    token = ""
+    while True:
+        page, token = source.list_products(target.settings.max_page_size, token)
+        for p in page:
+            target.upsert_product(p.product_id, p.display_name, p.category, p.labels)
+        report.products += len(page)
+        if not token:
+            break
+    after = 0
+    while rows := source.export_references(after, batch):
+        by_product: dict[str, list[ExportedReference]] = {}
+        for r in rows:
+            by_product.setdefault(r.product_id, []).append(r)
+        for pid, refs in by_product.items():
+            _copy_references(target, pid, refs, report)
+        report.references += len(rows)
+        after = rows[-1].reference_id
+        if progress is not None:
+            progress(len(rows))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _copy_references(target: CatalogBackend, pid: str, refs: list[ExportedReference], report: CopyReport) -> None:
+    hashes = []
+    for r in refs:
+        if r.content_sha256 is None:
+            report.hashed_from_embedding += 1
+        hashes.append(r.content_sha256 or embedding_hash(r.embedding))
+    have = target.existing_hashes(pid, hashes)
+    todo = [NewReference(embedding=r.embedding, source=r.source, image=r.image, content_sha256=h)
+            for r, h in zip(refs, hashes, strict=True) if h not in have]
+    report.skipped += len(refs) - len(todo)
+    limit = target.settings.max_references_per_call
+    for at in range(0, len(todo), limit):
+        added = target.add_references(pid, todo[at:at + limit])
+        report.copied += sum(not a.duplicate for a in added)
+        report.skipped += sum(a.duplicate for a in added)
