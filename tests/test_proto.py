@@ -103,6 +103,7 @@ def test_services_are_importable() -> None:
     assert set(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].methods_by_name) == {
         "UpsertProduct",
         "AddReferenceImages",
+        "EnrollReferenceImages",
         "DeleteProduct",
         "DeleteReferenceImage",
         "GetProduct",

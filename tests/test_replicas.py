@@ -128,8 +128,9 @@ def test_enrol_on_a_recognise_on_b(replicas: tuple[ServeProcess, ...]) -> None:
 
 
 def test_a_replica_killed_mid_enrolment_loses_nothing_acknowledged(replicas: tuple[ServeProcess, ...]) -> None:
-    """SIGKILL of A while it streams an enrolment: B keeps answering; what A committed is whole (every stored
-    reference is searchable as itself through B), what it acknowledged is there, nothing half-written."""
+    """SIGKILL of A while it streams an enrolment (EnrollReferenceImages: acknowledged batch by batch): B keeps
+    answering; every reference A acknowledged is there; what A committed is whole (every stored reference is
+    searchable as itself through B), nothing half-written."""
     a, b = replicas
     with a.client() as ca, b.client() as cb:
         acked = _enrol(ca, "kept", [10, 11])  # acknowledged before the kill
@@ -141,11 +142,13 @@ def test_a_replica_killed_mid_enrolment_loses_nothing_acknowledged(replicas: tup
                 yield catalog_pb2.AddReferenceImagesRequest(product_id="bulk", content=pattern_image(s))
                 time.sleep(0.01)
 
-        outcome: list[BaseException | catalog_pb2.AddReferenceImagesResponse] = []
+        outcome: list[BaseException] = []
+        bulk_acks: list[catalog_pb2.AddedReference] = []  # what A acknowledged, batch by batch, before it died
 
         def enrol_bulk() -> None:
             try:
-                outcome.append(ca.add_references(stream()))
+                for ack in ca.enroll_stream(stream()):
+                    bulk_acks.extend(ack.results)
             except BaseException as exc:
                 outcome.append(exc)
 
@@ -163,6 +166,8 @@ def test_a_replica_killed_mid_enrolment_loses_nothing_acknowledged(replicas: tup
         assert outcome[0].code() is C.UNAVAILABLE
         detail = cb.get_product("bulk")
         assert detail is not None and 32 <= len(detail.references) < len(seeds)
+        stored = {r.reference_id for r in detail.references}
+        assert bulk_acks and {a.reference_id for a in bulk_acks if a.status.code == 0} <= stored  # every ack holds
         kept = cb.get_product("kept", min_catalog_version=acked.catalog_version)
         assert kept is not None and len(kept.references) == 2
         shas = {r.content_sha256: r.reference_id for r in detail.references}

@@ -419,3 +419,29 @@ def test_every_answer_carries_the_catalog_version(engine: object, tmp_path: Path
             assert c.stats().catalog_version == gone.catalog_version
     finally:
         srv.stop()
+
+
+def test_enroll_stream_acknowledges_each_committed_batch(engine: object, tmp_path: Path) -> None:
+    """EnrollReferenceImages (enroll_chunk 4 here): 10 messages → acknowledgements of 4, 4 and 2 results, each
+    with its messages' stream positions and a growing catalog version; what a batch acknowledged is stored at
+    that version; a bad message fails alone inside its batch."""
+    srv = RunningServer(make_settings(tmp_path / "data", enroll_chunk=4), engine)
+    try:
+        with srv.client() as client:
+            client.upsert_product("acked")
+            msgs = [req("acked", pattern_image(500 + k)) for k in range(10)]
+            msgs[6] = req("acked", b"not an image")
+            acks = list(client.enroll_stream(msgs))
+            assert [len(a.results) for a in acks] == [4, 4, 2]
+            assert [r.index for a in acks for r in a.results] == list(range(10))
+            versions = [a.catalog_version for a in acks]
+            assert versions == sorted(versions) and len(set(versions)) == 3
+            bad = acks[1].results[2]
+            assert bad.index == 6 and bad.status.code == C.INVALID_ARGUMENT.value[0]
+            assert bad.status.field.startswith("requests[6]")
+            got = client.get_product("acked", min_catalog_version=versions[0])
+            assert got is not None
+            assert {a.reference_id for a in acks[0].results} <= {r.reference_id for r in got.references}
+            assert len(client.get_product("acked").references) == 9  # type: ignore[union-attr]
+    finally:
+        srv.stop()

@@ -254,6 +254,23 @@ class SkulensClient:
             if not token:
                 return
 
+    def enroll_stream(
+        self,
+        requests: Iterable[catalog_pb2.EnrollReferenceImagesRequest | catalog_pb2.AddReferenceImagesRequest],
+        timeout: float | None = None,
+    ) -> Iterator[catalog_pb2.EnrollReferenceImagesResponse]:
+        """EnrollReferenceImages: yields one acknowledgement per committed batch, as soon as it is committed
+        (AddReferenceImagesRequest messages are converted: the two have the same fields)."""
+
+        def converted() -> Iterator[catalog_pb2.EnrollReferenceImagesRequest]:
+            for r in requests:
+                if isinstance(r, catalog_pb2.EnrollReferenceImagesRequest):
+                    yield r
+                else:
+                    yield catalog_pb2.EnrollReferenceImagesRequest.FromString(r.SerializeToString())
+
+        yield from self.catalog.EnrollReferenceImages(converted(), **self._kw(timeout))
+
     def delete_product(self, product_id: str, timeout: float | None = None, allow_missing: bool = False) -> int:
         """Delete a product; returns the number of references deleted (`allow_missing`: 0, not NOT_FOUND, when
         it does not exist: safe to retry)."""

@@ -26,7 +26,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from skulens.v1 import common_pb2 as skulens_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18skulens/v1/catalog.proto\x12\nskulens.v1\x1a google/protobuf/field_mask.proto\x1a\x17skulens/v1/common.proto\"\x85\x02\n\x14UpsertProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12<\n\x06labels\x18\x04 \x03(\x0b\x32,.skulens.v1.UpsertProductRequest.LabelsEntry\x12\x13\n\x0b\x63reate_only\x18\x05 \x01(\x08\x12/\n\x0bupdate_mask\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x15UpsertProductResponse\x12$\n\x07product\x18\x01 \x01(\x0b\x32\x13.skulens.v1.Product\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"q\n\x19\x41\x64\x64ReferenceImagesRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x1f\n\x06region\x18\x04 \x01(\x0b\x32\x0f.skulens.v1.Box\"\x9c\x01\n\x0e\x41\x64\x64\x65\x64Reference\x12\r\n\x05index\x18\x01 \x01(\r\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12\x14\n\x0creference_id\x18\x04 \x01(\x03\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x16\n\x0e\x63ontent_sha256\x18\x06 \x01(\t\"\x95\x01\n\x1a\x41\x64\x64ReferenceImagesResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.skulens.v1.AddedReference\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r\x12\x17\n\x0f\x63\x61talog_version\x18\x05 \x01(\x04\"A\n\x14\x44\x65leteProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"L\n\x15\x44\x65leteProductResponse\x12\x1a\n\x12\x64\x65leted_references\x18\x01 \x01(\r\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\x04\"J\n\x1b\x44\x65leteReferenceImageRequest\x12\x14\n\x0creference_id\x18\x01 \x01(\x03\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"7\n\x1c\x44\x65leteReferenceImageResponse\x12\x17\n\x0f\x63\x61talog_version\x18\x01 \x01(\x04\"D\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x1b\n\x13min_catalog_version\x18\x02 \x01(\x04\"a\n\x0eReferenceImage\x12\x14\n\x0creference_id\x18\x01 \x01(\x03\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x03 \x01(\t\x12\x11\n\thas_image\x18\x04 \x01(\x08\"\x83\x01\n\x12GetProductResponse\x12$\n\x07product\x18\x01 \x01(\x0b\x32\x13.skulens.v1.Product\x12.\n\nreferences\x18\x02 \x03(\x0b\x32\x1a.skulens.v1.ReferenceImage\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"k\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x1b\n\x13min_catalog_version\x18\x04 \x01(\x04\"o\n\x14ListProductsResponse\x12%\n\x08products\x18\x01 \x03(\x0b\x32\x13.skulens.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"\x18\n\x16GetCatalogStatsRequest\"\xec\x02\n\x17GetCatalogStatsResponse\x12\x15\n\rproduct_count\x18\x01 \x01(\x04\x12\x17\n\x0freference_count\x18\x02 \x01(\x04\x12\x1d\n\x15references_with_image\x18\x03 \x01(\x04\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t\x12\x12\n\nindex_type\x18\x06 \x01(\t\x12\x14\n\x0cindex_device\x18\x07 \x01(\t\x12\x15\n\rdb_size_bytes\x18\x08 \x01(\x04\x12\x1b\n\x13rebuild_in_progress\x18\t \x01(\x08\x12\x1f\n\x12index_recall_at_10\x18\n \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\x12index_search_width\x18\x0b \x01(\r\x12\x17\n\x0f\x63\x61talog_version\x18\x0c \x01(\x04\x12\x0f\n\x07\x62\x61\x63kend\x18\r \x01(\tB\x15\n\x13_index_recall_at_102\x8a\x05\n\x0e\x43\x61talogService\x12T\n\rUpsertProduct\x12 .skulens.v1.UpsertProductRequest\x1a!.skulens.v1.UpsertProductResponse\x12\x65\n\x12\x41\x64\x64ReferenceImages\x12%.skulens.v1.AddReferenceImagesRequest\x1a&.skulens.v1.AddReferenceImagesResponse(\x01\x12T\n\rDeleteProduct\x12 .skulens.v1.DeleteProductRequest\x1a!.skulens.v1.DeleteProductResponse\x12i\n\x14\x44\x65leteReferenceImage\x12\'.skulens.v1.DeleteReferenceImageRequest\x1a(.skulens.v1.DeleteReferenceImageResponse\x12K\n\nGetProduct\x12\x1d.skulens.v1.GetProductRequest\x1a\x1e.skulens.v1.GetProductResponse\x12Q\n\x0cListProducts\x12\x1f.skulens.v1.ListProductsRequest\x1a .skulens.v1.ListProductsResponse\x12Z\n\x0fGetCatalogStats\x12\".skulens.v1.GetCatalogStatsRequest\x1a#.skulens.v1.GetCatalogStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18skulens/v1/catalog.proto\x12\nskulens.v1\x1a google/protobuf/field_mask.proto\x1a\x17skulens/v1/common.proto\"\x85\x02\n\x14UpsertProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12<\n\x06labels\x18\x04 \x03(\x0b\x32,.skulens.v1.UpsertProductRequest.LabelsEntry\x12\x13\n\x0b\x63reate_only\x18\x05 \x01(\x08\x12/\n\x0bupdate_mask\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x15UpsertProductResponse\x12$\n\x07product\x18\x01 \x01(\x0b\x32\x13.skulens.v1.Product\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"q\n\x19\x41\x64\x64ReferenceImagesRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x1f\n\x06region\x18\x04 \x01(\x0b\x32\x0f.skulens.v1.Box\"\x9c\x01\n\x0e\x41\x64\x64\x65\x64Reference\x12\r\n\x05index\x18\x01 \x01(\r\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0b\x32\x16.skulens.v1.ItemStatus\x12\x14\n\x0creference_id\x18\x04 \x01(\x03\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x16\n\x0e\x63ontent_sha256\x18\x06 \x01(\t\"t\n\x1c\x45nrollReferenceImagesRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x1f\n\x06region\x18\x04 \x01(\x0b\x32\x0f.skulens.v1.Box\"e\n\x1d\x45nrollReferenceImagesResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.skulens.v1.AddedReference\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\x04\"\x95\x01\n\x1a\x41\x64\x64ReferenceImagesResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.skulens.v1.AddedReference\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r\x12\x17\n\x0f\x63\x61talog_version\x18\x05 \x01(\x04\"A\n\x14\x44\x65leteProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"L\n\x15\x44\x65leteProductResponse\x12\x1a\n\x12\x64\x65leted_references\x18\x01 \x01(\r\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\x04\"J\n\x1b\x44\x65leteReferenceImageRequest\x12\x14\n\x0creference_id\x18\x01 \x01(\x03\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"7\n\x1c\x44\x65leteReferenceImageResponse\x12\x17\n\x0f\x63\x61talog_version\x18\x01 \x01(\x04\"D\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x1b\n\x13min_catalog_version\x18\x02 \x01(\x04\"a\n\x0eReferenceImage\x12\x14\n\x0creference_id\x18\x01 \x01(\x03\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x03 \x01(\t\x12\x11\n\thas_image\x18\x04 \x01(\x08\"\x83\x01\n\x12GetProductResponse\x12$\n\x07product\x18\x01 \x01(\x0b\x32\x13.skulens.v1.Product\x12.\n\nreferences\x18\x02 \x03(\x0b\x32\x1a.skulens.v1.ReferenceImage\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"k\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x1b\n\x13min_catalog_version\x18\x04 \x01(\x04\"o\n\x14ListProductsResponse\x12%\n\x08products\x18\x01 \x03(\x0b\x32\x13.skulens.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"\x18\n\x16GetCatalogStatsRequest\"\xec\x02\n\x17GetCatalogStatsResponse\x12\x15\n\rproduct_count\x18\x01 \x01(\x04\x12\x17\n\x0freference_count\x18\x02 \x01(\x04\x12\x1d\n\x15references_with_image\x18\x03 \x01(\x04\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t\x12\x12\n\nindex_type\x18\x06 \x01(\t\x12\x14\n\x0cindex_device\x18\x07 \x01(\t\x12\x15\n\rdb_size_bytes\x18\x08 \x01(\x04\x12\x1b\n\x13rebuild_in_progress\x18\t \x01(\x08\x12\x1f\n\x12index_recall_at_10\x18\n \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\x12index_search_width\x18\x0b \x01(\r\x12\x17\n\x0f\x63\x61talog_version\x18\x0c \x01(\x04\x12\x0f\n\x07\x62\x61\x63kend\x18\r \x01(\tB\x15\n\x13_index_recall_at_102\xfc\x05\n\x0e\x43\x61talogService\x12T\n\rUpsertProduct\x12 .skulens.v1.UpsertProductRequest\x1a!.skulens.v1.UpsertProductResponse\x12\x65\n\x12\x41\x64\x64ReferenceImages\x12%.skulens.v1.AddReferenceImagesRequest\x1a&.skulens.v1.AddReferenceImagesResponse(\x01\x12p\n\x15\x45nrollReferenceImages\x12(.skulens.v1.EnrollReferenceImagesRequest\x1a).skulens.v1.EnrollReferenceImagesResponse(\x01\x30\x01\x12T\n\rDeleteProduct\x12 .skulens.v1.DeleteProductRequest\x1a!.skulens.v1.DeleteProductResponse\x12i\n\x14\x44\x65leteReferenceImage\x12\'.skulens.v1.DeleteReferenceImageRequest\x1a(.skulens.v1.DeleteReferenceImageResponse\x12K\n\nGetProduct\x12\x1d.skulens.v1.GetProductRequest\x1a\x1e.skulens.v1.GetProductResponse\x12Q\n\x0cListProducts\x12\x1f.skulens.v1.ListProductsRequest\x1a .skulens.v1.ListProductsResponse\x12Z\n\x0fGetCatalogStats\x12\".skulens.v1.GetCatalogStatsRequest\x1a#.skulens.v1.GetCatalogStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,30 +45,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDREFERENCEIMAGESREQUEST']._serialized_end=581
   _globals['_ADDEDREFERENCE']._serialized_start=584
   _globals['_ADDEDREFERENCE']._serialized_end=740
-  _globals['_ADDREFERENCEIMAGESRESPONSE']._serialized_start=743
-  _globals['_ADDREFERENCEIMAGESRESPONSE']._serialized_end=892
-  _globals['_DELETEPRODUCTREQUEST']._serialized_start=894
-  _globals['_DELETEPRODUCTREQUEST']._serialized_end=959
-  _globals['_DELETEPRODUCTRESPONSE']._serialized_start=961
-  _globals['_DELETEPRODUCTRESPONSE']._serialized_end=1037
-  _globals['_DELETEREFERENCEIMAGEREQUEST']._serialized_start=1039
-  _globals['_DELETEREFERENCEIMAGEREQUEST']._serialized_end=1113
-  _globals['_DELETEREFERENCEIMAGERESPONSE']._serialized_start=1115
-  _globals['_DELETEREFERENCEIMAGERESPONSE']._serialized_end=1170
-  _globals['_GETPRODUCTREQUEST']._serialized_start=1172
-  _globals['_GETPRODUCTREQUEST']._serialized_end=1240
-  _globals['_REFERENCEIMAGE']._serialized_start=1242
-  _globals['_REFERENCEIMAGE']._serialized_end=1339
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=1342
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=1473
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=1475
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=1582
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1584
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1695
-  _globals['_GETCATALOGSTATSREQUEST']._serialized_start=1697
-  _globals['_GETCATALOGSTATSREQUEST']._serialized_end=1721
-  _globals['_GETCATALOGSTATSRESPONSE']._serialized_start=1724
-  _globals['_GETCATALOGSTATSRESPONSE']._serialized_end=2088
-  _globals['_CATALOGSERVICE']._serialized_start=2091
-  _globals['_CATALOGSERVICE']._serialized_end=2741
+  _globals['_ENROLLREFERENCEIMAGESREQUEST']._serialized_start=742
+  _globals['_ENROLLREFERENCEIMAGESREQUEST']._serialized_end=858
+  _globals['_ENROLLREFERENCEIMAGESRESPONSE']._serialized_start=860
+  _globals['_ENROLLREFERENCEIMAGESRESPONSE']._serialized_end=961
+  _globals['_ADDREFERENCEIMAGESRESPONSE']._serialized_start=964
+  _globals['_ADDREFERENCEIMAGESRESPONSE']._serialized_end=1113
+  _globals['_DELETEPRODUCTREQUEST']._serialized_start=1115
+  _globals['_DELETEPRODUCTREQUEST']._serialized_end=1180
+  _globals['_DELETEPRODUCTRESPONSE']._serialized_start=1182
+  _globals['_DELETEPRODUCTRESPONSE']._serialized_end=1258
+  _globals['_DELETEREFERENCEIMAGEREQUEST']._serialized_start=1260
+  _globals['_DELETEREFERENCEIMAGEREQUEST']._serialized_end=1334
+  _globals['_DELETEREFERENCEIMAGERESPONSE']._serialized_start=1336
+  _globals['_DELETEREFERENCEIMAGERESPONSE']._serialized_end=1391
+  _globals['_GETPRODUCTREQUEST']._serialized_start=1393
+  _globals['_GETPRODUCTREQUEST']._serialized_end=1461
+  _globals['_REFERENCEIMAGE']._serialized_start=1463
+  _globals['_REFERENCEIMAGE']._serialized_end=1560
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=1563
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=1694
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=1696
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=1803
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1805
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1916
+  _globals['_GETCATALOGSTATSREQUEST']._serialized_start=1918
+  _globals['_GETCATALOGSTATSREQUEST']._serialized_end=1942
+  _globals['_GETCATALOGSTATSRESPONSE']._serialized_start=1945
+  _globals['_GETCATALOGSTATSRESPONSE']._serialized_end=2309
+  _globals['_CATALOGSERVICE']._serialized_start=2312
+  _globals['_CATALOGSERVICE']._serialized_end=3076
 # @@protoc_insertion_point(module_scope)

@@ -69,6 +69,26 @@ class AddedReference(_message.Message):
     content_sha256: str
     def __init__(self, index: _Optional[int] = ..., product_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.ItemStatus, _Mapping]] = ..., reference_id: _Optional[int] = ..., duplicate: _Optional[bool] = ..., content_sha256: _Optional[str] = ...) -> None: ...
 
+class EnrollReferenceImagesRequest(_message.Message):
+    __slots__ = ("product_id", "content", "source", "region")
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    product_id: str
+    content: bytes
+    source: str
+    region: _common_pb2.Box
+    def __init__(self, product_id: _Optional[str] = ..., content: _Optional[bytes] = ..., source: _Optional[str] = ..., region: _Optional[_Union[_common_pb2.Box, _Mapping]] = ...) -> None: ...
+
+class EnrollReferenceImagesResponse(_message.Message):
+    __slots__ = ("results", "catalog_version")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[AddedReference]
+    catalog_version: int
+    def __init__(self, results: _Optional[_Iterable[_Union[AddedReference, _Mapping]]] = ..., catalog_version: _Optional[int] = ...) -> None: ...
+
 class AddReferenceImagesResponse(_message.Message):
     __slots__ = ("results", "added", "duplicates", "failed", "catalog_version")
     RESULTS_FIELD_NUMBER: _ClassVar[int]

@@ -47,6 +47,11 @@ class CatalogServiceStub:
                 request_serializer=skulens_dot_v1_dot_catalog__pb2.AddReferenceImagesRequest.SerializeToString,
                 response_deserializer=skulens_dot_v1_dot_catalog__pb2.AddReferenceImagesResponse.FromString,
                 _registered_method=True)
+        self.EnrollReferenceImages = channel.stream_stream(
+                '/skulens.v1.CatalogService/EnrollReferenceImages',
+                request_serializer=skulens_dot_v1_dot_catalog__pb2.EnrollReferenceImagesRequest.SerializeToString,
+                response_deserializer=skulens_dot_v1_dot_catalog__pb2.EnrollReferenceImagesResponse.FromString,
+                _registered_method=True)
         self.DeleteProduct = channel.unary_unary(
                 '/skulens.v1.CatalogService/DeleteProduct',
                 request_serializer=skulens_dot_v1_dot_catalog__pb2.DeleteProductRequest.SerializeToString,
@@ -99,6 +104,16 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnrollReferenceImages(self, request_iterator, context):
+        """Enrols reference images like AddReferenceImages, and acknowledges each batch as soon as it is committed
+        (every --enroll-chunk messages, and the rest at the end): the client knows exactly what landed, can resume
+        after a broken call, and never receives one large final message. Each acknowledgement lists the batch's
+        results (AddedReference.index = the message's position in the stream) and the catalog version after it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteProduct(self, request, context):
         """Deletes a product and all its reference images.
         """
@@ -146,6 +161,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.AddReferenceImages,
                     request_deserializer=skulens_dot_v1_dot_catalog__pb2.AddReferenceImagesRequest.FromString,
                     response_serializer=skulens_dot_v1_dot_catalog__pb2.AddReferenceImagesResponse.SerializeToString,
+            ),
+            'EnrollReferenceImages': grpc.stream_stream_rpc_method_handler(
+                    servicer.EnrollReferenceImages,
+                    request_deserializer=skulens_dot_v1_dot_catalog__pb2.EnrollReferenceImagesRequest.FromString,
+                    response_serializer=skulens_dot_v1_dot_catalog__pb2.EnrollReferenceImagesResponse.SerializeToString,
             ),
             'DeleteProduct': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteProduct,
@@ -230,6 +250,33 @@ class CatalogService:
             '/skulens.v1.CatalogService/AddReferenceImages',
             skulens_dot_v1_dot_catalog__pb2.AddReferenceImagesRequest.SerializeToString,
             skulens_dot_v1_dot_catalog__pb2.AddReferenceImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollReferenceImages(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/skulens.v1.CatalogService/EnrollReferenceImages',
+            skulens_dot_v1_dot_catalog__pb2.EnrollReferenceImagesRequest.SerializeToString,
+            skulens_dot_v1_dot_catalog__pb2.EnrollReferenceImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,7 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     _REC + "GetServerInfo": _RW,
     _CAT + "UpsertProduct": _W,
     _CAT + "AddReferenceImages": _W,
+    _CAT + "EnrollReferenceImages": _W,
     _CAT + "DeleteProduct": _W,
     _CAT + "DeleteReferenceImage": _W,
     _CAT + "GetProduct": _RW,

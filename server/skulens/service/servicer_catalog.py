@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from skulens.inference.protocol import Encoder
 
 pb = catalog_pb2
+#: What an enrolment stream carries (the two request messages have the same fields).
+_EnrolMessage = catalog_pb2.AddReferenceImagesRequest | catalog_pb2.EnrollReferenceImagesRequest
 _T = TypeVar("_T")
 _REFERENCE_FIELD = re.compile(r"^references\[(\d+)\]")
 
@@ -47,7 +49,7 @@ class _Item:
     """One enrolment message that passed its own checks: normalised product id, source, hash and box."""
 
     index: int
-    msg: pb.AddReferenceImagesRequest
+    msg: _EnrolMessage
     pid: str
     source: str
     image: HashedImage
@@ -196,28 +198,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         (backpressure on the client stream) rather than being refused, until the call's deadline."""
         engine, catalog = self.rt.searchable()
         deadline = deadline_of(context)
-        with self.rt.admission.open_call():
-            return await self._add_references(engine, catalog, request_iterator, deadline)
-
-    async def _add_references(
-        self,
-        engine: Encoder,
-        catalog: CatalogBackend,
-        request_iterator: AsyncIterator[pb.AddReferenceImagesRequest],
-        deadline: float | None,
-    ) -> pb.AddReferenceImagesResponse:
         resp = pb.AddReferenceImagesResponse()
-        chunk: list[tuple[int, pb.AddReferenceImagesRequest]] = []
-        known: dict[tuple[str, str], int] = {}  # (product id, sha256) -> reference id, seen in this call
-        index = 0
-        async for msg in request_iterator:
-            chunk.append((index, msg))
-            index += 1
-            if len(chunk) >= self.settings.enroll_chunk:
-                resp.results.extend(await self._enroll(engine, catalog, chunk, deadline, known))
-                chunk = []
-        if chunk:
-            resp.results.extend(await self._enroll(engine, catalog, chunk, deadline, known))
+        with self.rt.admission.open_call():
+            async for results, _ in self._batches(engine, catalog, request_iterator, deadline):
+                resp.results.extend(results)
         for r in resp.results:
             if r.status.code != 0:
                 resp.failed += 1
@@ -225,19 +209,65 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 resp.duplicates += 1
             else:
                 resp.added += 1
-        call_fields().update(images=index, added=resp.added, duplicates=resp.duplicates, failed=resp.failed)
-        if self.rt.metrics is not None:
-            self.rt.metrics.observe_items("AddReferenceImages", index)
-            for r in resp.results:
-                self.rt.metrics.count_images("AddReferenceImages", code_name(r.status.code))
+        self._account("AddReferenceImages", resp.results)
         resp.catalog_version = await asyncio.to_thread(catalog.version)  # after every commit of this call
         return resp
+
+    async def EnrollReferenceImages(
+        self, request_iterator: AsyncIterator[pb.EnrollReferenceImagesRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EnrollReferenceImagesResponse]:
+        """See catalog.proto: like AddReferenceImages, but each committed batch is acknowledged at once."""
+        engine, catalog = self.rt.searchable()
+        deadline = deadline_of(context)
+        seen: list[pb.AddedReference] = []
+        with self.rt.admission.open_call():
+            try:
+                async for results, version in self._batches(engine, catalog, request_iterator, deadline):
+                    seen.extend(results)
+                    yield pb.EnrollReferenceImagesResponse(results=results, catalog_version=version)
+            finally:
+                self._account("EnrollReferenceImages", seen)
+
+    def _account(self, method: str, results: Sequence[pb.AddedReference]) -> None:
+        """The call's log fields and metrics for its enrolment results."""
+        failed = sum(r.status.code != 0 for r in results)
+        duplicates = sum(r.status.code == 0 and r.duplicate for r in results)
+        call_fields().update(
+            images=len(results), added=len(results) - failed - duplicates, duplicates=duplicates, failed=failed
+        )
+        if self.rt.metrics is not None:
+            self.rt.metrics.observe_items(method, len(results))
+            for r in results:
+                self.rt.metrics.count_images(method, code_name(r.status.code))
+
+    async def _batches(
+        self,
+        engine: Encoder,
+        catalog: CatalogBackend,
+        request_iterator: AsyncIterator[_EnrolMessage],
+        deadline: float | None,
+    ) -> AsyncIterator[tuple[list[pb.AddedReference], int]]:
+        """Read the request stream and enrol it `enroll_chunk` messages at a time; yields each committed batch's
+        results (one per message, `index` = its stream position) and the catalog version after it."""
+        chunk: list[tuple[int, _EnrolMessage]] = []
+        known: dict[tuple[str, str], int] = {}  # (product id, sha256) -> reference id, seen in this call
+        index = 0
+        async for msg in request_iterator:
+            chunk.append((index, msg))
+            index += 1
+            if len(chunk) >= self.settings.enroll_chunk:
+                results = await self._enroll(engine, catalog, chunk, deadline, known)
+                yield results, await asyncio.to_thread(catalog.version)
+                chunk = []
+        if chunk:
+            results = await self._enroll(engine, catalog, chunk, deadline, known)
+            yield results, await asyncio.to_thread(catalog.version)
 
     async def _enroll(
         self,
         engine: Encoder,
         catalog: CatalogBackend,
-        chunk: Sequence[tuple[int, pb.AddReferenceImagesRequest]],
+        chunk: Sequence[tuple[int, _EnrolMessage]],
         deadline: float | None,
         known: dict[tuple[str, str], int],
     ) -> list[pb.AddedReference]:
@@ -275,7 +305,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return [results[i] for i, _ in chunk]
 
     def _check_item(
-        self, i: int, msg: pb.AddReferenceImagesRequest, image: HashedImage, catalog: CatalogBackend
+        self, i: int, msg: _EnrolMessage, image: HashedImage, catalog: CatalogBackend
     ) -> _Item:
         """Validate one request message on its own (id, source, content size, region); errors name
         `requests[i].<field>`."""
