@@ -53,6 +53,7 @@ def test_enroll_folder_then_recognize_each_image(
         f"added: {2 * N_PRODUCTS}" in out
     )
     assert "img/s" in err  # the tqdm bar shows the rate
+    assert "checking: 100%" in err and f"{2 * N_PRODUCTS}/{2 * N_PRODUCTS}" in err  # hashing shows progress too
     images = sorted(folder.glob("*/*.png"))
     code, out, _ = run(capsys, "recognize", *map(str, images), "--json", "--addr", server.addr)
     assert code == EXIT_OK

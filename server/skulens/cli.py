@@ -238,15 +238,19 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     from skulens.client.enroll import enroll, load_plan
 
     plans = load_plan(args.source)
-    bar = tqdm(total=0, unit="img", desc="enrolling", disable=args.no_progress, dynamic_ncols=True)
+    files = sum(len(p.paths) for p in plans)
+    bar = tqdm(total=files, unit="img", desc="checking", disable=args.no_progress, dynamic_ncols=True)
     with _client(args) as c:
 
-        def total(n: int) -> None:
+        def total(n: int) -> None:  # the files are hashed and compared: now the sending
+            bar.refresh()  # show the check's end before the bar turns to the sending
+            bar.set_description("enrolling")
             bar.reset(total=n)
 
         try:
             report = enroll(
-                c, plans, resume=not args.no_resume, batch=args.batch, progress=bar.update, on_total=total
+                c, plans, resume=not args.no_resume, batch=args.batch, progress=bar.update, on_total=total,
+                checked=bar.update,
             )
         finally:
             bar.close()

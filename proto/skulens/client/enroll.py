@@ -157,10 +157,12 @@ def enroll(
     batch: int = 256,
     progress: Callable[[int], object] | None = None,
     on_total: Callable[[int], object] | None = None,
+    checked: Callable[[int], object] | None = None,
 ) -> EnrollReport:
     """Upsert products, skip images the server has (by sha256), stream the rest in calls of `batch` images.
 
-    `on_total(n)` is told how many images will be sent; `progress(k)` after each k images are handed to gRPC.
+    `checked(1)` after each image file is hashed (the check before sending); `on_total(n)` is then told how many
+    images will be sent, and `progress(k)` after each k images are handed to gRPC.
     """
     report = EnrollReport(products=len(plans))
     todo: list[tuple[str, Path, str]] = []
@@ -180,6 +182,8 @@ def enroll(
         for p in plan.paths:
             report.images += 1
             sha = sha256_of(p)
+            if checked is not None:
+                checked(1)
             if sha in known:
                 report.skipped += 1
                 continue
