@@ -15,7 +15,7 @@ from service_harness import SHARED, RunningServer, make_settings, pattern_image,
 from skulens.catalog.catalog import Catalog
 from skulens.catalog.settings import CatalogSettings
 from skulens.client.client import SkulensClient, image_input, search_options
-from skulens.v1 import catalog_pb2, common_pb2
+from skulens.v1 import catalog_pb2, common_pb2, recognition_pb2
 
 C = grpc.StatusCode
 
@@ -411,6 +411,20 @@ def test_every_answer_carries_the_catalog_version(engine: object, tmp_path: Path
                 search_options(min_catalog_version=added.catalog_version + 5),
             )
             assert err.code() is C.UNAVAILABLE
+            stream = [  # a stream waits once for its version, then answers each image at or above it
+                recognition_pb2.RecognizeStreamRequest(
+                    images=[image_input(pattern_image(70), id=f"s{k}") for k in range(3)],
+                    options=search_options(min_catalog_version=added.catalog_version),
+                ),
+                recognition_pb2.RecognizeStreamRequest(
+                    images=[image_input(pattern_image(71), id="behind")],
+                    options=search_options(min_catalog_version=added.catalog_version + 5),
+                ),
+            ]
+            answers = {r.result.id: r for r in c.recognize_stream_responses(stream, timeout=30)}
+            assert all(answers[f"s{k}"].result.status.code == 0 for k in range(3))
+            assert all(answers[f"s{k}"].catalog_version >= added.catalog_version for k in range(3))
+            assert answers["behind"].result.status.code == C.UNAVAILABLE.value[0]
             deleted = c.catalog.DeleteReferenceImage(
                 catalog_pb2.DeleteReferenceImageRequest(reference_id=added.results[0].reference_id), timeout=30
             )

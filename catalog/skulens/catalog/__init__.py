@@ -11,11 +11,12 @@ service, inference, imaging, client or export rooms). The names below are import
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 _EXPORTS = {
     "calibrate": ["CalibrationReport", "calibrate"],
     "catalog": ["Catalog"],
+    "copy": ["CopyReport", "copy_catalog"],
     "location": ["CatalogLocation", "open_catalog", "parse_location"],
     "backend": ["CatalogBackend"],
     "errors": [
@@ -23,52 +24,14 @@ _EXPORTS = {
         "InvalidArgument", "NotFound",
     ],
     "models": [
-        "AddedReference", "CatalogStats", "DroppedReference", "EmbeddedStats", "HashedImage", "Match", "NewReference",
-        "Product",
-        "ProductDetail", "ReembedReport", "ReferenceInfo", "SearchResult", "SnapshotInfo", "Verdict",
+        "AddedReference", "CatalogStats", "DroppedReference", "EmbeddedStats", "ExportedReference", "HashedImage",
+        "Match", "NewReference", "Product", "ProductDetail", "ReembedReport", "ReferenceInfo", "SearchResult",
+        "SnapshotInfo", "Verdict",
     ],
     "settings": ["CatalogSettings"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = [  # the same names as _EXPORTS (tests/test_layout.py checks)
-    "AddedReference", "AlreadyExists", "CalibrationReport", "Catalog", "CatalogBackend", "CatalogClosed",
-    "CatalogError", "CatalogLocation", "CatalogSettings", "CatalogStats", "CatalogUnavailable", "DroppedReference",
-    "EmbeddedStats", "FingerprintMismatch", "HashedImage", "InvalidArgument", "Match", "NewReference", "NotFound",
-    "Product", "ProductDetail", "ReembedReport", "ReferenceInfo", "SearchResult", "SnapshotInfo", "Verdict",
-    "calibrate", "open_catalog", "parse_location",
-]
-
-if TYPE_CHECKING:
-    from skulens.catalog.backend import CatalogBackend
-    from skulens.catalog.calibrate import CalibrationReport, calibrate
-    from skulens.catalog.catalog import Catalog
-    from skulens.catalog.errors import (
-        AlreadyExists,
-        CatalogClosed,
-        CatalogError,
-        CatalogUnavailable,
-        FingerprintMismatch,
-        InvalidArgument,
-        NotFound,
-    )
-    from skulens.catalog.location import CatalogLocation, open_catalog, parse_location
-    from skulens.catalog.models import (
-        AddedReference,
-        CatalogStats,
-        DroppedReference,
-        EmbeddedStats,
-        HashedImage,
-        Match,
-        NewReference,
-        Product,
-        ProductDetail,
-        ReembedReport,
-        ReferenceInfo,
-        SearchResult,
-        SnapshotInfo,
-        Verdict,
-    )
-    from skulens.catalog.settings import CatalogSettings
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:

@@ -199,18 +199,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         engine, catalog = self.rt.searchable()
         deadline = deadline_of(context)
         resp = pb.AddReferenceImagesResponse()
+        version: int | None = None  # after the call's last commit
         with self.rt.admission.open_call():
-            async for results, _ in self._batches(engine, catalog, request_iterator, deadline):
+            async for results, after in self._batches(engine, catalog, request_iterator, deadline):
                 resp.results.extend(results)
-        for r in resp.results:
-            if r.status.code != 0:
-                resp.failed += 1
-            elif r.duplicate:
-                resp.duplicates += 1
-            else:
-                resp.added += 1
-        self._account("AddReferenceImages", resp.results)
-        resp.catalog_version = await asyncio.to_thread(catalog.version)  # after every commit of this call
+                version = after
+        resp.added, resp.duplicates, resp.failed = self._account("AddReferenceImages", resp.results)
+        resp.catalog_version = version if version is not None else await asyncio.to_thread(catalog.version)
         return resp
 
     async def EnrollReferenceImages(
@@ -228,17 +223,17 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             finally:
                 self._account("EnrollReferenceImages", seen)
 
-    def _account(self, method: str, results: Sequence[pb.AddedReference]) -> None:
-        """The call's log fields and metrics for its enrolment results."""
+    def _account(self, method: str, results: Sequence[pb.AddedReference]) -> tuple[int, int, int]:
+        """The call's log fields and metrics for its enrolment results; (added, duplicates, failed)."""
         failed = sum(r.status.code != 0 for r in results)
         duplicates = sum(r.status.code == 0 and r.duplicate for r in results)
-        call_fields().update(
-            images=len(results), added=len(results) - failed - duplicates, duplicates=duplicates, failed=failed
-        )
+        added = len(results) - failed - duplicates
+        call_fields().update(images=len(results), added=added, duplicates=duplicates, failed=failed)
         if self.rt.metrics is not None:
             self.rt.metrics.observe_items(method, len(results))
             for r in results:
                 self.rt.metrics.count_images(method, code_name(r.status.code))
+        return added, duplicates, failed
 
     async def _batches(
         self,

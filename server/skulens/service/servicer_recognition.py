@@ -140,13 +140,18 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             results.append(res)
         return results, version
 
-    async def _reach(self, catalog: CatalogBackend, params: SearchParams, deadline: float | None) -> None:
-        """Wait for the request's min_catalog_version (read-your-writes), before any work is admitted."""
-        if params.min_catalog_version:
-            await reach_version(
-                catalog, params.min_catalog_version, deadline, self.settings.catalog_wait_ms / 1000.0,
-                "options.min_catalog_version",
-            )
+    async def _reach(
+        self, catalog: CatalogBackend, params: SearchParams, deadline: float | None, reached: int = 0
+    ) -> int:
+        """Wait for the request's min_catalog_version (read-your-writes), before any work is admitted; the
+        version seen then (or `reached`, a version already seen: versions never go back, so no wait is needed
+        up to it)."""
+        if params.min_catalog_version <= reached:
+            return reached
+        return await reach_version(
+            catalog, params.min_catalog_version, deadline, self.settings.catalog_wait_ms / 1000.0,
+            "options.min_catalog_version",
+        )
 
     # ------------------------------------------------------------------ RPCs
     async def Recognize(
@@ -196,6 +201,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         tasks: set[asyncio.Task[None]] = set()
         fields = call_fields()
         fields["images"] = 0
+        reached = [0]  # the highest catalog version this stream has seen: no image waits for one at or below it
 
         async def one(
             image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float, at: tuple[int, int]
@@ -203,7 +209,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             version = 0
             try:
                 self.rt.searchable()  # an image read after draining began is refused on its own
-                await self._reach(catalog, params, deadline)
+                reached[0] = max(reached[0], await self._reach(catalog, params, deadline, reached[0]))
                 ticket, pixels = admit_images(
                     self.rt, engine, [image.content], [boxes], deadline, self.max_image_bytes, new_call=False,
                     field="image",
@@ -213,6 +219,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                         engine, catalog, [image], params, deadline, t_in, [boxes], stream_key, pixels
                     )
                 res = results[0]
+                reached[0] = max(reached[0], version)
             except Exception as exc:  # per-image failure (overload, draining, catalog behind...): its own status
                 res = pb.ImageResult(id=image.id, status=item_status(exc))
             finally:
