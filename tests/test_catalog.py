@@ -544,7 +544,7 @@ def test_stats_and_closed(cat: Catalog) -> None:
     assert (st.products, st.references, st.references_with_image) == (3, 6, 6)
     assert (st.dim, st.fingerprint) == (DIM, FP)
     assert st.index_kind == "flat" and st.index_size == 6 and st.recall_at_10 is None
-    assert st.storage_bytes > 0 and st.schema_version == 1 and st.index_bytes > 0
+    assert st.storage_bytes > 0 and st.schema_version == 2 and st.index_bytes > 0
     assert not st.snapshot.loaded and st.snapshot.detail == "no snapshot"
     cat.close()
     cat.close()  # idempotent

@@ -535,6 +535,27 @@ def test_delete_reference_and_product(backend: CatalogBackend) -> None:
     assert backend.delete_product("empty") == 0
 
 
+def test_sample_embeddings_draws_live_references_without_repeats(backend: CatalogBackend) -> None:
+    empty = backend.sample_embeddings(8)
+    assert empty.shape == (0, DIM) and empty.dtype == np.float32
+    _, refs, ids = populate(backend, 5, 4, seed=11)
+    backend.delete_product("sku-004")
+    backend.delete_reference(ids["sku-000"][0])
+    live = np.concatenate([refs[0, 1:], refs[1], refs[2], refs[3]])  # 15 live references
+    everything = backend.sample_embeddings(100)
+    assert everything.shape == (15, DIM) and everything.dtype == np.float32
+    # each sampled row is one live reference's stored vector, none twice, the deleted ones never
+    nearest = np.argmax(everything @ live.T, axis=1)
+    assert sorted(nearest.tolist()) == list(range(15))
+    assert np.allclose(everything, live[nearest], atol=EPS)
+    some = backend.sample_embeddings(6)
+    assert some.shape == (6, DIM)
+    assert len(set(np.argmax(some @ live.T, axis=1).tolist())) == 6
+    draws = {tuple(np.argmax(backend.sample_embeddings(3) @ live.T, axis=1).tolist()) for _ in range(8)}
+    assert len(draws) > 1  # drawn at random, not the first ids every time (8 draws of 3 among 15)
+    raises_invalid("limit", lambda: backend.sample_embeddings(0))
+
+
 def test_version_increases_with_every_write_and_only_then(backend: CatalogBackend) -> None:
     seen = [backend.version()]
 
@@ -826,3 +847,136 @@ def test_close_is_idempotent_and_later_calls_raise_closed(backend: CatalogBacken
         with pytest.raises(CatalogClosed):
             call()
     assert issubclass(CatalogClosed, CatalogError)
+
+
+# ================================================================ model migration (two spaces side by side)
+CAND = "candidate-model/random/16:fedcba9876543210"
+CDIM = 16
+
+
+def _candidate_vectors(b: CatalogBackend, refs: np.ndarray, ids: dict[str, list[int]]) -> dict[int, np.ndarray]:
+    """A deterministic 'candidate model': each reference's vector in the 16-d space (first 16 values, renormed)."""
+    out = {}
+    for i, pid in enumerate(ids):
+        for j, rid in enumerate(ids[pid]):
+            out[rid] = unit(refs[i, j, :CDIM])
+    return out
+
+
+def test_migration_fills_a_second_space_searches_it_and_switches_atomically(backend: CatalogBackend) -> None:
+    from skulens.catalog.migration_state import ModelSpace
+
+    _, refs = product_refs(6, 2, DIM, seed=3)
+    ids: dict[str, list[int]] = {}
+    for i in range(6):  # with images, so that the back-fill has something to read
+        pid = f"sku-{i:03d}"
+        backend.upsert_product(pid)
+        ids[pid] = [a.reference_id for a in backend.add_references(
+            pid, [NewReference(refs[i, j], image=f"{pid}/{j}".encode()) for j in range(2)], store_images=True)]
+    assert backend.migration_state().phase == "none"
+    v0 = backend.version()
+    state = backend.start_migration(ModelSpace(CAND, CDIM, "/models/cand"), shadow_share=0.25)
+    assert (state.phase, state.candidate, state.shadow_share) == ("candidate", ModelSpace(CAND, CDIM, "/models/cand"),
+                                                                 0.25)
+    assert backend.version() > v0
+    assert backend.migration_state() == state
+    assert backend.start_migration(ModelSpace(CAND, CDIM, "/models/cand"), shadow_share=0.5).shadow_share == 0.5
+    with pytest.raises(CatalogError) as err:  # another candidate while one runs
+        backend.start_migration(ModelSpace("third/8:00", 8))
+    assert type(err.value).__name__ == "MigrationError"
+
+    cand = _candidate_vectors(backend, refs, ids)
+    progress = backend.space_progress(CAND)
+    assert (progress.live, progress.embedded, progress.pending) == (12, 0, 12)
+    pending = backend.pending_references(CAND, limit=5)
+    assert [p.reference_id for p in pending] == sorted(cand)[:5]
+    assert pending[0].image == b"sku-000/0"
+    with pytest.raises(CatalogError):  # not complete: the switch refuses and changes nothing
+        backend.switch_model(CAND)
+    assert backend.fingerprint == FP
+
+    first = sorted(cand)[:7]
+    assert backend.put_space_embeddings(CAND, first, np.stack([cand[r] for r in first])) == 7
+    assert backend.put_space_embeddings(CAND, first[:2], np.stack([cand[r] for r in first[:2]])) == 0  # idempotent
+    assert [p.reference_id for p in backend.pending_references(CAND, after=0, limit=100)] == sorted(cand)[7:]
+
+    # an enrolment during the migration carries both vectors; a delete removes from both spaces
+    backend.upsert_product("late", "Late")
+    late_vec = unit(np.arange(DIM, dtype=np.float32) + 1)
+    late_cand = unit(late_vec[:CDIM])
+    late = backend.add_references("late", [NewReference(late_vec, image=b"late-img",
+                                                        space_embeddings={CAND: late_cand})],
+                                  store_images=True)[0].reference_id
+    cand[late] = late_cand
+    gone = ids["sku-005"][0]
+    backend.delete_reference(gone)
+    del cand[gone]
+    rest = [r for r in sorted(cand) if r not in first and r != late]
+    backend.put_space_embeddings(CAND, rest, np.stack([cand[r] for r in rest]))
+    assert backend.space_progress(CAND).complete
+
+    # the candidate space answers exactly (nearest product in the 16-d space), the serving one is unchanged
+    q = cand[ids["sku-002"][1]]
+    hit = backend.search(q[None], top_k=1, space=CAND)[0].matches[0]
+    assert (hit.product_id, hit.reference_id) == ("sku-002", ids["sku-002"][1])
+    assert hit.score == pytest.approx(1.0, abs=EPS)
+    assert backend.search(refs[2, 1][None], top_k=1)[0].matches[0].reference_id == ids["sku-002"][1]
+    assert backend.search(late_cand[None], top_k=1, space=CAND)[0].matches[0].product_id == "late"
+
+    v1 = backend.version()
+    state = backend.switch_model(CAND)
+    assert (state.serving.fingerprint, state.previous, state.phase) == (CAND, ModelSpace(FP, DIM), "switched")
+    assert (backend.fingerprint, backend.dim) == (CAND, CDIM)
+    assert backend.version() > v1
+    assert backend.switch_model(CAND) == state  # a retried switch changes nothing
+    assert backend.search(q[None], top_k=1)[0].matches[0].reference_id == ids["sku-002"][1]
+    assert backend.search(refs[2, 1][None], top_k=1, space=FP)[0].matches[0].reference_id == ids["sku-002"][1]
+    assert backend.stats().fingerprint == CAND
+
+    # writes after the switch: serving vector in the new space, the old model's in the previous one
+    added = backend.add_references("late", [NewReference(late_cand[::-1].copy(), image=b"late-2",
+                                                         space_embeddings={FP: late_vec[::-1].copy()})])
+    assert backend.space_progress(FP).complete
+    back = backend.switch_model(FP)  # undo
+    assert (back.serving.fingerprint, back.previous.fingerprint if back.previous else None) == (FP, CAND)
+    assert backend.search(late_vec[::-1].copy()[None], top_k=1)[0].matches[0].reference_id == added[0].reference_id
+    backend.switch_model(CAND)
+    done = backend.finish_migration()
+    assert (done.phase, done.serving.fingerprint) == ("none", CAND)
+    assert backend.finish_migration() == done  # idempotent
+    with pytest.raises(CatalogError):
+        backend.search(refs[2, 1][None], top_k=1, space=FP)
+    assert backend.search(q[None], top_k=1)[0].matches[0].reference_id == ids["sku-002"][1]
+
+
+def test_migration_abort_drops_the_candidate_and_refuses_the_wrong_steps(backend: CatalogBackend) -> None:
+    from skulens.catalog.migration_state import ModelSpace
+
+    populate(backend, 2, 1)
+    with pytest.raises(InvalidArgument):
+        backend.start_migration(ModelSpace(FP, DIM))  # the serving model itself
+    with pytest.raises(CatalogError):
+        backend.switch_model(CAND)  # nothing to switch to
+    assert backend.abort_migration().phase == "none"  # nothing running: idempotent
+    backend.start_migration(ModelSpace(CAND, CDIM))
+    with pytest.raises(CatalogError):
+        backend.finish_migration()  # not switched
+    with pytest.raises(CatalogError):
+        backend.put_space_embeddings("third/8:00", [1], unit(np.ones((1, 8))))
+    with pytest.raises(InvalidArgument):
+        backend.put_space_embeddings(CAND, [1], unit(np.ones((1, CDIM + 1))))
+    state = backend.abort_migration()
+    assert state.phase == "none" and backend.migration_state().phase == "none"
+    with pytest.raises(CatalogError):
+        backend.search(unit(np.ones((1, CDIM))), space=CAND)
+    backend.start_migration(ModelSpace(CAND, CDIM))  # a fresh start after an abort begins empty
+    assert backend.space_progress(CAND).embedded == 0
+
+
+def test_backfill_lease_is_exclusive(backend: CatalogBackend) -> None:
+    with backend.backfill_lease() as first:
+        assert first
+        with backend.backfill_lease() as second:
+            assert not second
+    with backend.backfill_lease() as again:
+        assert again

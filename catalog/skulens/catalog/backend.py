@@ -16,12 +16,14 @@ the pure `skulens.catalog.matching.decide`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from skulens.catalog.errors import CatalogClosed, FingerprintMismatch
+from skulens.catalog.migration_state import MigrationState, ModelSpace, PendingReference, SpaceProgress
 from skulens.catalog.models import (
     AddedReference,
     CatalogStats,
@@ -115,14 +117,63 @@ class CatalogBackend(Protocol):
         unknown_threshold: float | None = None,
         ambiguity_margin: float | None = None,
         trusted: bool = False,
+        space: str = "",
     ) -> list[SearchResult]:
         """Top-k products per unit-norm query row, best first, with a verdict each (`trusted`: the rows come
-        from an `Encoder` of this catalog's model, so their norms are not checked again)."""
+        from an `Encoder` of this catalog's model, so their norms are not checked again; `space`: the fingerprint
+        of the model that made them, "" for the serving one — a migration's candidate or previous model searches
+        its own space)."""
+        ...
+
+    # ---------------------------------------------------------------- model migration (see migration_state)
+    def migration_state(self) -> MigrationState:
+        """Which model spaces the catalog holds: serving, and a candidate or the previous model (all replicas)."""
+        ...
+
+    def start_migration(
+        self, candidate: ModelSpace, shadow_share: float = 0.0, serving_model_dir: str = ""
+    ) -> MigrationState:
+        """Add the candidate's (empty) space; from now on enrolments may carry its vectors
+        (`NewReference.space_embeddings`). The same candidate again updates the shadow share."""
+        ...
+
+    def pending_references(self, space: str, after: int = 0, limit: int = 64) -> list[PendingReference]:
+        """Live references (id > `after`, id order) without an embedding in `space`, with their stored image."""
+        ...
+
+    def put_space_embeddings(self, space: str, reference_ids: Sequence[int], vectors: np.ndarray) -> int:
+        """Store `space` vectors of these references (skipping deleted or filled ones); how many were written."""
+        ...
+
+    def space_progress(self, space: str) -> SpaceProgress:
+        """How far `space` is filled."""
+        ...
+
+    def switch_model(self, fingerprint: str) -> MigrationState:
+        """Serve the candidate (or the previous model: undo) atomically; the serving space becomes previous.
+        MigrationError while a live reference lacks an embedding in it; a repeated switch changes nothing."""
+        ...
+
+    def finish_migration(self) -> MigrationState:
+        """Drop the previous model's space (after a switch); idempotent."""
+        ...
+
+    def abort_migration(self) -> MigrationState:
+        """Drop the candidate's space (before a switch); idempotent."""
+        ...
+
+    def backfill_lease(self) -> AbstractContextManager[bool]:
+        """True inside when this caller may back-fill now (one at a time per catalog, across replicas)."""
         ...
 
     def export_references(self, after: int = 0, limit: int = 256) -> list[ExportedReference]:
         """Up to `limit` live references with reference id > `after`, in id order: product, source, hash, stored
         image and embedding (to copy a catalog; resume from the last id)."""
+        ...
+
+    def sample_embeddings(self, limit: int = 4096) -> np.ndarray:
+        """Stored embeddings of up to `limit` live references drawn at random (all of them when the catalog holds
+        fewer), float32 [m, dim], no images read: the catalog's reference distribution (drift monitoring)."""
         ...
 
     def stats(self) -> CatalogStats:

@@ -19,16 +19,18 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from skulens.catalog import validation as v
 from skulens.catalog.backend import BackendState
-from skulens.catalog.errors import FingerprintMismatch, InvalidArgument
+from skulens.catalog.errors import FingerprintMismatch, InvalidArgument, MigrationError
 from skulens.catalog.index import GpuFactory, VectorIndex, choose_kind, default_gpu_factory, gpu_available
 from skulens.catalog.integrity import DB_FILE, SNAPSHOT_FILE, refuse_lost_store
+from skulens.catalog.migration_state import MigrationState, ModelSpace, PendingReference, SpaceProgress
 from skulens.catalog.models import (
     AddedReference,
     EmbeddedStats,
@@ -45,6 +47,7 @@ from skulens.catalog.reembed import EmbedImages, Reembedder
 from skulens.catalog.settings import CatalogSettings
 from skulens.catalog.snapshot_file import SnapshotFile
 from skulens.catalog.store import RefRow, Store, store_error
+from skulens.catalog.store_spaces import SpaceStore
 from skulens.catalog.view import CatalogView
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,9 @@ class Catalog(BackendState):
         self._snapshot = SnapshotFile(path / SNAPSHOT_FILE, store, settings, gpu_factory)
         self._rebuild = RebuildWorker(store, self._view, self._write_lock, settings, self._closing, gpu_factory)
         self._reembedder = Reembedder(store, settings.norm_tolerance, self._closing)
+        self._spaces = SpaceStore(store)
+        self._migration = self._spaces.state()
+        self._backfill_lock = threading.Lock()
 
     # ================================================================ lifecycle
     @classmethod
@@ -99,6 +105,9 @@ class Catalog(BackendState):
         try:
             meta = store.claim_identity(fingerprint, dim)
             stored_fp, stored_dim = str(meta.fingerprint), int(meta.dim or 0)
+            other = SpaceStore(store).state().other
+            if other is not None and (other.fingerprint, other.dim) == (fingerprint, dim):
+                fingerprint, dim = stored_fp, stored_dim  # a migration's other model: serve the stored one
             if (stored_fp, stored_dim) != (fingerprint, dim) and not allow_fingerprint_mismatch:
                 raise FingerprintMismatch.between(stored_fp, stored_dim, fingerprint, dim)
             cat = cls(path, store, settings, fingerprint=stored_fp, dim=stored_dim,
@@ -178,6 +187,11 @@ class Catalog(BackendState):
                 log.info("built %s index over %d references in %.2fs", index.kind, index.ntotal,
                          index.build_seconds)
             view.install(index)
+            self._migration = MigrationState.from_json(view.fingerprint, view.dim, snap.migration)
+            other = self._migration.other
+            if other is not None:
+                ids, vectors = snap.space_embeddings(other.fingerprint, other.dim)
+                view.spaces[other.fingerprint] = VectorIndex.build(other.dim, ids, vectors, self.settings, "flat")
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Wait for a background index rebuild to finish; True when none is running."""
@@ -235,13 +249,27 @@ class Catalog(BackendState):
         rows, vecs = _reference_rows(refs, self._view.dim, self.settings, keep_images)
         with self._write_lock:
             self._check_open(searchable=True)
-            pk, results, gen = self._store.add_references(pid, rows, self._view.fingerprint)
+            other = self._migration.other
+            space_vecs = (v.space_vectors(refs, other.fingerprint, other.dim, self.settings.norm_tolerance)
+                          if other is not None else None)
+            if space_vecs is not None:
+                rows = [RefRow(r.embedding, r.source, r.content_sha256, r.image,
+                               None if sv is None else sv.astype("<f4").tobytes())
+                        for r, sv in zip(rows, space_vecs, strict=True)]
+            pk, results, gen = self._store.add_references(pid, rows, self._view.fingerprint,
+                                                          other.fingerprint if other is not None else None)
             new_pos = [i for i, (_, dup) in enumerate(results) if not dup]
             with self._view.rw.write():
                 ok = self._view.advance(gen)
                 if new_pos:
                     ids = np.asarray([results[i][0] for i in new_pos], dtype=np.int64)
                     self._view.add_references(gen, pk, ids, vecs[new_pos])
+                    if other is not None and space_vecs is not None:
+                        have = [(results[i][0], sv) for i in new_pos if (sv := space_vecs[i]) is not None]
+                        if have:
+                            self._view.add_space_vectors(
+                                other.fingerprint, np.asarray([rid for rid, _ in have], dtype=np.int64),
+                                np.stack([sv for _, sv in have]))
             self._after_write(not ok)
         return [AddedReference(rid, pid, dup) for rid, dup in results]
 
@@ -320,6 +348,12 @@ class Catalog(BackendState):
         return self._store.export_references(v.reference_id(after) if after else 0,
                                              v.positive_int(limit, "limit", 65536))
 
+    def sample_embeddings(self, limit: int = 4096) -> np.ndarray:
+        """Embeddings of up to `limit` references drawn at random, float32 [m, dim] (no images read)."""
+        self._check_open()
+        rows = self._store.sample_embeddings(v.positive_int(limit, "limit", 1 << 20))
+        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+
     def stats(self) -> EmbeddedStats:
         """Counts, model identity, version, index kind/size/recall, snapshot state and database size."""
         self._check_open()
@@ -345,16 +379,23 @@ class Catalog(BackendState):
     def search(self, queries: np.ndarray, *, top_k: int = 5, min_score: float | None = None,
                category: str = "", labels: Mapping[str, str] | None = None,
                unknown_threshold: float | None = None,
-               ambiguity_margin: float | None = None, trusted: bool = False) -> list[SearchResult]:
+               ambiguity_margin: float | None = None, trusted: bool = False,
+               space: str = "") -> list[SearchResult]:
         """Top-k products per query embedding (float32 [N, D], unit-norm), best first, with a verdict each.
 
-        A product scores its best reference (whose id is returned). `category` and `labels` (all pairs must
+        `space`: the fingerprint of the model that made the queries ("" or the serving one: the serving index;
+        a migration's candidate or previous model: that space, searched exactly). A product scores its best
+        reference (whose id is returned). `category` and `labels` (all pairs must
         match) restrict the candidates inside the index search, so k products come back even when the filter
         removes most nearest neighbours. `unknown_threshold` / `ambiguity_margin` override the settings for
         this call (e.g. for text queries, whose scores live on another scale). `trusted`: the rows come straight
         from an `Encoder` of this catalog's model (unit-norm by construction), so only their type and shape are
         checked, not each row's norm again.
         """
+        if space and space != self._view.fingerprint:
+            return self._search_space(space, queries, top_k=top_k, min_score=min_score, category=category,
+                                      labels=labels, unknown_threshold=unknown_threshold,
+                                      ambiguity_margin=ambiguity_margin, trusted=trusted)
         self._check_open(searchable=True)
         r = v.search_request(
             queries, self._view.dim, tolerance=self.settings.norm_tolerance, max_top_k=self.settings.max_top_k,
@@ -367,6 +408,157 @@ class Catalog(BackendState):
             return []
         with self._view.rw.read():
             return self._view.search(q, k, floor, cat, lab, threshold, margin)
+
+    def _search_space(self, space: str, queries: np.ndarray, *, top_k: int, min_score: float | None,
+                      category: str, labels: Mapping[str, str] | None, unknown_threshold: float | None,
+                      ambiguity_margin: float | None, trusted: bool) -> list[SearchResult]:
+        """`search` in a migration's other model space (exact)."""
+        self._check_open()
+        held = self._migration.space(space)
+        if held is None or held.fingerprint == self._view.fingerprint:
+            raise MigrationError(f"the catalog holds no embeddings of model {space!r} (no migration to or from it)")
+        r = v.search_request(
+            queries, held.dim, tolerance=self.settings.norm_tolerance, max_top_k=self.settings.max_top_k,
+            default_threshold=self.settings.unknown_threshold, default_margin=self.settings.ambiguity_margin,
+            top_k=top_k, min_score=min_score, category_=category, labels_=labels,
+            unknown_threshold=unknown_threshold, ambiguity_margin=ambiguity_margin, trusted=trusted)
+        if not len(r.queries):
+            return []
+        with self._view.rw.read():
+            index = self._view.spaces.get(space)
+            if index is None:
+                raise MigrationError(f"the catalog holds no embeddings of model {space!r}")
+            return self._view.search(r.queries, r.top_k, r.min_score, r.category, r.labels, r.unknown_threshold,
+                                     r.ambiguity_margin, index=index)
+
+    # ================================================================ model migration
+    def migration_state(self) -> MigrationState:
+        """Which model spaces the catalog holds (serving, and a candidate or the previous model)."""
+        self._check_open()
+        return self._migration
+
+    def start_migration(self, candidate: ModelSpace, shadow_share: float = 0.0,
+                        serving_model_dir: str = "") -> MigrationState:
+        """Add `candidate`'s space (empty; `put_space_embeddings` fills it) and start sending enrolments to both
+        spaces; the same candidate again only updates the shadow share. `serving_model_dir` is recorded for the
+        serving model when the catalog does not know it yet."""
+        self._check_open(searchable=True)
+        with self._write_lock:
+            state = self._spaces.state()
+            if serving_model_dir and not state.serving.model_dir:
+                state = MigrationState(ModelSpace(state.serving.fingerprint, state.serving.dim, serving_model_dir),
+                                       state.candidate, state.previous, state.shadow_share, state.started_at,
+                                       state.switched_at)
+            new = state.start(candidate, shadow_share)
+            gen = self._spaces.save(new)
+            with self._view.rw.write():
+                ok = self._view.advance(gen)
+                assert new.candidate is not None
+                if new.candidate.fingerprint not in self._view.spaces:
+                    self._view.spaces[new.candidate.fingerprint] = VectorIndex.empty(new.candidate.dim, self.settings)
+                self._migration = new
+            self._after_write(not ok)
+        return new
+
+    def pending_references(self, space: str, after: int = 0, limit: int = 64) -> list[PendingReference]:
+        """Live references with id > `after` that lack an embedding in `space` (id order, with stored image)."""
+        self._check_open()
+        self._other_space(space)
+        return self._spaces.pending(space, v.reference_id(after) if after else 0,
+                                    v.positive_int(limit, "limit", 65536))
+
+    def put_space_embeddings(self, space: str, reference_ids: Sequence[int], vectors: np.ndarray) -> int:
+        """Store embeddings of `space` (candidate or previous model) for these references; references deleted
+        meanwhile or already filled are skipped. How many were written."""
+        self._check_open()
+        held = self._other_space(space)
+        ids = [v.reference_id(x) for x in reference_ids]
+        vecs = v.vectors(vectors, held.dim, self.settings.norm_tolerance, "vectors")
+        if len(vecs) != len(ids):
+            raise InvalidArgument(f"vectors has {len(vecs)} rows for {len(ids)} reference ids", field="vectors")
+        with self._write_lock:
+            self._other_space(space)
+            written, gen = self._spaces.put(space, [(rid, row.astype("<f4").tobytes())
+                                                    for rid, row in zip(ids, vecs, strict=True)])
+            with self._view.rw.write():
+                ok = self._view.advance(gen)
+                pos = {rid: i for i, rid in enumerate(ids)}
+                self._view.add_space_vectors(space, np.asarray(written, dtype=np.int64),
+                                             vecs[[pos[r] for r in written]])
+            self._after_write(not ok)
+        return len(written)
+
+    def space_progress(self, space: str) -> SpaceProgress:
+        """How far `space` is filled (the serving space is complete)."""
+        self._check_open()
+        if space == self._view.fingerprint:
+            return self._spaces.progress(space, serving=True)
+        self._other_space(space)
+        return self._spaces.progress(space)
+
+    def switch_model(self, fingerprint: str) -> MigrationState:
+        """Serve `fingerprint` (the candidate, or the previous model to undo a switch) from now on, atomically;
+        the serving space is kept as the previous one. MigrationError while a live reference lacks an embedding
+        in it. Repeating a done switch changes nothing."""
+        self._check_open()
+        self.wait_for_index()
+        with self._write_lock:
+            old = self._view.fingerprint
+            new, gen = self._spaces.switch(self._migration, fingerprint)
+            if new.serving.fingerprint == old:
+                return new
+            with self._view.rw.read():
+                ids, vectors = self._view.spaces[fingerprint].stored_vectors()
+            index = VectorIndex.build(new.serving.dim, ids, vectors, self.settings,
+                                      choose_kind(len(ids), self.settings), gpu_factory=self._gpu_factory)
+            with self._view.rw.write():
+                ok = self._view.advance(gen)
+                previous = self._view.index
+                self._view.spaces.pop(fingerprint, None)
+                if previous is not None:
+                    self._view.spaces[old] = previous
+                self._view.fingerprint, self._view.dim = new.serving.fingerprint, new.serving.dim
+                self._view.install(index)
+                self._requested = (new.serving.fingerprint, new.serving.dim)
+                self._migration = new
+            self._after_write(not ok)
+        log.info("catalog %s now serves model %s (previous %s kept until finish)", self.path, fingerprint, old)
+        return new
+
+    def finish_migration(self) -> MigrationState:
+        """Drop the previous model's space after a switch (no undo from here); idempotent."""
+        return self._end_migration(finish=True)
+
+    def abort_migration(self) -> MigrationState:
+        """Drop the candidate's space before a switch; idempotent."""
+        return self._end_migration(finish=False)
+
+    def _end_migration(self, *, finish: bool) -> MigrationState:
+        self._check_open()
+        with self._write_lock:
+            state = self._spaces.state()
+            new, drop = state.finish() if finish else state.abort()
+            if drop is None and state.phase == "none":
+                return state
+            gen = self._spaces.save(new, drop)
+            with self._view.rw.write():
+                ok = self._view.advance(gen)
+                if drop is not None:
+                    self._view.spaces.pop(drop.fingerprint, None)
+                self._migration = new
+            self._after_write(not ok)
+        return new
+
+    def backfill_lease(self) -> AbstractContextManager[bool]:
+        """True inside when this caller may back-fill now (one back-fill at a time per catalog)."""
+        return _try_lock(self._backfill_lock)
+
+    def _other_space(self, space: str) -> ModelSpace:
+        other = self._migration.other
+        if other is None or other.fingerprint != space:
+            raise MigrationError(f"model {space!r} is not the candidate or previous model of this catalog",
+                                 field="space")
+        return other
 
     # ---------------------------------------------------------------- reference-level access (calibration)
     def sample_references(self, limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
@@ -427,6 +619,16 @@ class Catalog(BackendState):
         self._rebuild.maybe_start()
         return ReembedReport(old_fp, fp, old_dim, dim, done.reembedded, done.resumed, done.dropped,
                              time.perf_counter() - t0)
+
+
+@contextmanager
+def _try_lock(lock: threading.Lock) -> Iterator[bool]:
+    got = lock.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            lock.release()
 
 
 def _reference_rows(refs: Sequence[NewReference], dim: int, settings: CatalogSettings,

@@ -51,6 +51,11 @@ class FingerprintMismatch(CatalogError):
         return err
 
 
+class MigrationError(CatalogError):
+    """A model-migration step does not fit the migration's state (none running, another model's migration, the
+    candidate space not filled yet, no previous model to switch back to); nothing was changed."""
+
+
 class CatalogClosed(CatalogError):
     """The catalog was closed; open it again."""
 

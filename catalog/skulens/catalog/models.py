@@ -97,6 +97,9 @@ class NewReference:
     source: str = ""
     image: bytes | HashedImage | None = None
     content_sha256: str | None = None
+    #: The same image embedded by the other model of a migration (candidate, or previous after a switch):
+    #: {fingerprint: unit-norm vector}; spaces the catalog does not hold are ignored (back-fill covers the rest).
+    space_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,34 @@ in read-only ones of their own.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from psycopg.types.json import Jsonb
 
+from skulens.catalog import postgres_spaces as spaces
 from skulens.catalog import validation as v
 from skulens.catalog.backend import BackendState
-from skulens.catalog.errors import AlreadyExists, FingerprintMismatch, InvalidArgument, NotFound
+from skulens.catalog.errors import (
+    AlreadyExists,
+    CatalogUnavailable,
+    FingerprintMismatch,
+    InvalidArgument,
+    MigrationError,
+    NotFound,
+)
+from skulens.catalog.migration_state import (
+    MigrationState,
+    ModelSpace,
+    PendingReference,
+    SpaceProgress,
+    refuse_incomplete,
+)
 from skulens.catalog.models import (
     AddedReference,
     CatalogStats,
@@ -51,6 +69,8 @@ from skulens.catalog.postgres_pool import Conn, ConnectionPool, Database, one_ro
 from skulens.catalog.postgres_schema import CatalogSchema, RefRow, current_schema, parse_vec, vec_text
 from skulens.catalog.postgres_search import HnswTuning, RoundSearch
 from skulens.catalog.settings import CatalogSettings
+
+log = logging.getLogger(__name__)
 
 HNSW_MAX_DIM = 2000  # pgvector's HNSW indexes `vector` up to 2,000 dimensions
 DEFAULT_POOL_SIZE = 8
@@ -87,6 +107,9 @@ class PostgresCatalog(BackendState):
         self._versions = versions  # server, pgvector
         self._rounds = RoundSearch(db, schema, settings, exact_limit)
         self._tuning = HnswTuning(db, schema, settings, self._rounds)
+        self._migration = MigrationState(ModelSpace(schema.fingerprint, schema.dim))
+        self._space_rounds: dict[str, RoundSearch] = {}  # a migration's other model space, by fingerprint
+        self._sync_lock = threading.Lock()
 
     # ================================================================ lifecycle
     @classmethod
@@ -130,12 +153,18 @@ class PostgresCatalog(BackendState):
                 schema = current_schema(pool)
             db = Database(pool, schema)
             stored_fp, stored_dim, versions = db.run(CatalogSchema(schema, fingerprint, dim).install)
+            state = db.run(lambda conn: spaces.read_state(conn, CatalogSchema(schema, stored_fp, stored_dim)),
+                           tx=False)
+            other = state.other
+            if other is not None and (other.fingerprint, other.dim) == (fingerprint, dim):
+                fingerprint, dim = stored_fp, stored_dim  # a migration's other model: serve the stored one
             if (stored_fp, stored_dim) != (fingerprint, dim) and not allow_fingerprint_mismatch:
                 raise FingerprintMismatch.between(stored_fp, stored_dim, fingerprint, dim)
             tables = CatalogSchema(schema, stored_fp, stored_dim)
             cat = cls(db, tables, settings, requested_fingerprint=fingerprint, requested_dim=dim,
                       exact_limit=exact_limit, versions=versions)
             db.run(lambda conn: tables.create_index(conn, settings))
+            cat._migration = state
             if cat._mismatch() is None:
                 cat._tuning.tune(reuse=True)
         except BaseException:
@@ -230,9 +259,13 @@ class PostgresCatalog(BackendState):
         pid = v.product_id(product_id)
         keep_images = self.settings.store_images if store_images is None else bool(store_images)
         rows = _reference_rows(refs, self._dim, self.settings, keep_images)
+        schema = self._schema
 
         def tx(conn: Conn) -> list[AddedReference]:
             pk = self._lock_product(conn, pid)  # writers of one product take turns
+            other = spaces.read_state(conn, schema).other
+            extra = (v.space_vectors(refs, other.fingerprint, other.dim, self.settings.norm_tolerance)
+                     if other is not None and other.fingerprint != schema.fingerprint else None)
             shas = [r.sha for r in rows if r.sha is not None]
             known: dict[str, int] = {}
             if shas:
@@ -241,9 +274,21 @@ class PostgresCatalog(BackendState):
                     "AND deleted_at IS NULL AND content_sha256 = ANY(%s)"), (pk, shas)).fetchall()}
             plan, new = _plan_references(rows, known)
             ids: list[int] = []
+            covered = {schema.fingerprint}
             if new:
-                ids = self._schema.insert_references(conn, pk, new)
-                self._schema.bump(conn, refs=len(new), indexed=len(new))
+                ids = schema.insert_references(conn, pk, new)
+                if other is not None and extra is not None:
+                    by_pos = [extra[i] for i, (_, pos, dup) in enumerate(plan) if not dup and pos is not None]
+                    given = [(rid, vec) for rid, vec in zip(ids, by_pos, strict=True) if vec is not None]
+                    spaces.put(conn, schema, other.fingerprint, [rid for rid, _ in given],
+                               [vec_text(vec.tolist()) for _, vec in given])
+                    if len(given) == len(ids):
+                        covered.add(other.fingerprint)
+                schema.bump(conn, refs=len(new), indexed=len(new))
+                serving = str(one_row(conn.execute(schema.q("SELECT fingerprint FROM {meta}")))[0])
+                if serving not in covered:  # a switch committed while this ran: its vectors are of the old model
+                    raise CatalogUnavailable(f"the catalog switched to model {serving!r} during this enrolment; "
+                                             "nothing was written; retry")
             return [AddedReference(ids[pos] if rid is None and pos is not None else int(rid or 0), pid, dup)
                     for rid, pos, dup in plan]
 
@@ -348,6 +393,21 @@ class PostgresCatalog(BackendState):
 
         return self._db.run(tx, tx=False)
 
+    def sample_embeddings(self, limit: int = 4096) -> np.ndarray:
+        """Embeddings of up to `limit` live references drawn at random, float32 [m, dim] (no images read)."""
+        self._check_open()
+        n = v.positive_int(limit, "limit", 1 << 20)
+
+        def tx(conn: Conn) -> list[np.ndarray]:
+            rows = conn.execute(self._schema.q(
+                "SELECT e.embedding::text FROM {embeddings} e WHERE e.fingerprint = {fp} AND e.reference_id IN "
+                "(SELECT reference_id FROM {refs} WHERE deleted_at IS NULL ORDER BY random() LIMIT %s)"),
+                (n,)).fetchall()
+            return [parse_vec(str(r[0])) for r in rows]
+
+        rows = self._db.run(tx, tx=False)
+        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+
     def list_products(self, page_size: int = 100, page_token: str = "",
                       category: str = "") -> tuple[list[Product], str]:
         """One page of products ordered by product_id (code points); (products, next token or "" at the end)."""
@@ -370,10 +430,170 @@ class PostgresCatalog(BackendState):
         return rows, token
 
     def version(self) -> int:
-        """The catalog version: bumped by every committed write of any replica."""
+        """The catalog version: bumped by every committed write of any replica. Notices a model switch made by
+        another replica (the identity comes with the version)."""
         self._check_open()
-        query = self._schema.q("SELECT version FROM {meta}")
-        return self._db.run(lambda conn: int(one_row(conn.execute(query))[0]), tx=False)
+        query = self._schema.q("SELECT version, fingerprint, dim FROM {meta}")
+        version, fp, dim = self._db.run(lambda conn: one_row(conn.execute(query)), tx=False)
+        if (str(fp), int(dim)) != (self._fingerprint, self._dim):
+            self.migration_state()
+        return int(version)
+
+    # ================================================================ model migration
+    def migration_state(self) -> MigrationState:
+        """Which model spaces the catalog holds, read from the database (follows a switch by any replica)."""
+        self._check_open()
+        state = self._db.run(lambda conn: spaces.read_state(conn, self._schema), tx=False)
+        self._adopt(state)
+        return state
+
+    def _adopt(self, state: MigrationState) -> None:
+        """Take `state` as the current one: serve its serving space (after another replica's switch)."""
+        with self._sync_lock:
+            serving = state.serving
+            if (serving.fingerprint, serving.dim) != (self._fingerprint, self._dim):
+                tables = CatalogSchema(self.schema, serving.fingerprint, serving.dim)
+                rounds = RoundSearch(self._db, tables, self.settings, self.exact_limit)
+                rounds.width = self._rounds.width
+                self._schema, self._rounds = tables, rounds
+                self._tuning = HnswTuning(self._db, tables, self.settings, rounds)
+                self._fingerprint, self._dim = serving.fingerprint, serving.dim
+                self._requested = (serving.fingerprint, serving.dim)
+                log.info("shared catalog %s now serves model %s", self.schema, serving.fingerprint)
+            keep = {s.fingerprint for s in (state.candidate, state.previous) if s is not None}
+            self._space_rounds = {fp: r for fp, r in self._space_rounds.items() if fp in keep}
+            self._migration = state
+
+    def _change_state(self, change: Callable[[MigrationState], tuple[MigrationState, ModelSpace | None]],
+                      complete: str | None = None) -> MigrationState:
+        """Apply `change` to the stored state in one transaction (meta row locked), dropping the space it names;
+        `complete`: refuse unless that space holds every live reference (a switch)."""
+        def tx(conn: Conn) -> tuple[MigrationState, ModelSpace | None, bool]:
+            state = spaces.read_state(conn, self._schema, lock="FOR UPDATE")
+            new, drop = change(state)
+            if new == state:
+                return state, None, False
+            if complete is not None:
+                refuse_incomplete(spaces.progress(conn, self._schema, complete))
+            if drop is not None:
+                spaces.drop_space(conn, self._schema, CatalogSchema(self.schema, drop.fingerprint, drop.dim))
+            spaces.write_state(conn, self._schema, new)
+            if new.serving != state.serving:
+                indexed = spaces.count_vectors(conn, self._schema, new.serving.fingerprint)
+                live = int(one_row(conn.execute(self._schema.q(
+                    "SELECT count(*) FROM {refs} WHERE deleted_at IS NULL")))[0])
+                conn.execute(self._schema.q("UPDATE {meta} SET indexed_refs = %s, live_refs = %s"), (indexed, live))
+            self._schema.bump(conn)
+            return new, drop, True
+
+        self._check_open()
+        new, drop, changed = self._db.run(tx)
+        if drop is not None:
+            dropped = CatalogSchema(self.schema, drop.fingerprint, drop.dim)
+            self._db.run(lambda conn: spaces.drop_index(conn, dropped))
+        for s in (new.candidate, new.previous):
+            if changed and s is not None:
+                self._create_space_index(CatalogSchema(self.schema, s.fingerprint, s.dim))
+        self._adopt(new)
+        return new
+
+    def _create_space_index(self, tables: CatalogSchema) -> None:
+        self._db.run(lambda conn: tables.create_index(conn, self.settings))
+
+    def start_migration(self, candidate: ModelSpace, shadow_share: float = 0.0,
+                        serving_model_dir: str = "") -> MigrationState:
+        """Add `candidate`'s space (empty, with its own partial HNSW index) and start sending enrolments to both
+        spaces; the same candidate again only updates the shadow share (see `Catalog.start_migration`)."""
+        if candidate.dim > HNSW_MAX_DIM:
+            raise InvalidArgument(f"dim must be at most {HNSW_MAX_DIM} for the PostgreSQL catalog, got "
+                                  f"{candidate.dim}", field="dim")
+
+        def change(state: MigrationState) -> tuple[MigrationState, ModelSpace | None]:
+            if serving_model_dir and not state.serving.model_dir:
+                state = MigrationState(ModelSpace(state.serving.fingerprint, state.serving.dim, serving_model_dir),
+                                       state.candidate, state.previous, state.shadow_share, state.started_at,
+                                       state.switched_at)
+            return state.start(candidate, shadow_share), None
+
+        self._check_open(searchable=True)
+        return self._change_state(change)
+
+    def pending_references(self, space: str, after: int = 0, limit: int = 64) -> list[PendingReference]:
+        """Live references with id > `after` that lack an embedding in `space` (id order, with stored image)."""
+        self._check_open()
+        self._other_space(space)
+        start, n = (v.reference_id(after) if after else 0), v.positive_int(limit, "limit", 65536)
+        return self._db.run(lambda conn: spaces.pending(conn, self._schema, space, start, n), tx=False)
+
+    def put_space_embeddings(self, space: str, reference_ids: Sequence[int], vectors: np.ndarray) -> int:
+        """Store embeddings of `space` for these references (deleted or filled ones are skipped); how many."""
+        self._check_open()
+        held = self._other_space(space)
+        ids = [v.reference_id(x) for x in reference_ids]
+        vecs = v.vectors(vectors, held.dim, self.settings.norm_tolerance, "vectors")
+        if len(vecs) != len(ids):
+            raise InvalidArgument(f"vectors has {len(vecs)} rows for {len(ids)} reference ids", field="vectors")
+        texts = [vec_text(row) for row in vecs.tolist()]
+
+        def tx(conn: Conn) -> int:
+            state = spaces.read_state(conn, self._schema, lock="FOR NO KEY UPDATE")
+            if state.other is None or state.other.fingerprint != space:
+                raise MigrationError(f"model {space!r} is no longer the candidate or previous model", field="space")
+            written = spaces.put(conn, self._schema, space, ids, texts)
+            if written:
+                self._schema.bump(conn)
+            return len(written)
+
+        return self._db.run(tx)
+
+    def space_progress(self, space: str) -> SpaceProgress:
+        """How far `space` is filled (the serving space is complete)."""
+        self._check_open()
+        return self._db.run(lambda conn: spaces.progress(conn, self._schema, space), tx=False)
+
+    def switch_model(self, fingerprint: str) -> MigrationState:
+        """Serve `fingerprint` (candidate, or previous to undo) from now on, atomically for every replica (they
+        follow at their next version read); MigrationError while a live reference lacks an embedding in it."""
+        new = self._change_state(lambda state: (state.switch(fingerprint), None), complete=fingerprint)
+        if self._mismatch() is None:
+            self._tuning.tune(reuse=True)
+        return new
+
+    def finish_migration(self) -> MigrationState:
+        """Drop the previous model's space after a switch (no undo from here); idempotent."""
+        return self._change_state(lambda state: state.finish())
+
+    def abort_migration(self) -> MigrationState:
+        """Drop the candidate's space before a switch; idempotent."""
+        return self._change_state(lambda state: state.abort())
+
+    @contextmanager
+    def backfill_lease(self) -> Iterator[bool]:
+        """True inside when this replica may back-fill now: one replica at a time (a session advisory lock,
+        released when the replica's connection goes, e.g. when it dies)."""
+        self._check_open()
+        conn, _ = self._db.pool.acquire()
+        got, reuse = False, False
+        try:
+            got = spaces.try_lease(conn, self._schema, "backfill")
+            reuse = True
+            yield got
+        finally:
+            try:
+                if got:
+                    spaces.end_lease(conn, self._schema, "backfill")
+            except Exception:
+                reuse = False
+            self._db.pool.release(conn, reuse=reuse)
+
+    def _other_space(self, space: str) -> ModelSpace:
+        other = self._migration.other
+        if other is None or other.fingerprint != space:
+            other = self.migration_state().other
+        if other is None or other.fingerprint != space:
+            raise MigrationError(f"model {space!r} is not the candidate or previous model of this catalog",
+                                 field="space")
+        return other
 
     def stats(self) -> PostgresStats:
         """Counts, identity, version, index kind / size / tuned width / recall, and the tables' size on disk."""
@@ -402,23 +622,40 @@ class PostgresCatalog(BackendState):
     def search(self, queries: np.ndarray, *, top_k: int = 5, min_score: float | None = None,
                category: str = "", labels: Mapping[str, str] | None = None,
                unknown_threshold: float | None = None,
-               ambiguity_margin: float | None = None, trusted: bool = False) -> list[SearchResult]:
+               ambiguity_margin: float | None = None, trusted: bool = False,
+               space: str = "") -> list[SearchResult]:
         """Top-k products per query embedding (float32 [N, D], unit-norm), best first, with a verdict each.
 
         The embedded backend's semantics (`Catalog.search`): a product scores its best reference (whose id is
         returned); `category` / `labels` (all pairs) filter inside the search; thresholds default to the settings.
+        `space`: the fingerprint of the model that made the queries ("": the serving one).
         """
-        self._check_open(searchable=True)
+        rounds, dim = self._rounds, self._dim
+        if space and space != self._fingerprint:
+            self._check_open()
+            held = self._other_space(space)
+            rounds, dim = self._space_search(held), held.dim
+        else:
+            self._check_open(searchable=True)
         r = v.search_request(
-            queries, self._dim, tolerance=self.settings.norm_tolerance, max_top_k=self.settings.max_top_k,
+            queries, dim, tolerance=self.settings.norm_tolerance, max_top_k=self.settings.max_top_k,
             default_threshold=self.settings.unknown_threshold, default_margin=self.settings.ambiguity_margin,
             top_k=top_k, min_score=min_score, category_=category, labels_=labels,
             unknown_threshold=unknown_threshold, ambiguity_margin=ambiguity_margin, trusted=trusted)
         if not len(r.queries):
             return []
         texts = [vec_text(row) for row in r.queries.tolist()]
-        return self._rounds.search(texts, r.top_k, r.min_score, r.category, r.labels, r.unknown_threshold,
+        return rounds.search(texts, r.top_k, r.min_score, r.category, r.labels, r.unknown_threshold,
                                    r.ambiguity_margin)
+
+    def _space_search(self, space: ModelSpace) -> RoundSearch:
+        rounds = self._space_rounds.get(space.fingerprint)
+        if rounds is None:
+            rounds = RoundSearch(self._db, CatalogSchema(self.schema, space.fingerprint, space.dim), self.settings,
+                                 self.exact_limit)
+            rounds.width = self._rounds.width
+            self._space_rounds[space.fingerprint] = rounds
+        return rounds
 
     def tune(self) -> float | None:
         """Measure recall@10 of the HNSW search against exact search, choose `hnsw.ef_search` (see

@@ -15,6 +15,7 @@ Schema (created idempotently at open, under a database-wide advisory lock; every
 - `refs`: reference id (from the `reference_ids` sequence: never reused), product, source, content sha256 (unique
   per live product), the image (`bytea`, when kept), an optional region box (x, y, w, h in pixels; nullable,
   not set by `NewReference` yet) and `deleted_at` (tombstone).
+- `meta.migration`: the model migration's state (`skulens.catalog.migration_state`, JSON; NULL: none).
 - `embeddings`: (fingerprint, reference id) → `vector` (untyped, so several models fit one table; written in
   pgvector's text form, `vec_text`), with one partial HNSW index per fingerprint:
   `USING hnsw ((embedding::vector(DIM)) vector_ip_ops) WHERE fingerprint = '…'` (`create_index`).
@@ -43,7 +44,7 @@ from skulens.catalog.errors import CatalogError, InvalidArgument
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, first_line, lost, one_row
 from skulens.catalog.settings import CatalogSettings
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: meta.migration (model migration state)
 PGVECTOR_MIN = (0, 8, 0)  # iterative index scans
 NOTIFY_CHANNEL = "skulens_catalog"
 _DDL_LOCK = "skulens.catalog schema"  # advisory lock key (hashed): one installer at a time per database
@@ -105,6 +106,7 @@ _DDL = (
         fingerprint text NOT NULL,
         embedding vector NOT NULL,
         PRIMARY KEY (fingerprint, reference_id))""",
+    "ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS migration text",
 )
 
 
@@ -218,6 +220,8 @@ class CatalogSchema:
         if int(meta[0]) > SCHEMA_VERSION:
             raise CatalogError(f"the shared catalog in schema {self.schema!r} has schema version {meta[0]}; this "
                                f"skulens supports up to {SCHEMA_VERSION} (upgrade skulens)")
+        if int(meta[0]) < SCHEMA_VERSION:  # the DDL above added what the newer schema has
+            conn.execute(self.q("UPDATE {meta} SET schema_version = %s"), (SCHEMA_VERSION,))
         return str(meta[1]), int(meta[2]), versions
 
     def create_index(self, conn: Conn, settings: CatalogSettings) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from skulens.catalog.errors import AlreadyExists, CatalogClosed, CatalogCorrupt, CatalogError, NotFound
 from skulens.catalog.models import ExportedReference, Product, ReferenceInfo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # MIGRATIONS[v] upgrades a store at schema v-1 to v; each runs in one transaction with the version bump.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -71,6 +71,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             embedding BLOB,
             error TEXT)""",
     ),
+    # Model migration (`skulens.catalog.migration_state`): embeddings of the space besides the serving one
+    # (candidate or previous model), keyed like PostgreSQL's `embeddings`; the state JSON lives in meta.
+    2: (
+        """CREATE TABLE space_embeddings (
+            fingerprint TEXT NOT NULL,
+            reference_id INTEGER NOT NULL REFERENCES refs(reference_id) ON DELETE CASCADE,
+            embedding BLOB NOT NULL,
+            PRIMARY KEY (fingerprint, reference_id)) WITHOUT ROWID""",
+        "CREATE INDEX space_embeddings_ref ON space_embeddings(reference_id)",
+    ),
 }
 
 
@@ -99,6 +109,7 @@ class RefRow:
     source: str
     content_sha256: str | None
     image: bytes | None
+    space_embedding: bytes | None = None  # the other space's vector (model migration), if known
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,7 @@ class Meta:
     dim: int | None
 
 
-REQUIRED_TABLES = ("meta", "products", "refs", "ref_images", "reembed_staging")
+REQUIRED_TABLES = ("meta", "products", "refs", "ref_images", "reembed_staging", "space_embeddings")
 REQUIRED_META = ("schema_version", "catalog_uuid", "generation")
 
 
@@ -395,9 +406,10 @@ class Store:
         return [(_product_from_row(r), int(r[7])) for r in rows]
 
     # ---------------------------------------------------------------- references
-    def add_references(self, product_id: str, items: Sequence[RefRow],
-                       fingerprint: str) -> tuple[int, list[tuple[int, bool]], int]:
-        """Insert references for one product in one transaction.
+    def add_references(self, product_id: str, items: Sequence[RefRow], fingerprint: str,
+                       space: str | None = None) -> tuple[int, list[tuple[int, bool]], int]:
+        """Insert references for one product in one transaction (with their `space_embedding` in the
+        non-serving space `space` of a migration, when given).
 
         Returns (product pk, [(reference_id, duplicate)] in input order, generation). A reference whose
         content_sha256 matches an existing one of the same product (or an earlier one of the same call) is
@@ -428,6 +440,9 @@ class Store:
                 rid = int(cur.lastrowid or 0)
                 if it.image is not None:
                     tx.execute("INSERT INTO ref_images(reference_id, image) VALUES (?, ?)", (rid, it.image))
+                if space is not None and it.space_embedding is not None:
+                    tx.execute("INSERT INTO space_embeddings(fingerprint, reference_id, embedding) VALUES (?, ?, ?)",
+                               (space, rid, it.space_embedding))
                 if it.content_sha256 is not None:
                     seen[it.content_sha256] = rid
                 out.append((rid, False))
@@ -486,6 +501,14 @@ class Store:
                 "WHERE r.reference_id > ? ORDER BY r.reference_id LIMIT ?", (int(after), int(limit))).fetchall()
         return [ExportedReference(int(r[0]), str(r[1]), str(r[2]), r[3], None if r[4] is None else bytes(r[4]),
                                   np.frombuffer(r[5], dtype="<f4").astype(np.float32)) for r in rows]
+
+    def sample_embeddings(self, limit: int) -> list[np.ndarray]:
+        """Embeddings of up to `limit` references drawn at random (the draw reads reference ids only)."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT embedding FROM refs WHERE reference_id IN "
+                "(SELECT reference_id FROM refs ORDER BY random() LIMIT ?)", (int(limit),)).fetchall()
+        return [np.frombuffer(r[0], dtype="<f4").astype(np.float32) for r in rows]
 
     def counts(self) -> tuple[int, int, int]:
         """(products, references, references with a stored image)."""
@@ -570,6 +593,7 @@ class StoreSnapshot:
         self.catalog_uuid = str(kv["catalog_uuid"])
         self.fingerprint = kv.get("fingerprint")
         self.dim = int(kv["dim"]) if "dim" in kv else None
+        self.migration: str | None = kv.get("migration")  # MigrationState JSON (None: no migration)
 
     def __enter__(self) -> StoreSnapshot:
         return self
@@ -624,3 +648,13 @@ class StoreSnapshot:
                 raise CatalogError(f"reference {bad} has an embedding of the wrong size "
                                    f"(expected {dim} float32)")
             yield ids, np.frombuffer(blob, dtype="<f4").reshape(len(rows), dim).astype(np.float32, copy=False)
+
+    def space_embeddings(self, fingerprint: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(reference ids, embeddings float32 [n, dim]) of a non-serving space (`space_embeddings` rows)."""
+        rows = self._conn.execute("SELECT reference_id, embedding FROM space_embeddings WHERE fingerprint = ? "
+                                  "ORDER BY reference_id", (fingerprint,)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        blob = b"".join(r[1] for r in rows)
+        if len(blob) != len(rows) * dim * 4:
+            raise CatalogError(f"space {fingerprint!r} holds an embedding of the wrong size (expected {dim} float32)")
+        return ids, np.frombuffer(blob, dtype="<f4").reshape(len(rows), dim).astype(np.float32, copy=False)

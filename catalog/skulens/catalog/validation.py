@@ -273,6 +273,18 @@ def references(refs: object, dim_: int, *, max_items: int, tolerance: float, max
     return out
 
 
+def space_vectors(refs: Sequence[NewReference], fingerprint: str, dim_: int,
+                  tolerance: float) -> list[np.ndarray | None]:
+    """Each reference's vector in a migration's other model space `fingerprint` (None where none was given);
+    InvalidArgument names the item."""
+    out: list[np.ndarray | None] = []
+    for i, ref in enumerate(refs):
+        vec = ref.space_embeddings.get(fingerprint) if ref.space_embeddings else None
+        out.append(None if vec is None else vectors(vec, dim_, tolerance, f"references[{i}].space_embeddings",
+                                                    single=True)[0])
+    return out
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """A search's checked arguments: query rows, k, score floor, filters, and the verdict's thresholds."""

@@ -31,6 +31,7 @@ class CatalogView:
         self.fingerprint = fingerprint  # model that made the stored embeddings
         self.dim = dim
         self.index: VectorIndex | None = None  # None while the model mismatches (nothing may search)
+        self.spaces: dict[str, VectorIndex] = {}  # a migration's other model space (exact), by fingerprint
         self.refs = RefMap()
         self.products: dict[int, ProductRow] = {}
         self.by_category: dict[str, set[int]] = {}
@@ -45,6 +46,7 @@ class CatalogView:
         ids. The index is left as it is: the caller installs one (or clears it)."""
         self.epoch += 1
         self.journal = None
+        self.spaces = {}
         products = snap.products()
         ids, pks = snap.reference_map()
         self.products, self.by_category, self.by_label = {}, {}, {}
@@ -104,13 +106,23 @@ class CatalogView:
                 idx.remove(ids)
         if self.journal is not None:
             self.journal.append((gen, op, ids, vectors))
+        if op == "remove":
+            for space in self.spaces.values():
+                space.remove(ids)
+
+    def add_space_vectors(self, fingerprint: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Vectors of live references in the non-serving space `fingerprint` (ignored when it is not held)."""
+        space = self.spaces.get(fingerprint)
+        if space is not None and len(ids):
+            space.add(ids, vectors)
 
     # ---------------------------------------------------------------- reads (caller holds rw's read side)
     def search(self, q: np.ndarray, top_k: int, floor: float | None, category: str, labels: dict[str, str],
-               threshold: float, margin: float) -> list[SearchResult]:
-        """Top-k products per query row with a verdict each (arguments already validated)."""
+               threshold: float, margin: float, index: VectorIndex | None = None) -> list[SearchResult]:
+        """Top-k products per query row with a verdict each (arguments already validated), in the serving index
+        or in `index` (another model space's)."""
         out = []
-        for row in self._product_hits(q, top_k, floor, category, labels, margin):
+        for row in self._product_hits(q, top_k, floor, category, labels, margin, index):
             verdict, confusable = decide(row, threshold, margin)
             matches = [self._match(h) for h in row[:top_k] if floor is None or h.score >= floor]
             best = row[0].score if row else -1.0
@@ -133,8 +145,9 @@ class CatalogView:
         return np.fromiter(chosen, dtype=np.int64, count=len(chosen))
 
     def _product_hits(self, q: np.ndarray, top_k: int, floor: float | None, category: str,
-                      labels: dict[str, str], margin: float) -> list[list[ProductHit]]:
-        idx = self.index
+                      labels: dict[str, str], margin: float,
+                      index: VectorIndex | None = None) -> list[list[ProductHit]]:
+        idx = index if index is not None else self.index
         assert idx is not None
         allowed: np.ndarray | None = None
         candidates, products = self.refs.live, max(1, len(self.products))
