@@ -2,6 +2,8 @@
 
     python bench/fastpath_cosine.py [--models DIR ...] [--every N] [--upscale 4] [--factors 2 1]
 
+The models default to the fp32 exports of bench/bench_backbones.py (run it first): CLIP ViT-B/32 and RN50, DINOv2
+ViT-S/14 and ViT-B/14, EfficientNet-Lite0 — each with its own `preprocess.json` (crop fraction, interpolation).
 For every photo (train + val of /work/shared/data/grocery, every N-th when `--every` > 1) it embeds the exact
 path and the fast path at each draft factor and reports min / mean / p01 cosine per model. The photos are
 348×348 (a few 348×464), so at native size the draft never engages for a 224 input (halving needs a shortest
@@ -33,9 +35,12 @@ from skulens.model.preprocess_config import PreprocessConfig  # noqa: E402
 
 DATA = Path("/work/shared/data/grocery")
 DEFAULT_MODELS = [
-    ROOT / ".cache/models/clip-vit-b-32-random-s0-fp32",
-    ROOT / ".cache/models/efficientnet-lite0-fp32",
+    ROOT / ".cache" / "bench-backbones" / f"{name}-fp32"
+    for name in ("ViT-B-32", "RN50", "dinov2-vits14", "dinov2-vitb14", "efficientnet-lite0")
 ]
+# The fast path is the server's default only while every model's minimum cosine at the default factor stays above this.
+GATE_MIN_COSINE = 0.995
+DEFAULT_FACTOR = 2.0
 
 
 def photo_paths(every: int) -> list[Path]:
@@ -159,14 +164,30 @@ def main() -> None:
         "# Fast JPEG decode path vs exact preprocessing",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} with `{cmd}` over the grocery photos (train + val). Cosine between",
-        "the embedding of the fast path (JPEG `draft()` at reduced scale, then the exact resize) and the exact path",
-        "(full decode, open_clip's transform). `drafted`: photos where the draft actually engaged.",
+        "the embedding of the fast path (JPEG `draft()` at reduced scale, keeping the shortest side ≥ factor × the",
+        "model's resize size, then the exact resize) and the exact path (full decode, the model's own transform from",
+        "its `preprocess.json`). `drafted`: photos where the draft actually engaged.",
         "",
         "| model | photos | draft factor | n | drafted | min cosine | mean cosine | 1st percentile |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r[0]} | {r[1]} | {r[2]:g} | {r[3]} | {r[4]} | {r[5]:.5f} | {r[6]:.6f} | {r[7]:.5f} |")
+    at_default = [r for r in rows if r[2] == DEFAULT_FACTOR]
+    worst = {
+        name: min(r[5] for r in at_default if r[0] == name)
+        for name in dict.fromkeys(r[0] for r in at_default)
+    }
+    gate = all(v >= GATE_MIN_COSINE for v in worst.values())
+    lines += [
+        "",
+        f"Gate: the fast path (factor {DEFAULT_FACTOR:g}) stays the server's default only while every model's minimum "
+        f"cosine is ≥ {GATE_MIN_COSINE}: "
+        + ", ".join(f"{name} {v:.5f}" for name, v in worst.items())
+        + (
+            " — **passed**." if gate else " — **failed**: serve the failing model with `--fast-decode false`."
+        ),
+    ]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     write_section(args.out, "fastpath", text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ def fake_model(dim: int, seed: int = 7):  # type: ignore[no-untyped-def]
         h = int.from_bytes(hashlib.sha256(f"{seed}:{product}".encode()).digest()[:8], "little")
         return np.random.default_rng(h).standard_normal(dim)
 
-    def embed(images: list[bytes]) -> list[np.ndarray | Exception]:
+    def embed(images: list[bytes], regions: list[Any] | None = None) -> list[np.ndarray | Exception]:
         out: list[np.ndarray | Exception] = []
         for img in images:
             if img.startswith(b"corrupt"):

@@ -22,14 +22,16 @@ C = grpc.StatusCode
 
 
 def test_scope_table_covers_every_rpc() -> None:
-    from skulens.v1 import catalog_pb2, recognition_pb2
+    from skulens.v1 import catalog_pb2, migration_pb2, recognition_pb2
 
-    for module, svc in ((recognition_pb2, "RecognitionService"), (catalog_pb2, "CatalogService")):
+    for module, svc in ((recognition_pb2, "RecognitionService"), (catalog_pb2, "CatalogService"),
+                        (migration_pb2, "MigrationService")):
         for m in module.DESCRIPTOR.services_by_name[svc].methods:
             assert f"/skulens.v1.{svc}/{m.name}" in auth.METHOD_SCOPES
     assert auth.required_scopes("/grpc.health.v1.Health/Check") is None
     assert auth.required_scopes("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo") is None
     assert auth.required_scopes("/skulens.v1.CatalogService/SomethingNew") == {"<nobody>"}  # fail closed
+    assert auth.required_scopes("/skulens.v1.MigrationService/SwitchModel") == {"catalog:write"}
 
 
 def test_check_unit() -> None:

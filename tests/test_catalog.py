@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -564,3 +565,55 @@ def test_open_rejects_bad_arguments(tmp_path: Path) -> None:
         Catalog.open(tmp_path / "c", fingerprint="", dim=DIM)
     with pytest.raises(InvalidArgument, match="synchronous"):
         CatalogSettings(synchronous="OFF")  # type: ignore[arg-type]
+
+
+def test_migration_survives_reopen_and_blocks_an_offline_reembed(tmp_path: Path, settings: CatalogSettings) -> None:
+    from skulens.catalog.errors import MigrationError
+    from skulens.catalog.migration_state import ModelSpace
+
+    cand_fp, cand_dim = "cand-model/16:bbbb", 16
+    c = Catalog.open(tmp_path, fingerprint=FP, dim=DIM, settings=settings)
+    enrol(c, n_products=3, refs_per=2)
+    c.start_migration(ModelSpace(cand_fp, cand_dim, "/m/cand"), serving_model_dir="/m/old")
+    pending = c.pending_references(cand_fp, limit=100)
+    vecs = np.stack(fake_model(cand_dim)([p.image or b"" for p in pending]))  # type: ignore[arg-type]
+    c.put_space_embeddings(cand_fp, [p.reference_id for p in pending[:4]], vecs[:4])
+    with pytest.raises(MigrationError):
+        c.reembed(cand_fp, cand_dim, fake_model(cand_dim))
+    c.close()
+    # opened again with the candidate's identity (a server restarted with the new --model): serves the stored one
+    c = Catalog.open(tmp_path, fingerprint=cand_fp, dim=cand_dim, settings=settings)
+    state = c.migration_state()
+    assert (c.fingerprint, state.serving, state.candidate) == (FP, ModelSpace(FP, DIM, "/m/old"),
+                                                             ModelSpace(cand_fp, cand_dim, "/m/cand"))
+    assert c.space_progress(cand_fp).embedded == 4  # the space was rebuilt from the store
+    hit = c.search(vecs[2][None], top_k=1, space=cand_fp)[0].matches[0]
+    assert hit.reference_id == pending[2].reference_id and hit.score == pytest.approx(1.0, abs=1e-5)
+    c.put_space_embeddings(cand_fp, [p.reference_id for p in pending[4:]], vecs[4:])
+    c.switch_model(cand_fp)
+    c.close()
+    c = Catalog.open(tmp_path, fingerprint=cand_fp, dim=cand_dim, settings=settings)  # now it is the serving one
+    assert (c.fingerprint, c.migration_state().previous) == (cand_fp, ModelSpace(FP, DIM, "/m/old"))
+    assert c.search(vecs[5][None], top_k=1)[0].matches[0].reference_id == pending[5].reference_id
+    assert_index_agrees_with_store(c)
+    c.close()
+
+
+def test_reembed_embeds_a_cropped_reference_by_its_region(tmp_path: Path, settings: CatalogSettings) -> None:
+    c = Catalog.open(tmp_path, fingerprint=FP, dim=DIM, settings=settings)
+    c.upsert_product("p")
+    c.add_references("p", [NewReference(unit(np.ones(DIM)), image=b"img:p:0"),
+                           NewReference(unit(-np.ones(DIM)), image=b"img:p:0", region=(1, 2, 3, 4))])
+    c.close()
+    calls: list[tuple[list[bytes], Any]] = []
+    inner = fake_model(16)
+
+    def embed(images: list[bytes], regions: Any = None) -> Any:
+        calls.append((images, regions))
+        return inner(images)
+
+    c = Catalog.open(tmp_path, fingerprint="new/16:cc", dim=16, settings=settings, allow_fingerprint_mismatch=True)
+    assert c.reembed("new/16:cc", 16, embed).reembedded == 2
+    assert calls == [([b"img:p:0", b"img:p:0"], [None, (1, 2, 3, 4)])]
+    assert [r.region for r in c.get_product("p").references] == [None, (1, 2, 3, 4)]
+    c.close()

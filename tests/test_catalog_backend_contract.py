@@ -980,3 +980,30 @@ def test_backfill_lease_is_exclusive(backend: CatalogBackend) -> None:
             assert not second
     with backend.backfill_lease() as again:
         assert again
+
+
+def test_regions_are_stored_and_part_of_the_duplicate_identity(backend: CatalogBackend) -> None:
+    backend.upsert_product("shelf")
+    img = b"one-photo-of-a-shelf"
+    vecs = unit(np.random.default_rng(5).standard_normal((4, DIM)))
+    added = backend.add_references("shelf", [
+        NewReference(vecs[0], image=img),
+        NewReference(vecs[1], image=img, region=(0, 0, 10, 20)),
+        NewReference(vecs[2], image=img, region=(5, 0, 10, 20)),
+        NewReference(vecs[3], image=img, region=(0, 0, 10, 20)),  # the same crop again in this call
+    ], store_images=True)
+    assert [a.duplicate for a in added] == [False, False, False, True]
+    assert added[3].reference_id == added[1].reference_id
+    again = backend.add_references("shelf", [NewReference(vecs[2], image=img, region=(5, 0, 10, 20))])
+    assert again[0].duplicate and again[0].reference_id == added[2].reference_id
+    refs = backend.get_product("shelf").references
+    assert [r.region for r in refs] == [None, (0, 0, 10, 20), (5, 0, 10, 20)]
+    assert backend.existing_hashes("shelf", [sha(img)]) == {sha(img): added[0].reference_id}  # whole image only
+    exported = backend.export_references()
+    assert [e.region for e in exported] == [None, (0, 0, 10, 20), (5, 0, 10, 20)]
+    raises_invalid("references[0].region", lambda: backend.add_references(
+        "shelf", [NewReference(vecs[0], image=img, region=(0, 0, 0, 5))]))
+    from skulens.catalog.migration_state import ModelSpace
+
+    backend.start_migration(ModelSpace(CAND, CDIM))
+    assert [p.region for p in backend.pending_references(CAND)] == [None, (0, 0, 10, 20), (5, 0, 10, 20)]

@@ -1,4 +1,5 @@
-"""skulens.catalog.calibrate: leave-one-out threshold / margin suggestions from the catalog itself."""
+"""skulens.catalog.calibrate: threshold / margin suggestions from the catalog itself (leave-one-out) and from held-out
+labelled photos (figures computed by hand)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import numpy as np
 from catalog_helpers import product_refs, unit
 
 from skulens.catalog import Catalog, CatalogSettings, NewReference, calibrate
+from skulens.catalog.calibrate import calibrate_held_out
+from skulens.catalog.evaluation import held_out_scores, query_from_result
 
 DIM = 32
 
@@ -71,3 +74,72 @@ def test_sampling_and_degenerate_catalogs(tmp_path: Path) -> None:
     report = calibrate(one)
     assert report.genuine == 0 and report.notes and "single product" in report.format_table()
     one.close()
+
+
+def test_one_reference_per_product_says_false_rejects_are_not_measured(tmp_path: Path) -> None:
+    c = Catalog.open(tmp_path, fingerprint="m", dim=DIM)
+    _, refs = product_refs(12, 1, DIM, seed=3)
+    for i in range(12):
+        c.upsert_product(f"p{i}")
+        c.add_references(f"p{i}", [NewReference(refs[i][0])])
+    report = calibrate(c)
+    c.close()
+    assert report.genuine == 0 and report.impostors == 12
+    assert all(r.false_reject is None and r.false_accept is not None for r in report.thresholds)
+    text = report.format_table()
+    rows = [line for line in text.splitlines() if line.startswith("| 0.") or line.startswith("| -")]
+    assert rows and all(line.rstrip(" |").endswith("n/a") for line in rows)  # never "0.0%" for false reject
+    assert "false reject NOT MEASURED" in text and "--labelled" in text
+
+
+class _Current:
+    unknown_threshold = 0.7
+    ambiguity_margin = 0.02
+
+
+def test_held_out_photos_by_hand() -> None:
+    own = np.array([0.9, 0.8, 0.6, 0.4])  # the true product's score of four photos of catalog products
+    other = np.array([0.5, 0.7, 0.65, 0.45])  # the best other product's score of the same photos
+    out = np.array([0.5, 0.3])  # best scores of two photos of products not in the catalog
+    report = calibrate_held_out(own, other, out, _Current(), products=3)
+    assert (report.method, report.queries, report.genuine, report.out_of_catalog) == ("held-out", 6, 4, 2)
+    # false accept <= 1 % needs t > 0.5 (0.501); false reject <= 5 % needs t <= 0.4: no t meets both, so the
+    # equal-error point of the grid {0.3 0.4 0.5 0.6 0.8 0.9}: |FA - FR| is 0.25 at 0.5 (0.5 / 0.25) and at 0.6
+    # (0 / 0.25); the tie goes to the lower of the two rates, 0.6
+    assert report.suggested_unknown_threshold == 0.6
+    row = next(r for r in report.thresholds if r.threshold == 0.6)
+    assert (row.false_accept, row.false_reject) == (0.0, 0.25)
+    assert any("equal-error" in n for n in report.notes)
+    # gaps own - other: 0.4 0.1 -0.05 -0.05; no misidentification past a margin of 0.051
+    assert report.suggested_ambiguity_margin == 0.051
+    m = next(r for r in report.margins if r.margin == 0.051)
+    assert (m.ambiguous, m.misidentified) == (0.5, 0.0)
+    assert "held-out labelled photos (4 of 3 catalog products, 2 of products not in the catalog)" in (
+        report.format_table())
+
+
+def test_held_out_without_outside_photos_simulates_them() -> None:
+    report = calibrate_held_out(np.array([0.9, 0.8, 0.6, 0.4]), np.array([0.5, 0.7, 0.65, 0.45]), np.array([]),
+                                _Current(), products=3)
+    assert report.impostors == 4 and any("simulated" in n for n in report.notes)
+    # impostors = the other-product scores 0.5 0.7 0.65 0.45; genuine 0.9 0.8 0.6 0.4: false accepts equal false
+    # rejects (2 of 4 each) at 0.65, the equal-error point
+    assert report.suggested_unknown_threshold == 0.65
+    row = next(r for r in report.thresholds if r.threshold == 0.65)
+    assert (row.false_accept, row.false_reject) == (0.5, 0.5)
+
+
+def test_held_out_from_catalog_searches(tmp_path: Path) -> None:
+    """The whole offline path: new photos near the products' centres → search → held-out calibration."""
+    c = _catalog(tmp_path, variants=0)
+    centres, _ = product_refs(40, 3, DIM, seed=11)
+    rng = np.random.default_rng(5)
+    photos = unit(centres[:20] + rng.standard_normal((20, DIM)) * (0.9 / np.sqrt(DIM)))
+    strangers = unit(rng.standard_normal((10, DIM)))
+    results = c.search(np.vstack([photos, strangers]), top_k=10)
+    queries = [query_from_result(r, f"p{i}" if i < 20 else None) for i, r in enumerate(results)]
+    own, other, out = held_out_scores(queries)
+    report = calibrate_held_out(own, other, out, c.settings, products=45)
+    c.close()
+    assert report.genuine == 20 and report.out_of_catalog == 10
+    assert report.own_percentiles[50] > report.other_percentiles[50]  # own products score above strangers

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from service_harness import SHARED
 
 from skulens.catalog import errors as cat
@@ -89,6 +90,11 @@ def test_item_status() -> None:
     bad = eg.item_status(img.InvalidImage("broken", "images[3]"))
     assert (bad.code, bad.field) == (3, "images[3]") and bad.message == "images[3]: broken"
     assert code_name(3) == "INVALID_ARGUMENT" and code_name(0) == "OK"
+    assert not ok.details
+    info, violations = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert [bad.details[0].Unpack(info), bad.details[1].Unpack(violations)] == [True, True]
+    assert (info.reason, info.domain, dict(info.metadata)) == ("INVALID_IMAGE", "skulens.v1", {"field": "images[3]"})
+    assert [(v.field, v.description) for v in violations.field_violations] == [("images[3]", "images[3]: broken")]
 
 
 # ---------------------------------------------------------------------------------------------- over the wire

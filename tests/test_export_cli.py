@@ -26,7 +26,7 @@ def test_defaults_and_options() -> None:
     args = _parser().parse_args(["export", "--out", "m"])
     assert (args.model, args.weights, args.seed, args.variant, args.opset, args.force) == (
         "ViT-B-32",
-        "openai",
+        None,  # the model's published weights
         0,
         "fp32",
         17,
@@ -64,6 +64,9 @@ def test_defaults_and_options() -> None:
     assert args.checkpoint == Path("c.pt")
     with pytest.raises(SystemExit):
         _parser().parse_args(["export", "--out", "m", "--variant", "int4"])
+    for model in ("RN50", "dinov2-vits14", "dinov2-vitb14"):
+        assert _parser().parse_args(["export", "--model", model, "--out", "m"]).model == model
+    assert _parser().parse_args(["export", "--weights", "lvd142m", "--out", "m"]).weights == "lvd142m"
 
 
 def test_effnet_export_via_skulens_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -85,7 +88,32 @@ def test_effnet_rejects_clip_only_options(tmp_path: Path, capsys: pytest.Capture
     assert (
         cli.main(["--model", "efficientnet-lite0", "--weights", "random", "--out", str(tmp_path / "x")]) == 1
     )
-    assert "ViT-B-32 only" in capsys.readouterr().err
+    assert "apply to ViT-B-32, RN50, dinov2-vits14, dinov2-vitb14 only" in capsys.readouterr().err
+
+
+def test_dinov2_export_from_an_official_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--checkpoint` with DINOv2's own file format (flat state dict with mask_token, 37×37 grid for 518 px)."""
+    import torch
+
+    from skulens.export.dinov2 import build_dinov2
+    from skulens.model.manifest import embedding_fingerprint, load_manifest, sha256_file
+
+    torch.manual_seed(4)
+    state = build_dinov2("dinov2-vits14", img_size=518).state_dict()
+    ckpt = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save({**state, "mask_token": torch.zeros(1, 384)}, ckpt)
+    out = tmp_path / "dino"
+    assert cli.main(["--model", "dinov2-vits14", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "exported dinov2-vits14 (image_only, weights=checkpoint" in text and "dim=384" in text
+    assert "embedding the CLS token after the final LayerNorm" in text
+    m = load_manifest(out)
+    assert m.fingerprint == embedding_fingerprint("dinov2-vits14", "checkpoint", sha256_file(ckpt), 384)
+    assert m.seed is None and m.parity["image"]["max_abs_diff"] <= 1e-4
+    assert cli.main(["--model", "dinov2-vits14", "--weights", "openai", "--out", str(tmp_path / "x")]) == 1
+    assert "'lvd142m' (published) or 'random'" in capsys.readouterr().err
 
 
 def test_offline_openai_exit_code_and_message(tmp_path: Path) -> None:

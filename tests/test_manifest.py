@@ -54,6 +54,19 @@ def test_round_trip(tmp_path: Path) -> None:
     assert m.random_weights and not m.has_text
 
 
+def test_embedding_description_round_trips_and_is_optional(tmp_path: Path) -> None:
+    """`embedding` says what the vector is; manifests written before the key read as an empty one."""
+    m = _synthetic(tmp_path)
+    assert m.embedding == {}
+    data = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    data["embedding"] = {"pooling": "cls_token", "description": "the CLS token"}
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
+    assert load_manifest(tmp_path).embedding == {"pooling": "cls_token", "description": "the CLS token"}
+    del data["embedding"]
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
+    assert load_manifest(tmp_path) == m
+
+
 def test_tampered_file_is_named(tmp_path: Path) -> None:
     _synthetic(tmp_path)
     (tmp_path / "image.onnx").write_bytes(b"changed")
@@ -131,6 +144,7 @@ def test_exported_clip_manifest_is_complete(clip_model_dir: Path, tmp_path: Path
         "tools",
         "created_at",
         "fingerprint",
+        "embedding",
         "format",
         "format_version",
     ):

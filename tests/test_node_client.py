@@ -52,7 +52,8 @@ def test_node_client_walks_the_contract(server: RunningServer, tmp_path: Path) -
     assert report["model"] == {"fingerprint": engine.fingerprint, "dim": 512, "modalities": ["image", "text"]}
     assert report["max_images_per_request"] == server.settings.max_images_per_request
     assert report["health"] == "SERVING" and report["watch_first"] == "SERVING"
-    assert report["health_list"] == ["", "skulens.v1.CatalogService", "skulens.v1.RecognitionService"]
+    assert report["health_list"] == ["", "skulens.v1.CatalogService", "skulens.v1.MigrationService",
+                                     "skulens.v1.RecognitionService"]
     assert report["upsert"]["created"] is True and report["upsert"]["category_kept"] == "drinks"
     assert report["added"]["added"] == 1 and int(report["added"]["reference_id"]) > 0
     assert int(report["added"]["version"]) > int(report["upsert"]["version"])  # uint64 as a string: exact

@@ -71,6 +71,118 @@ def test_exact_path_equals_open_clip(
         assert np.abs(got - ref).max() <= 1e-5, (w, h)
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def torchvision_transforms() -> Any:
+    """torchvision.transforms (reference only: the server itself never imports torch)."""
+    from skulens.export.torch_compat import ensure_torchvision_ops
+
+    ensure_torchvision_ops()
+    from torchvision import transforms
+
+    return transforms
+
+
+def _resize_crop_reference(transforms: Any, resize: int, crop: int, interp: str) -> Any:
+    mode = {
+        "bicubic": transforms.InterpolationMode.BICUBIC,
+        "bilinear": transforms.InterpolationMode.BILINEAR,
+    }
+    return transforms.Compose(
+        [
+            transforms.Resize(resize, interpolation=mode[interp]),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+@pytest.mark.parametrize("interp", ["bicubic", "bilinear"])
+def test_crop_fraction_equals_torchvision_resize_then_center_crop(
+    torchvision_transforms: Any, interp: str
+) -> None:
+    """224/256 = DINOv2's and EfficientNet-Lite's eval transform: Resize(256) + CenterCrop(224)."""
+    cfg = PreprocessConfig(
+        size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation=interp, crop_fraction=224 / 256
+    )
+    assert cfg.resize_size == (256, 256)
+    ref_t = _resize_crop_reference(torchvision_transforms, 256, 224, interp)
+    pre = Preprocessor(cfg)
+    rng = np.random.default_rng(zlib.crc32(interp.encode()))
+    for w, h in SHAPES:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) if w < 500 else photo(w, h)
+        ref = ref_t(img).numpy()
+        got = pre.transform(img)
+        assert got.shape == ref.shape == (3, 224, 224)
+        assert np.abs(got - ref).max() <= 1e-5, (w, h)
+
+
+@pytest.mark.parametrize("fraction", [0.875, 0.9, 0.95])
+def test_crop_fraction_resize_rule_is_timms(fraction: float) -> None:
+    """⌊size / f⌋, as timm's eval transform (`crop_pct`) computes it."""
+    from skulens.export.torch_compat import ensure_torchvision_ops
+
+    ensure_torchvision_ops()
+    from timm.data import create_transform
+
+    ref_t = create_transform(
+        224,
+        is_training=False,
+        crop_pct=fraction,
+        interpolation="bicubic",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+    pre = Preprocessor(
+        PreprocessConfig(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_fraction=fraction)
+    )
+    for w, h in [(300, 200), (640, 480), (257, 1000)]:
+        img = photo(w, h, seed=w)
+        assert np.abs(pre.transform(img) - ref_t(img).numpy()).max() <= 1e-5, (fraction, w, h)
+
+
+def test_crop_fraction_in_squash_and_longest_modes() -> None:
+    """Other modes resize to `resize_size` by their own rule, then crop (or pad) the centre to `size`."""
+    img = photo(400, 100, seed=9)
+    base: dict[str, Any] = {"size": (64, 64), "mean": CLIP_MEAN, "std": CLIP_STD, "crop_fraction": 0.8}
+    squash = Preprocessor(PreprocessConfig(**base, resize_mode="squash"))  # 400x100 → 80x80 → centre 64x64
+    assert squash.config.resize_size == (80, 80)
+    want = img.resize((80, 80), Image.Resampling.BICUBIC).crop((8, 8, 72, 72))
+    np.testing.assert_array_equal(squash.transform(img), squash.normalise(want))
+    # longest side to 80: 80x20; the width is cropped to 64 and the height padded to 64 with fill_color
+    longest = Preprocessor(PreprocessConfig(**base, resize_mode="longest", fill_color=7))
+    got = np.asarray(longest.resize_crop(img))
+    small = np.asarray(img.resize((80, 20), Image.Resampling.BICUBIC))
+    assert got.shape == (64, 64, 3)
+    np.testing.assert_array_equal(got[22:42], small[:, 8:72])
+    assert (got[:22] == 7).all() and (got[42:] == 7).all()
+
+
+def test_crop_fraction_is_checked_and_defaults_for_old_files() -> None:
+    old = {"size": [224, 224], "mean": list(CLIP_MEAN), "std": list(CLIP_STD)}  # an export before the key
+    cfg = PreprocessConfig.from_dict(old)
+    assert cfg.crop_fraction == 1.0 and cfg.resize_size == (224, 224)
+    new = PreprocessConfig.from_dict({**old, "crop_fraction": 0.875, "interpolation": "bilinear"})
+    assert PreprocessConfig.from_dict(new.to_dict()) == new and new.resize_size == (256, 256)
+    for bad in (0.0, -0.5, 1.01):
+        with pytest.raises(ValueError, match="crop_fraction"):
+            PreprocessConfig.from_dict({**old, "crop_fraction": bad})
+
+
+def test_fast_path_draft_keeps_resize_size_not_crop_size() -> None:
+    """With a crop fraction the image is resized to ⌊size / f⌋ first: the draft must keep factor × that."""
+    data = encode(photo(2048, 2048, seed=3), "JPEG", quality=90)
+    plain = PreprocessConfig(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    cropped = PreprocessConfig(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_fraction=0.5)
+    # factor 2: plain keeps ≥ 448 (2048/4 = 512 is enough), cropped keeps ≥ 2 × 448 = 896 (2048/2 = 1024)
+    assert Preprocessor(plain, fast=True).decode(data).draft_scale == 4
+    assert Preprocessor(cropped, fast=True).decode(data).draft_scale == 2
+
+
 def test_exact_path_from_jpeg_bytes_equals_open_clip(open_clip_transform) -> None:
     import io
 

@@ -98,7 +98,9 @@ def test_services_are_importable() -> None:
         "RecognizeStream",
         "SearchByText",
         "Embed",
+        "Evaluate",
         "GetServerInfo",
+        "GetDriftReport",
     }
     assert set(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].methods_by_name) == {
         "UpsertProduct",

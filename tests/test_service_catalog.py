@@ -310,10 +310,26 @@ def test_an_enrolled_photo_sent_again_is_a_duplicate_without_embedding(
     photo = pattern_image(530)
     (ref,) = enrol.add_references([req("again", photo)]).results
     before = embedded(engine)
-    resp = enrol.add_references([req("again", photo, region=(0, 0, 48, 48)), req("again", photo)])
+    resp = enrol.add_references([req("again", photo), req("again", photo, "again.png")])
     assert embedded(engine) == before
     assert [(r.duplicate, r.reference_id, r.status.code) for r in resp.results] == [(True, ref.reference_id, 0)] * 2
     assert (resp.added, resp.duplicates) == (0, 2)
+
+
+def test_crops_of_one_photo_are_references_of_their_own(enrol: SkulensClient, engine: object) -> None:
+    enrol.upsert_product("shelf")
+    photo = pattern_image(531)
+    (whole,) = enrol.add_references([req("shelf", photo)]).results
+    before = embedded(engine)
+    resp = enrol.add_references([req("shelf", photo, region=(0, 0, 48, 48)), req("shelf", photo)])
+    assert embedded(engine) == before + 1  # the crop is new; the whole photo is known without embedding it
+    assert [(r.duplicate, r.status.code) for r in resp.results] == [(False, 0), (True, 0)]
+    assert resp.results[1].reference_id == whole.reference_id
+    again = enrol.add_references([req("shelf", photo, region=(0, 0, 48, 48))]).results[0]
+    assert again.duplicate and again.reference_id == resp.results[0].reference_id
+    got = enrol.get_product("shelf")
+    assert got is not None
+    assert [(r.HasField("region"), r.region.width) for r in got.references] == [(False, 0), (True, 48)]
 
 
 def test_a_failed_first_copy_does_not_hide_a_good_one(enrol: SkulensClient, engine: object) -> None:

@@ -32,7 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The folders that nest the one import package `skulens` (pyproject [tool.setuptools.package-dir]).
 PACKAGE_ROOTS = ("proto", "server", "catalog", "export")
 SHIPPED_SUFFIXES = (".py", ".pyi", ".proto")
-SUBCOMMANDS = ("serve", "enroll", "recognize", "search", "catalog", "calibrate", "reembed", "export")
+SUBCOMMANDS = (
+    "serve", "enroll", "recognize", "search", "monitor", "evaluate", "catalog", "calibrate", "reembed", "migrate",
+    "export",
+)
 RUNTIME_EXTRAS = ("onnxruntime", "faiss")
 EXPORT_ONLY = ("torch", "open_clip", "torchvision", "onnx", "onnxscript", "timm")
 
@@ -58,6 +61,7 @@ NEEDS_RUNTIME_EXTRA = {
     "skulens.catalog.postgres_pool": "psycopg",
     "skulens.catalog.postgres_schema": "psycopg",
     "skulens.catalog.postgres_search": "psycopg",
+    "skulens.catalog.postgres_spaces": "psycopg",
     "skulens.inference.encoder": "onnxruntime",
     "skulens.inference.engine": "onnxruntime",
 }

@@ -1,4 +1,4 @@
-"""The `skulens` command: serve, enroll, recognize, search, catalog, calibrate, reembed, export.
+"""The `skulens` command: serve, enroll, recognize, search, evaluate, catalog, calibrate, reembed, export.
 
 Client commands (enroll, recognize, search, catalog) talk to a running server (`--addr`, `SKULENS_ADDR`);
 calibrate and reembed work offline on a data directory and a model directory; export needs the `export` extra.
@@ -21,6 +21,7 @@ import json
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -196,7 +197,9 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
         with tqdm(total=len(paths), unit="img", desc="recognising", disable=quiet, dynamic_ncols=True) as bar:
             for at in range(0, len(paths), per_call):
                 chunk = paths[at : at + per_call]
-                part = c.recognize([image_input(q.read_bytes(), id=str(q)) for q in chunk], options)
+                part = c.recognize(
+                    [image_input(q.read_bytes(), id=str(q)) for q in chunk], options, source=args.source
+                )
                 resp.results.extend(part.results)
                 resp.model_fingerprint, resp.random_weights = part.model_fingerprint, part.random_weights
                 resp.catalog_version = part.catalog_version
@@ -217,6 +220,31 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.status.code == 0 for r in resp.results) else EXIT_FAIL
 
 
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    """GetDriftReport as a table (`skulens.client.monitor`), JSON, a PNG plot; `--watch` repeats the table."""
+    import time
+
+    from skulens.client import monitor
+
+    if args.history < 0 or (args.watch is not None and args.watch <= 0):
+        raise ConfigError("--history must be >= 0 and --watch > 0", field="--history")
+    with _client(args) as c:
+        while True:
+            history = args.history if (args.plot or args.json) else 0
+            report = c.drift_report(source=args.source, history=history)
+            if args.json:
+                print(json.dumps(_to_json(report), indent=2))
+            else:
+                print(monitor.table(report), flush=True)
+            if args.plot is not None:
+                points = monitor.plot(report, args.plot)
+                print(f"plot: {args.plot} ({points} points)", file=sys.stderr)
+            if args.watch is None or not report.enabled:
+                return EXIT_OK if report.enabled else EXIT_FAIL
+            time.sleep(args.watch)
+            print()
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     with _client(args) as c:
         resp = c.search_text(args.texts, _options(args))
@@ -229,6 +257,37 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 ["text", "verdict", "product", "name", "score", "next"],
             )
         )
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a labelled set through the server (`skulens.client.evaluate`): table, JSON, PNG plot."""
+    from tqdm import tqdm
+
+    from skulens.client.evaluate import evaluate_photos, format_report, load_labelled, report_json
+    from skulens.v1 import recognition_pb2
+
+    photos = load_labelled(args.source, args.unknown_name, args.group_by)  # checked before any call
+    if not 0.0 < args.target_false_accept < 1.0:
+        raise ConfigError("--target-false-accept must be in (0, 1)", field="--target-false-accept")
+    options = recognition_pb2.EvaluateOptions(
+        search=_options(args), target_false_accept=args.target_false_accept, include_queries=args.per_photo
+    )
+    with _client(args) as c:
+        per_message = max(1, min(32, c.server_info().limits.max_images_per_request))
+        with tqdm(total=len(photos), unit="img", desc="evaluating", disable=args.no_progress,
+                  dynamic_ncols=True) as bar:
+            resp = evaluate_photos(c, photos, options, per_message=per_message, timeout=args.timeout or 86_400.0,
+                                   progress=bar.update)
+    print(format_report(resp))
+    if args.json_file is not None:
+        args.json_file.write_text(json.dumps(report_json(resp), indent=2) + "\n", encoding="utf-8")
+        print(f"JSON written to {args.json_file}", file=sys.stderr)
+    if args.plot is not None:
+        from skulens.client.plot import plot_report
+
+        plot_report(resp.report, args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -312,6 +371,90 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _migration_lines(st: Any) -> list[str]:
+    """A MigrationStatus as `key: value` lines for people."""
+    def space(sp: Any) -> str:
+        where = f" from {sp.model_dir}" if sp.model_dir else ""
+        return f"{sp.fingerprint} (dim {sp.dim}{where}; {'loaded' if sp.loaded_here else 'NOT loaded'} here)"
+
+    lines = [f"phase: {st.phase}", f"serving: {space(st.serving)}"]
+    if st.HasField("candidate"):
+        lines.append(f"candidate: {space(st.candidate)}; shadow share {st.shadow_share:g}")
+    if st.HasField("previous"):
+        lines.append(f"previous: {space(st.previous)} (kept until `skulens migrate finish`; switch back to undo)")
+    if st.HasField("backfill"):
+        b = st.backfill
+        pct = 100.0 * b.embedded / b.live_references if b.live_references else 100.0
+        lines.append(f"back-fill: {b.embedded}/{b.live_references} references ({pct:.1f} %), {b.pending} pending, "
+                     f"{b.unembeddable} without a stored image; here: {'running' if b.running_here else 'idle'}, "
+                     f"{b.embedded_here} embedded, {b.images_per_second:.1f} images/s")
+        if b.unembeddable_reference_ids:
+            lines.append("  cannot back-fill (no stored image): reference ids "
+                         + ", ".join(map(str, b.unembeddable_reference_ids)))
+    sh = st.shadow
+    if sh.compared:
+        lines.append(f"shadow (this replica): {sh.compared} compared, top-1 agreement {100 * sh.top1_agreement:.1f} %, "
+                     f"score shift mean {sh.mean_score_shift:+.4f} (p05 {sh.score_shift_p05:+.4f}, p50 "
+                     f"{sh.score_shift_p50:+.4f}, p95 {sh.score_shift_p95:+.4f}); suggested unknown threshold for "
+                     f"the candidate {sh.suggested_unknown_threshold:.4f} (keeps {100 * sh.unknown_share:.1f} % "
+                     f"UNKNOWN); {sh.shadow_errors} errors")
+    lines.append(f"catalog version: {st.catalog_version}")
+    return lines
+
+
+def _cmd_migrate_report(args: argparse.Namespace) -> int:
+    """The shadow comparison, and with --labelled both models evaluated side by side on held-out photos."""
+    from skulens.client.evaluate import evaluate_photos, format_side_by_side, load_labelled, report_json
+    from skulens.v1 import recognition_pb2
+
+    photos = load_labelled(args.labelled) if args.labelled is not None else []  # checked before any call
+    reports = []
+    with _client(args) as c:
+        st = c.get_migration()
+        other = st.candidate if st.HasField("candidate") else st.previous if st.HasField("previous") else None
+        if photos and other is None:
+            print("no migration: nothing to compare the serving model with", file=sys.stderr)
+            return EXIT_FAIL
+        if photos and other is not None:
+            per_message = max(1, min(32, c.server_info().limits.max_images_per_request))
+            name = "candidate" if st.HasField("candidate") else "previous"
+            for label, fp in (("serving", st.serving.fingerprint), (name, other.fingerprint)):
+                options = recognition_pb2.EvaluateOptions(model_fingerprint=fp)
+                reports.append((label, evaluate_photos(c, photos, options, per_message=per_message,
+                                                       timeout=args.timeout or 86_400.0)))
+    if args.json:
+        print(json.dumps({"status": _to_json(st), "evaluations": {n: report_json(r) for n, r in reports}}, indent=2))
+    else:
+        print("\n".join(_migration_lines(st)))
+        if reports:
+            print()
+            print(format_side_by_side(reports))
+    return EXIT_OK
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    if args.migrate_cmd == "report":
+        return _cmd_migrate_report(args)
+    with _client(args) as c:
+        if args.migrate_cmd == "start":
+            st = c.start_migration(args.model_dir, args.shadow_share)
+        elif args.migrate_cmd == "switch":
+            st = c.switch_model(args.fingerprint or c.get_migration().candidate.fingerprint)
+        elif args.migrate_cmd == "abort":
+            st = c.abort_migration()
+        elif args.migrate_cmd == "finish":
+            st = c.finish_migration()
+        else:
+            st = c.get_migration()
+            while args.wait and st.phase == "candidate" and st.backfill.pending > 0:
+                if not args.json:
+                    print(f"back-fill: {st.backfill.embedded}/{st.backfill.live_references}", file=sys.stderr)
+                time.sleep(args.wait)
+                st = c.get_migration()
+        print(json.dumps(_to_json(st), indent=2) if args.json else "\n".join(_migration_lines(st)))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------- offline
 def _cmd_catalog_check(args: argparse.Namespace) -> int:
     """Offline full check of a catalog directory (server stopped): 0 healthy, 1 not."""
@@ -384,12 +527,63 @@ def _open_catalog(model_dir: Path, data_dir: Path, allow_mismatch: bool = False)
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from skulens.catalog.calibrate import calibrate
 
+    if args.labelled is not None:
+        return _calibrate_held_out(args)
     cat = _open_catalog(args.model, args.data)
     try:
         report = calibrate(cat)
     finally:
         cat.close()
     print(report.format_table())
+    return EXIT_OK
+
+
+def _calibrate_held_out(args: argparse.Namespace) -> int:
+    """`calibrate --labelled SET`: embed held-out labelled photos with the model, search the catalog, and suggest
+    thresholds from how they scored (photos that fail to decode are left out, and counted)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from skulens.catalog.calibrate import calibrate_held_out
+    from skulens.catalog.evaluation import catalog_categories, held_out_scores, query_from_result
+    from skulens.client.evaluate import load_labelled
+    from skulens.service.settings import Settings
+
+    try:
+        photos = load_labelled(args.labelled, args.unknown_name)
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="--labelled") from None
+    settings = Settings.from_sources(None, model_dir=args.model, data_dir=args.data)
+
+    async def embed_all() -> list[Any]:
+        from skulens.inference.engine import Engine
+
+        engine = await asyncio.to_thread(Engine.load, args.model, settings.engine_options())
+        out: list[Any] = []
+        try:
+            with tqdm(total=len(photos), unit="img", desc="embedding", disable=args.no_progress) as bar:
+                for at in range(0, len(photos), 64):
+                    chunk = photos[at : at + 64]
+                    out += await engine.embed_images([p.path.read_bytes() for p in chunk])
+                    bar.update(len(chunk))
+        finally:
+            await engine.close()
+        return out
+
+    vectors = asyncio.run(embed_all())
+    good = [(p, v) for p, v in zip(photos, vectors, strict=True) if isinstance(v, np.ndarray)]
+    cat = _open_catalog(args.model, args.data)
+    try:
+        categories = catalog_categories(cat)
+        found = cat.search(np.stack([v for _, v in good]), top_k=cat.settings.max_top_k) if good else []
+        labels = [p.product_id if p.product_id in categories else None for p, _ in good]
+        own, other, out = held_out_scores([query_from_result(r, t) for r, t in zip(found, labels, strict=True)])
+        report = calibrate_held_out(own, other, out, cat.settings, products=len(categories))
+    finally:
+        cat.close()
+    print(report.format_table())
+    if len(good) < len(photos):
+        print(f"note: {len(photos) - len(good)} photos could not be embedded and were left out", file=sys.stderr)
     return EXIT_OK
 
 
@@ -408,8 +602,11 @@ def _cmd_reembed(args: argparse.Namespace) -> int:
         cat = await asyncio.to_thread(_open_catalog, args.model, args.data, True)
         bar = tqdm(total=0, unit="img", desc="re-embedding", disable=args.no_progress)
 
-        def embed(images: list[bytes]) -> list[Any]:
-            return asyncio.run_coroutine_threadsafe(engine.embed_images(images), loop).result()
+        def embed(images: list[bytes], regions: list[Any] | None = None) -> list[Any]:
+            from skulens.imaging.preprocess import Box
+
+            boxes = [[Box(*r)] if r else None for r in regions] if regions else None
+            return asyncio.run_coroutine_threadsafe(engine.embed_images(images, regions=boxes), loop).result()
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -481,15 +678,52 @@ def build_parser() -> argparse.ArgumentParser:
         "batches of the server's per-request limit",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--source", default="", help="where the photos come from (lane, store, app), for drift monitoring")
     _add_search_args(p)
     _add_client_args(p)
     p.set_defaults(func=_cmd_recognize)
+
+    p = sub.add_parser("monitor", help="drift and anomaly signals per source: a table, and a PNG plot over time")
+    p.add_argument("--source", default="", help="only this source (default: every source)")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="also draw the signals over time into this PNG file")
+    p.add_argument("--history", type=int, default=240, help="judged windows per source for --plot / --json")
+    p.add_argument("--watch", type=float, metavar="SECONDS", help="print the table again every SECONDS, until ^C")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    _add_client_args(p)
+    p.set_defaults(func=_cmd_monitor)
 
     p = sub.add_parser("search", help="search the catalog by text")
     p.add_argument("texts", nargs="+", help="text queries")
     _add_search_args(p)
     _add_client_args(p)
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="measure recognition on a labelled photo set (folder or CSV) through the server",
+        description="Send labelled photos to the server's Evaluate call and print top-1 / top-5 (overall and per "
+        "group), the verdict table, the AUROC of in- against out-of-catalog photos, the thresholds that meet a "
+        "target false-accept rate, sampled curves and the most confused products. SET: a folder "
+        "<product_id>/<images> at any depth (the folder an image lies in names its product; a folder named "
+        "--unknown-name holds photos of products outside the catalog) or a CSV path,product_id[,group].",
+    )
+    p.add_argument("source", type=Path, metavar="SET", help="labelled folder or CSV")
+    p.add_argument("--unknown-name", default="_unknown", help="folder name / CSV label of photos outside the catalog")
+    p.add_argument(
+        "--group-by", choices=("category", "folder"), default="category",
+        help="per-group table by the product's catalog category, or by the first folder under SET",
+    )
+    p.add_argument("--target-false-accept", type=float, default=0.05, help="false-accept rate to meet (default 0.05)")
+    p.add_argument("--json", dest="json_file", type=Path, metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the curves as a PNG")
+    p.add_argument("--per-photo", action="store_true", help="include each photo's answer in the JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--top-k", type=int, default=0, help="products per photo (at least 5; default: server default)")
+    p.add_argument("--min-score", type=float, default=0.0, help="drop matches under this score")
+    p.add_argument("--category", default="", help="only this category")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="only products with this label")
+    _add_client_args(p)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("catalog", help="catalog administration: stats, list, get, delete, check")
     csub = p.add_subparsers(dest="catalog_cmd", required=True, metavar="ACTION")
@@ -531,9 +765,47 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_catalog)
 
-    p = sub.add_parser("calibrate", help="offline: suggest thresholds from the catalog's own references")
+    p = sub.add_parser(
+        "migrate",
+        help="zero-downtime model migration of a running server's catalog: start, status, switch, abort, finish",
+        description="Move a serving catalog to another model without downtime: `start` back-fills the new model's "
+        "embeddings beside the old ones while the old model serves (and a share of live calls is also answered by "
+        "the candidate, for comparison); `status` shows progress and the shadow comparison; `switch` makes every "
+        "replica serve the new model at once (switch back to undo); `finish` drops the old model's embeddings; "
+        "`abort` drops the candidate. Needs scope catalog:write.",
+    )
+    msub = p.add_subparsers(dest="migrate_cmd", required=True, metavar="ACTION")
+    m = msub.add_parser("start", help="load a model (a directory on the server) as candidate and back-fill it")
+    m.add_argument("model_dir", help="the candidate model directory, as the server sees it")
+    m.add_argument("--shadow-share", type=float, default=0.05,
+                   help="share of live Recognize calls the candidate also answers (0..1; default 0.05)")
+    m = msub.add_parser("status", help="state, back-fill progress and the shadow comparison")
+    m.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="poll every SECONDS until the back-fill is done")
+    m = msub.add_parser("switch", help="serve the candidate (or, with its fingerprint, the previous model: undo)")
+    m.add_argument("fingerprint", nargs="?", default="", help="model to serve (default: the candidate)")
+    m = msub.add_parser("report", help="the shadow comparison; with --labelled, both models evaluated side by side")
+    m.add_argument("--labelled", type=Path, metavar="SET",
+                   help="held-out labelled photos (a folder <product_id>/<images> or a CSV, as `skulens evaluate`)")
+    msub.add_parser("abort", help="drop the candidate (before a switch)")
+    msub.add_parser("finish", help="drop the previous model (after a switch; no undo from here)")
+    for m in msub.choices.values():
+        m.add_argument("--json", action="store_true")
+        _add_client_args(m)
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="offline: suggest thresholds from the catalog's own references, or from held-out labelled photos",
+    )
     p.add_argument("--model", type=Path, required=True, help="model directory the catalog was built with")
     p.add_argument("--data", type=Path, required=True, help="catalog directory")
+    p.add_argument(
+        "--labelled", type=Path, metavar="SET",
+        help="held-out labelled photos (folder or CSV, as for `skulens evaluate`) instead of leave-one-out",
+    )
+    p.add_argument("--unknown-name", default="_unknown", help="with --labelled: label of photos outside the catalog")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("reembed", help="offline: re-embed the stored reference images with another model")

@@ -254,7 +254,7 @@ class Catalog(BackendState):
                           if other is not None else None)
             if space_vecs is not None:
                 rows = [RefRow(r.embedding, r.source, r.content_sha256, r.image,
-                               None if sv is None else sv.astype("<f4").tobytes())
+                               None if sv is None else sv.astype("<f4").tobytes(), r.region)
                         for r, sv in zip(rows, space_vecs, strict=True)]
             pk, results, gen = self._store.add_references(pid, rows, self._view.fingerprint,
                                                           other.fingerprint if other is not None else None)
@@ -511,16 +511,16 @@ class Catalog(BackendState):
                 ids, vectors = self._view.spaces[fingerprint].stored_vectors()
             index = VectorIndex.build(new.serving.dim, ids, vectors, self.settings,
                                       choose_kind(len(ids), self.settings), gpu_factory=self._gpu_factory)
-            with self._view.rw.write():
-                ok = self._view.advance(gen)
+            with self._view.rw.write():  # the version moves last: a reader that sees it sees the new model
                 previous = self._view.index
-                self._view.spaces.pop(fingerprint, None)
                 if previous is not None:
                     self._view.spaces[old] = previous
                 self._view.fingerprint, self._view.dim = new.serving.fingerprint, new.serving.dim
                 self._view.install(index)
+                self._view.spaces.pop(fingerprint, None)
                 self._requested = (new.serving.fingerprint, new.serving.dim)
                 self._migration = new
+                ok = self._view.advance(gen)
             self._after_write(not ok)
         log.info("catalog %s now serves model %s (previous %s kept until finish)", self.path, fingerprint, old)
         return new
@@ -605,6 +605,9 @@ class Catalog(BackendState):
         rerun).
         """
         self._check_open()
+        if self._migration.phase != "none":
+            raise MigrationError(f"a model migration is in progress ({self._migration.phase}): finish or abort it "
+                                 "(`skulens migrate`) before an offline reembed")
         fp = v.fingerprint(new_fingerprint, "new_fingerprint")
         dim = v.dim(new_dim, "new_dim")
         batch = v.positive_int(batch_size, "batch_size", 65536)
@@ -637,7 +640,7 @@ def _reference_rows(refs: Sequence[NewReference], dim: int, settings: CatalogSet
     checked = v.references(refs, dim, max_items=settings.max_references_per_call, tolerance=settings.norm_tolerance,
                            max_image_bytes=settings.max_image_bytes, keep_images=keep_images)
     vecs = np.stack([c.embedding for c in checked]).astype(np.float32, copy=False)
-    rows = [RefRow(vec.astype("<f4").tobytes(), c.source, c.content_sha256, c.image)
+    rows = [RefRow(vec.astype("<f4").tobytes(), c.source, c.content_sha256, c.image, region=c.region)
             for vec, c in zip(vecs, checked, strict=True)]
     return rows, vecs
 

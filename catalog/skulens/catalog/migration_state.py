@@ -57,6 +57,7 @@ class PendingReference:
 
     reference_id: int
     image: bytes | None
+    region: tuple[int, int, int, int] | None = None  # the crop the reference is of (x, y, width, height)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+#: A crop of a reference image: (x, y, width, height) in pixels.
+Region = tuple[int, int, int, int]
+
+
+def region_of(row: Sequence[Any]) -> Region | None:
+    """(x, y, width, height) from four stored columns; None when they are NULL (the whole image)."""
+    if row[0] is None:
+        return None
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
 class Verdict(str, enum.Enum):
@@ -39,6 +51,7 @@ class ReferenceInfo:
     content_sha256: str | None
     has_image: bool
     created_at: float
+    region: Region | None = None  # the crop of the image it shows (x, y, width, height); None: all of it
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,9 @@ class NewReference:
     source: str = ""
     image: bytes | HashedImage | None = None
     content_sha256: str | None = None
+    #: The part of the image the embedding is of (x, y, width, height in pixels); None: the whole image. Part of
+    #: the duplicate identity (two crops of one photo are two references) and used when the image is embedded again.
+    region: Region | None = None
     #: The same image embedded by the other model of a migration (candidate, or previous after a switch):
     #: {fingerprint: unit-norm vector}; spaces the catalog does not hold are ignored (back-fill covers the rest).
     space_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
@@ -112,6 +128,7 @@ class ExportedReference:
     content_sha256: str | None
     image: bytes | None
     embedding: np.ndarray
+    region: Region | None = None
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from skulens.catalog.models import (
     ProductDetail,
     ReferenceInfo,
     SearchResult,
+    region_of,
 )
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, Database, one_row, parse_url, redact
 from skulens.catalog.postgres_schema import CatalogSchema, RefRow, current_schema, parse_vec, vec_text
@@ -267,11 +268,12 @@ class PostgresCatalog(BackendState):
             extra = (v.space_vectors(refs, other.fingerprint, other.dim, self.settings.norm_tolerance)
                      if other is not None and other.fingerprint != schema.fingerprint else None)
             shas = [r.sha for r in rows if r.sha is not None]
-            known: dict[str, int] = {}
+            known: dict[tuple[str, tuple[int, int, int, int] | None], int] = {}
             if shas:
-                known = {str(s): int(i) for s, i in conn.execute(self._schema.q(
-                    "SELECT content_sha256, reference_id FROM {refs} WHERE product_pk = %s "
-                    "AND deleted_at IS NULL AND content_sha256 = ANY(%s)"), (pk, shas)).fetchall()}
+                known = {(str(r[0]), region_of(r[1:5])): int(r[5]) for r in conn.execute(self._schema.q(
+                    "SELECT content_sha256, region_x, region_y, region_w, region_h, reference_id FROM {refs} "
+                    "WHERE product_pk = %s AND deleted_at IS NULL AND content_sha256 = ANY(%s)"),
+                    (pk, shas)).fetchall()}
             plan, new = _plan_references(rows, known)
             ids: list[int] = []
             covered = {schema.fingerprint}
@@ -303,7 +305,8 @@ class PostgresCatalog(BackendState):
         def tx(conn: Conn) -> dict[str, int]:
             rows = conn.execute(self._schema.q(
                 "SELECT r.content_sha256, r.reference_id FROM {products} p LEFT JOIN {refs} r ON r.product_pk = p.pk "
-                "AND r.deleted_at IS NULL AND r.content_sha256 = ANY(%s) WHERE p.product_id = %s "
+                "AND r.deleted_at IS NULL AND r.content_sha256 = ANY(%s) AND r.region_x IS NULL "
+                "WHERE p.product_id = %s "
                 "AND p.deleted_at IS NULL"), (shas, pid)).fetchall()
             if not rows:
                 raise NotFound(f"product {pid!r} does not exist", field="product_id")
@@ -362,12 +365,13 @@ class PostgresCatalog(BackendState):
         def tx(conn: Conn) -> ProductDetail:
             rows = conn.execute(self._schema.q(
                 "SELECT p.product_id, p.display_name, p.category, p.labels, p.created_at, p.updated_at, "
-                "r.reference_id, r.source, r.content_sha256, r.image IS NOT NULL, r.created_at FROM {products} p "
+                "r.reference_id, r.source, r.content_sha256, r.image IS NOT NULL, r.created_at, r.region_x, "
+                "r.region_y, r.region_w, r.region_h FROM {products} p "
                 "LEFT JOIN {refs} r ON r.product_pk = p.pk AND r.deleted_at IS NULL "
                 "WHERE p.product_id = %s AND p.deleted_at IS NULL ORDER BY r.reference_id"), (pid,)).fetchall()
             if not rows:
                 raise NotFound(f"product {pid!r} does not exist", field="product_id")
-            refs = [ReferenceInfo(int(r[6]), str(r[7]), r[8], bool(r[9]), float(r[10]))
+            refs = [ReferenceInfo(int(r[6]), str(r[7]), r[8], bool(r[9]), float(r[10]), region_of(r[11:15]))
                     for r in rows if r[6] is not None]
             p = rows[0]
             return ProductDetail(Product(str(p[0]), str(p[1]), str(p[2]), dict(p[3]), len(refs), float(p[4]),
@@ -383,13 +387,14 @@ class PostgresCatalog(BackendState):
 
         def tx(conn: Conn) -> list[ExportedReference]:
             rows = conn.execute(self._schema.q(
-                "SELECT r.reference_id, p.product_id, r.source, r.content_sha256, r.image, e.embedding::text "
+                "SELECT r.reference_id, p.product_id, r.source, r.content_sha256, r.image, e.embedding::text, "
+                "r.region_x, r.region_y, r.region_w, r.region_h "
                 "FROM {refs} r JOIN {products} p ON p.pk = r.product_pk "
                 "JOIN {embeddings} e ON e.reference_id = r.reference_id AND e.fingerprint = {fp} "
                 "WHERE r.deleted_at IS NULL AND r.reference_id > %s ORDER BY r.reference_id LIMIT %s"),
                 (start, n)).fetchall()
             return [ExportedReference(int(r[0]), str(r[1]), str(r[2]), r[3], None if r[4] is None else bytes(r[4]),
-                                      parse_vec(str(r[5]))) for r in rows]
+                                      parse_vec(str(r[5])), region_of(r[6:10])) for r in rows]
 
         return self._db.run(tx, tx=False)
 
@@ -671,25 +676,26 @@ def _reference_rows(refs: Sequence[NewReference], dim: int, settings: CatalogSet
     """Validate references to enrol (the same checks as every backend: `validation.references`)."""
     checked = v.references(refs, dim, max_items=settings.max_references_per_call, tolerance=settings.norm_tolerance,
                            max_image_bytes=settings.max_image_bytes, keep_images=keep_images)
-    return [RefRow(vec_text(c.embedding.tolist()), c.source, c.content_sha256, c.image) for c in checked]
+    return [RefRow(vec_text(c.embedding.tolist()), c.source, c.content_sha256, c.image, c.region) for c in checked]
 
 
-def _plan_references(rows: list[RefRow], known: dict[str, int]
+def _plan_references(rows: list[RefRow], known: dict[tuple[str, tuple[int, int, int, int] | None], int]
                      ) -> tuple[list[tuple[int | None, int | None, bool]], list[RefRow]]:
     """(per input: (existing reference id, None) or (None, position among the new rows), and duplicate; the new
-    rows): an input whose content_sha256 the product has (`known`: sha -> id), or an earlier input has, is a
-    duplicate and not written."""
-    fresh: dict[str, int] = {}  # sha -> position among the new rows
+    rows): an input whose (content_sha256, region) the product has (`known`: key -> id), or an earlier input has,
+    is a duplicate and not written."""
+    fresh: dict[tuple[str, tuple[int, int, int, int] | None], int] = {}  # key -> position among the new rows
     plan: list[tuple[int | None, int | None, bool]] = []
     new: list[RefRow] = []
     for r in rows:
-        if r.sha is not None and r.sha in known:
-            plan.append((known[r.sha], None, True))
-        elif r.sha is not None and r.sha in fresh:  # a repeat within this call
-            plan.append((None, fresh[r.sha], True))
+        key = (r.sha or "", r.region)
+        if r.sha is not None and key in known:
+            plan.append((known[key], None, True))
+        elif r.sha is not None and key in fresh:  # a repeat within this call
+            plan.append((None, fresh[key], True))
         else:
             if r.sha is not None:
-                fresh[r.sha] = len(new)
+                fresh[key] = len(new)
             plan.append((None, len(new), False))
             new.append(r)
     return plan, new

@@ -12,9 +12,9 @@ Schema (created idempotently at open, under a database-wide advisory lock; every
 - `products`: product ids `COLLATE "C"` (code-point order, keyset pages), labels `jsonb` (GIN, `@>` filters), the
   live reference count, and `deleted_at` (tombstone; a unique index over the live rows lets a deleted id be
   created again as a new product whose old references do not come back).
-- `refs`: reference id (from the `reference_ids` sequence: never reused), product, source, content sha256 (unique
-  per live product), the image (`bytea`, when kept), an optional region box (x, y, w, h in pixels; nullable,
-  not set by `NewReference` yet) and `deleted_at` (tombstone).
+- `refs`: reference id (from the `reference_ids` sequence: never reused), product, source, content sha256, the
+  image (`bytea`, when kept), an optional region box (x, y, w, h in pixels: the crop the reference is of; NULL: the
+  whole image; (sha, region) is unique per live product) and `deleted_at` (tombstone).
 - `meta.migration`: the model migration's state (`skulens.catalog.migration_state`, JSON; NULL: none).
 - `embeddings`: (fingerprint, reference id) → `vector` (untyped, so several models fit one table; written in
   pgvector's text form, `vec_text`), with one partial HNSW index per fingerprint:
@@ -99,7 +99,10 @@ _DDL = (
             OR (num_nulls(region_x, region_y, region_w, region_h) = 0
                 AND region_x >= 0 AND region_y >= 0 AND region_w >= 1 AND region_h >= 1)))""",
     "CREATE INDEX IF NOT EXISTS refs_live_product ON {refs} (product_pk, reference_id) WHERE deleted_at IS NULL",
-    "CREATE UNIQUE INDEX IF NOT EXISTS refs_live_product_sha ON {refs} (product_pk, content_sha256) "
+    # schema 2: the region is part of a reference's duplicate identity (two crops of one photo are two references)
+    "DROP INDEX IF EXISTS {S}.refs_live_product_sha",
+    "CREATE UNIQUE INDEX IF NOT EXISTS refs_live_product_sha_region ON {refs} (product_pk, content_sha256, "
+    "coalesce(region_x, -1), coalesce(region_y, -1), coalesce(region_w, -1), coalesce(region_h, -1)) "
     "WHERE deleted_at IS NULL AND content_sha256 IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS {embeddings} (
         reference_id bigint NOT NULL REFERENCES {refs} (reference_id),
@@ -118,6 +121,7 @@ class RefRow:
     source: str
     sha: str | None
     image: bytes | None
+    region: tuple[int, int, int, int] | None = None
 
 
 def vec_text(row: list[float]) -> str:
@@ -256,9 +260,10 @@ class CatalogSchema:
         now = time.time()
         with conn.cursor() as cur:
             cur.executemany(self.q(
-                "INSERT INTO {refs} (reference_id, product_pk, source, content_sha256, image, created_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s)"),
-                [(rid, pk, r.source, r.sha, r.image, now) for rid, r in zip(ids, new, strict=True)])
+                "INSERT INTO {refs} (reference_id, product_pk, source, content_sha256, image, created_at, region_x, "
+                "region_y, region_w, region_h) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"),
+                [(rid, pk, r.source, r.sha, r.image, now, *(r.region or (None,) * 4))
+                 for rid, r in zip(ids, new, strict=True)])
             cur.executemany(self.q(
                 "INSERT INTO {embeddings} (reference_id, fingerprint, embedding) VALUES (%s, {fp}, %s)"),
                 [(rid, r.embedding) for rid, r in zip(ids, new, strict=True)])

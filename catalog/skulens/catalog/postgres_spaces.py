@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from psycopg import sql
 
 from skulens.catalog.migration_state import MigrationState, PendingReference, SpaceProgress
+from skulens.catalog.models import region_of
 from skulens.catalog.postgres_pool import Conn, one_row
 from skulens.catalog.postgres_schema import CatalogSchema
 
@@ -32,10 +33,11 @@ def write_state(conn: Conn, schema: CatalogSchema, state: MigrationState) -> Non
 def pending(conn: Conn, schema: CatalogSchema, space: str, after: int, limit: int) -> list[PendingReference]:
     """Live references with id > `after` and no embedding in `space`, in id order, with their stored image."""
     rows = conn.execute(schema.q(
-        "SELECT r.reference_id, r.image FROM {refs} r WHERE r.deleted_at IS NULL AND r.reference_id > %s "
+        "SELECT r.reference_id, r.image, r.region_x, r.region_y, r.region_w, r.region_h FROM {refs} r "
+        "WHERE r.deleted_at IS NULL AND r.reference_id > %s "
         "AND NOT EXISTS (SELECT 1 FROM {embeddings} e WHERE e.fingerprint = %s AND e.reference_id = r.reference_id) "
         "ORDER BY r.reference_id LIMIT %s"), (after, space, limit)).fetchall()
-    return [PendingReference(int(r[0]), None if r[1] is None else bytes(r[1])) for r in rows]
+    return [PendingReference(int(r[0]), None if r[1] is None else bytes(r[1]), region_of(r[2:6])) for r in rows]
 
 
 def put(conn: Conn, schema: CatalogSchema, space: str, ids: Sequence[int], texts: Sequence[str]) -> list[int]:

@@ -19,8 +19,9 @@ from skulens.catalog.errors import CatalogClosed, CatalogError, InvalidArgument
 from skulens.catalog.models import DroppedReference
 from skulens.catalog.store import Store
 
-#: embed_images(list of encoded images) -> one unit-norm vector or Exception per image.
-EmbedImages = Callable[[list[bytes]], Sequence[np.ndarray | Exception]]
+#: embed_images(list of encoded images) -> one unit-norm vector or Exception per image. When some of the references
+#: are crops, it is called as embed_images(images, regions) with one (x, y, width, height) or None per image.
+EmbedImages = Callable[..., Sequence[np.ndarray | Exception]]
 
 #: (reference_id, float32 embedding bytes or None, error or None): one staged result.
 Staged = tuple[int, bytes | None, str | None]
@@ -59,11 +60,13 @@ class Reembedder:
             todo = store.images_to_reembed(fingerprint, batch_size)
             if not todo:
                 break
-            outs = list(embed_images([img for _, img in todo]))
+            regions = [region for _, _, region in todo]
+            images = [img for _, img, _ in todo]
+            outs = list(embed_images(images, regions) if any(regions) else embed_images(images))
             if len(outs) != len(todo):
                 raise CatalogError(f"embed_images returned {len(outs)} results for {len(todo)} images")
             store.staging_put(fingerprint, [self._staged(rid, out, dim)
-                                            for (rid, _), out in zip(todo, outs, strict=True)])
+                                            for (rid, _, _), out in zip(todo, outs, strict=True)])
             done += len(todo)
             if progress is not None:
                 progress(done, total)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from skulens.catalog.errors import AlreadyExists, CatalogClosed, CatalogCorrupt, CatalogError, NotFound
-from skulens.catalog.models import ExportedReference, Product, ReferenceInfo
+from skulens.catalog.models import ExportedReference, Product, ReferenceInfo, region_of
 
 SCHEMA_VERSION = 2
 
@@ -80,6 +80,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             embedding BLOB NOT NULL,
             PRIMARY KEY (fingerprint, reference_id)) WITHOUT ROWID""",
         "CREATE INDEX space_embeddings_ref ON space_embeddings(reference_id)",
+        # A reference's region (the crop it is of; NULL: the whole image) is stored and part of its duplicate
+        # identity: two crops of one photo are two references.
+        "ALTER TABLE refs ADD COLUMN region_x INTEGER",
+        "ALTER TABLE refs ADD COLUMN region_y INTEGER",
+        "ALTER TABLE refs ADD COLUMN region_w INTEGER",
+        "ALTER TABLE refs ADD COLUMN region_h INTEGER",
+        "DROP INDEX refs_product_sha",
+        "CREATE UNIQUE INDEX refs_product_sha_region ON refs(product_pk, content_sha256, ifnull(region_x, -1), "
+        "ifnull(region_y, -1), ifnull(region_w, -1), ifnull(region_h, -1)) WHERE content_sha256 IS NOT NULL",
     ),
 }
 
@@ -110,6 +119,7 @@ class RefRow:
     content_sha256: str | None
     image: bytes | None
     space_embedding: bytes | None = None  # the other space's vector (model migration), if known
+    region: tuple[int, int, int, int] | None = None  # the crop (x, y, width, height); None: the whole image
 
 
 @dataclass(frozen=True)
@@ -386,10 +396,10 @@ class Store:
             if row is None:
                 raise NotFound(f"product {product_id!r} does not exist", field="product_id")
             refs = self.conn.execute(
-                "SELECT reference_id, source, content_sha256, has_image, created_at FROM refs "
-                "WHERE product_pk = ? ORDER BY reference_id", (int(row[0]),)).fetchall()
+                "SELECT reference_id, source, content_sha256, has_image, created_at, region_x, region_y, region_w, "
+                "region_h FROM refs WHERE product_pk = ? ORDER BY reference_id", (int(row[0]),)).fetchall()
         return _product_from_row(row), [
-            ReferenceInfo(int(r[0]), str(r[1]), r[2], bool(r[3]), float(r[4])) for r in refs]
+            ReferenceInfo(int(r[0]), str(r[1]), r[2], bool(r[3]), float(r[4]), region_of(r[5:9])) for r in refs]
 
     def list_products(self, after: str, limit: int, category: str) -> list[tuple[ProductRow, int]]:
         """Products with product_id > `after` in product_id order (of one category if given) + ref counts."""
@@ -419,24 +429,27 @@ class Store:
         out: list[tuple[int, bool]] = []
         with self.transaction() as tx:
             pk = self._product_pk(tx, product_id)
-            seen: dict[str, int] = {}
+            seen: dict[tuple[str, tuple[int, int, int, int] | None], int] = {}
             wrote = False
             for it in items:
+                key = (it.content_sha256 or "", it.region)
+                box = it.region or (None, None, None, None)
                 if it.content_sha256 is not None:
-                    if it.content_sha256 in seen:
-                        out.append((seen[it.content_sha256], True))
+                    if key in seen:
+                        out.append((seen[key], True))
                         continue
-                    row = tx.execute("SELECT reference_id FROM refs WHERE product_pk = ? "
-                                     "AND content_sha256 = ?", (pk, it.content_sha256)).fetchone()
+                    row = tx.execute("SELECT reference_id FROM refs WHERE product_pk = ? AND content_sha256 = ? "
+                                     "AND region_x IS ? AND region_y IS ? AND region_w IS ? AND region_h IS ?",
+                                     (pk, it.content_sha256, *box)).fetchone()
                     if row is not None:
-                        seen[it.content_sha256] = int(row[0])
+                        seen[key] = int(row[0])
                         out.append((int(row[0]), True))
                         continue
                 cur = tx.execute(
                     "INSERT INTO refs(product_pk, embedding, fingerprint, source, content_sha256, has_image, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "created_at, region_x, region_y, region_w, region_h) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (pk, it.embedding, fingerprint, it.source, it.content_sha256, int(it.image is not None),
-                     now))
+                     now, *box))
                 rid = int(cur.lastrowid or 0)
                 if it.image is not None:
                     tx.execute("INSERT INTO ref_images(reference_id, image) VALUES (?, ?)", (rid, it.image))
@@ -444,7 +457,7 @@ class Store:
                     tx.execute("INSERT INTO space_embeddings(fingerprint, reference_id, embedding) VALUES (?, ?, ?)",
                                (space, rid, it.space_embedding))
                 if it.content_sha256 is not None:
-                    seen[it.content_sha256] = rid
+                    seen[key] = rid
                 out.append((rid, False))
                 wrote = True
             gen = self._bump(tx) if wrote else int(
@@ -454,7 +467,8 @@ class Store:
     def existing_hashes(self, product_id: str, shas: Sequence[str]) -> dict[str, int]:
         """{content_sha256: reference_id} of the given hashes that the product holds already.
 
-        Uses the unique index refs_product_sha (product_pk, content_sha256). NotFound if the product does
+        Whole-image references only (a region's crop is another reference of the same bytes). Uses the unique
+        index refs_product_sha_region (product_pk, content_sha256, region). NotFound if the product does
         not exist.
         """
         wanted = list(dict.fromkeys(shas))
@@ -466,7 +480,7 @@ class Store:
                 marks = ",".join("?" * len(part))
                 rows = self.conn.execute(
                     f"SELECT content_sha256, reference_id FROM refs WHERE product_pk = ? "
-                    f"AND content_sha256 IN ({marks})", (pk, *part)).fetchall()
+                    f"AND content_sha256 IN ({marks}) AND region_x IS NULL", (pk, *part)).fetchall()
                 out.update((str(r[0]), int(r[1])) for r in rows)
         return out
 
@@ -496,11 +510,13 @@ class Store:
         """Up to `limit` references with id > `after`, in id order, with product id, image and embedding."""
         with self._lock:
             rows = self.conn.execute(
-                "SELECT r.reference_id, p.product_id, r.source, r.content_sha256, i.image, r.embedding FROM refs r "
-                "JOIN products p ON p.pk = r.product_pk LEFT JOIN ref_images i ON i.reference_id = r.reference_id "
+                "SELECT r.reference_id, p.product_id, r.source, r.content_sha256, i.image, r.embedding, r.region_x, "
+                "r.region_y, r.region_w, r.region_h FROM refs r JOIN products p ON p.pk = r.product_pk "
+                "LEFT JOIN ref_images i ON i.reference_id = r.reference_id "
                 "WHERE r.reference_id > ? ORDER BY r.reference_id LIMIT ?", (int(after), int(limit))).fetchall()
         return [ExportedReference(int(r[0]), str(r[1]), str(r[2]), r[3], None if r[4] is None else bytes(r[4]),
-                                  np.frombuffer(r[5], dtype="<f4").astype(np.float32)) for r in rows]
+                                  np.frombuffer(r[5], dtype="<f4").astype(np.float32), region_of(r[6:10]))
+                for r in rows]
 
     def sample_embeddings(self, limit: int) -> list[np.ndarray]:
         """Embeddings of up to `limit` references drawn at random (the draw reads reference ids only)."""
@@ -538,16 +554,17 @@ class Store:
             n = tx.execute("SELECT COUNT(*) FROM reembed_staging WHERE embedding IS NOT NULL").fetchone()[0]
         return int(n)
 
-    def images_to_reembed(self, fingerprint: str, limit: int) -> list[tuple[int, bytes]]:
-        """Next references with a stored image and no staged result for `fingerprint`."""
+    def images_to_reembed(self, fingerprint: str, limit: int
+                          ) -> list[tuple[int, bytes, tuple[int, int, int, int] | None]]:
+        """Next references with a stored image and no staged result for `fingerprint`: (id, image, region)."""
         with self._lock:
             rows = self.conn.execute(
-                "SELECT r.reference_id, i.image FROM refs r "
+                "SELECT r.reference_id, i.image, r.region_x, r.region_y, r.region_w, r.region_h FROM refs r "
                 "JOIN ref_images i ON i.reference_id = r.reference_id "
                 "WHERE NOT EXISTS (SELECT 1 FROM reembed_staging s WHERE s.reference_id = r.reference_id "
                 "AND s.fingerprint = ?) ORDER BY r.reference_id LIMIT ?",
                 (fingerprint, int(limit))).fetchall()
-        return [(int(r[0]), bytes(r[1])) for r in rows]
+        return [(int(r[0]), bytes(r[1]), region_of(r[2:6])) for r in rows]
 
     def staging_put(self, fingerprint: str, rows: Sequence[tuple[int, bytes | None, str | None]]) -> None:
         """Stage (reference_id, embedding bytes or None, error or None) rows in one transaction."""

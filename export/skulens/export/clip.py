@@ -1,4 +1,5 @@
-"""Export open_clip ViT-B/32 to `image.onnx` + `text.onnx`, preprocess/tokenizer sidecars and a manifest."""
+"""Export open_clip models (ViT-B-32, RN50) to `image.onnx` + `text.onnx`, preprocess/tokenizer sidecars and a
+manifest."""
 
 from __future__ import annotations
 
@@ -15,72 +16,87 @@ from skulens.export import parity
 from skulens.export.common import (
     ExportError,
     check_variant,
+    choose_weights,
     export_variant_tower,
     file_hashes,
     parity_block,
     staging_dir,
     tool_versions,
+    unreachable_weights,
     utc_now,
 )
 from skulens.export.torch_compat import import_open_clip
-from skulens.model.manifest import Manifest, TokenizerSpec, embedding_fingerprint, sha256_file, write_manifest
+from skulens.model.manifest import Manifest, TokenizerSpec, embedding_fingerprint, write_manifest
 from skulens.model.preprocess_config import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "ViT-B-32"
 FAMILY = "open_clip"
-WEIGHTS = ("openai", "random")
+PUBLISHED = "openai"
+# What each model's image embedding is (the manifest's `embedding`); both towers end in the joint space.
+EMBEDDINGS: dict[str, dict[str, str]] = {
+    "ViT-B-32": {
+        "pooling": "class_token",
+        "description": "open_clip encode_image: the class token after ln_post, projected into CLIP's joint "
+        "image-text space (512-d); L2-normalised",
+    },
+    "RN50": {
+        "pooling": "attention_pool",
+        "description": "open_clip encode_image: the final ResNet feature map attention-pooled (one query, the "
+        "mean feature) and projected into CLIP's joint image-text space (1024-d); L2-normalised",
+    },
+}
+CLIP_MODELS = tuple(EMBEDDINGS)
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_CONFIG = "tokenizer.json"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # The pre-tokenisation pattern of open_clip's SimpleTokenizer (special tokens are prepended at load time).
 TOKEN_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
-__all__ = ["ExportError", "export_clip", "load_clip"]
+__all__ = ["CLIP_MODELS", "ExportError", "export_clip", "load_clip"]
 
 
 def load_clip(
-    weights: str = "openai", *, seed: int = 0, checkpoint: Path | None = None
+    weights: str | None = None,
+    *,
+    model_name: str = MODEL_NAME,
+    seed: int = 0,
+    checkpoint: Path | None = None,
 ) -> tuple[Any, str, str]:
-    """Build the open_clip model in eval mode; returns (model, weights_tag, weights_id).
+    """Build the open_clip model `model_name` in eval mode; returns (model, weights_tag, weights_id).
 
-    `weights_tag` is "openai", "random" or "checkpoint"; `weights_id` identifies the exact weights for the
-    embedding fingerprint ("openai", the seed, or the checkpoint's sha256).
+    `weights` None or "openai" downloads OpenAI's; "random" seeds `torch.manual_seed(seed)`; a `checkpoint`
+    (open_clip or OpenAI format) wins over both. `weights_tag` is "openai", "random" or "checkpoint";
+    `weights_id` identifies the exact weights for the embedding fingerprint ("openai", the seed, or the
+    checkpoint's sha256).
     """
     import torch
 
+    if model_name not in CLIP_MODELS:
+        raise ExportError(f"open_clip model must be one of {CLIP_MODELS}, got {model_name!r}")
+    choice = choose_weights(model_name, PUBLISHED, weights, seed=seed, checkpoint=checkpoint)
     open_clip = import_open_clip()
-    if checkpoint is not None:
-        ckpt = Path(checkpoint)
-        if not ckpt.is_file():
-            raise ExportError(f"checkpoint {ckpt} does not exist")
+    if choice.checkpoint is not None:
         try:
-            model = open_clip.create_model(MODEL_NAME, pretrained=str(ckpt))
-        except Exception as exc:
-            raise ExportError(f"cannot load {MODEL_NAME} weights from checkpoint {ckpt}: {exc}") from exc
-        tag, wid = "checkpoint", sha256_file(ckpt)
-    elif weights == "random":
-        torch.manual_seed(seed)
-        model = open_clip.create_model(MODEL_NAME, pretrained=None)
-        tag, wid = "random", str(seed)
-    elif weights == "openai":
-        try:
-            model = open_clip.create_model(MODEL_NAME, pretrained="openai")
+            model = open_clip.create_model(model_name, pretrained=str(choice.checkpoint))
         except Exception as exc:
             raise ExportError(
-                f"could not get the OpenAI {MODEL_NAME} weights (download failed or no network: "
-                f"{type(exc).__name__}: {exc}). Offline options: `--checkpoint PATH` with a local open_clip/"
-                "OpenAI checkpoint, or `--weights random --seed N` for test weights."
+                f"cannot load {model_name} weights from checkpoint {choice.checkpoint}: {exc}"
             ) from exc
-        tag, wid = "openai", "openai"
+    elif choice.seed is not None:
+        torch.manual_seed(choice.seed)
+        model = open_clip.create_model(model_name, pretrained=None)
     else:
-        raise ExportError(f"weights must be one of {WEIGHTS} (or give a checkpoint), got {weights!r}")
+        try:
+            model = open_clip.create_model(model_name, pretrained=PUBLISHED)
+        except Exception as exc:
+            raise unreachable_weights(model_name, "OpenAI", exc) from exc
     model.eval()
-    return model, tag, wid
+    return model, choice.tag, choice.weights_id
 
 
-def preprocess_from_model(model: Any) -> PreprocessConfig:
+def preprocess_from_model(model: Any, model_name: str = MODEL_NAME) -> PreprocessConfig:
     """`PreprocessConfig` from open_clip's own `model.visual.preprocess_cfg`."""
     cfg = dict(model.visual.preprocess_cfg)
     size = cfg["size"]
@@ -94,7 +110,7 @@ def preprocess_from_model(model: Any) -> PreprocessConfig:
         interpolation=str(cfg.get("interpolation", "bicubic")),
         mode=str(cfg.get("mode", "RGB")),
         fill_color=int(fill if isinstance(fill, int) else 0),
-        source={"from": "open_clip model.visual.preprocess_cfg", "model": MODEL_NAME},
+        source={"from": "open_clip model.visual.preprocess_cfg", "model": model_name},
     )
 
 
@@ -164,20 +180,21 @@ def _reference(module: Any, x: np.ndarray) -> np.ndarray:
 def export_clip(
     out_dir: Path,
     *,
-    weights: str = "openai",
+    model_name: str = MODEL_NAME,
+    weights: str | None = None,
     seed: int = 0,
     checkpoint: Path | None = None,
     variant: str = "fp32",
     opset: int = 17,
     force: bool = False,
 ) -> Manifest:
-    """Export ViT-B-32 (towers, sidecars, manifest with parity) into `out_dir`; raises `ExportError`."""
+    """Export an open_clip model (both towers, sidecars, manifest with parity) into `out_dir`; raises
+    `ExportError`. `weights`, `seed`, `checkpoint` as for `load_clip`."""
     check_variant(variant, opset)
     t0 = time.perf_counter()
-    open_clip = import_open_clip()
-    model, tag, wid = load_clip(weights, seed=seed, checkpoint=checkpoint)
-    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
-    pre = preprocess_from_model(model)
+    model, tag, wid = load_clip(weights, model_name=model_name, seed=seed, checkpoint=checkpoint)
+    tokenizer = import_open_clip().get_tokenizer(model_name)
+    pre = preprocess_from_model(model, model_name)
     image_tower, text_tower = _towers(model)
 
     images = parity.parity_images(pre)
@@ -219,7 +236,7 @@ def export_clip(
             "total": round(time.perf_counter() - t0, 2),
         }
         manifest = Manifest(
-            model_name=MODEL_NAME,
+            model_name=model_name,
             family=FAMILY,
             weights=tag,
             variant=variant,
@@ -228,7 +245,8 @@ def export_clip(
             image=img.spec,
             text=txt.spec,
             tokenizer=tok_spec,
-            fingerprint=embedding_fingerprint(MODEL_NAME, tag, wid, dim),
+            embedding=EMBEDDINGS[model_name],
+            fingerprint=embedding_fingerprint(model_name, tag, wid, dim),
             files=file_hashes(stage),
             seed=seed if tag == "random" else None,
             parity=par,
@@ -237,7 +255,6 @@ def export_clip(
         )
         write_manifest(stage, manifest)
     log.info(
-        "exported %s (%s, %s) to %s in %.1fs", MODEL_NAME, tag, variant, out_dir, time.perf_counter() - t0
+        "exported %s (%s, %s) to %s in %.1fs", model_name, tag, variant, out_dir, time.perf_counter() - t0
     )
     return manifest
-

@@ -40,6 +40,49 @@ def tool_versions(*dists: str) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class WeightsChoice:
+    """Which weights an export loads: `tag` is the manifest's `weights` ("random", "checkpoint" or the model's
+    published weights, e.g. "openai"); `weights_id` feeds the embedding fingerprint (the seed, the checkpoint's
+    sha256, or the tag)."""
+
+    tag: str
+    weights_id: str
+    checkpoint: Path | None = None
+    seed: int | None = None
+
+
+def choose_weights(
+    model_name: str, published: str, weights: str | None, *, seed: int = 0, checkpoint: Path | None = None
+) -> WeightsChoice:
+    """Resolve the export options: a `checkpoint` wins; `weights` None means the `published` weights.
+
+    Raises `ExportError` for a missing checkpoint file or weights the model does not have.
+    """
+    if checkpoint is not None:
+        ckpt = Path(checkpoint)
+        if not ckpt.is_file():
+            raise ExportError(f"checkpoint {ckpt} does not exist")
+        return WeightsChoice("checkpoint", sha256_file(ckpt), checkpoint=ckpt)
+    chosen = published if weights is None else weights
+    if chosen == "random":
+        return WeightsChoice("random", str(seed), seed=seed)
+    if chosen != published:
+        raise ExportError(
+            f"{model_name} weights must be {published!r} (published) or 'random' (or give a checkpoint), got {chosen!r}"
+        )
+    return WeightsChoice(published, published)
+
+
+def unreachable_weights(model_name: str, published: str, exc: BaseException) -> ExportError:
+    """The error for published weights that could not be fetched: names the offline options."""
+    return ExportError(
+        f"could not get the {published} {model_name} weights (download failed or no network: "
+        f"{type(exc).__name__}: {exc}). Offline options: `--checkpoint PATH` with a local checkpoint, or "
+        "`--weights random --seed N` for test weights."
+    )
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 

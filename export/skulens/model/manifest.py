@@ -94,6 +94,7 @@ class Manifest:
     text: TowerSpec | None = None
     tokenizer: TokenizerSpec | None = None
     preprocess_file: str = "preprocess.json"
+    embedding: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
     parity: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
@@ -138,6 +139,7 @@ class Manifest:
                 text=TowerSpec.from_dict(d["text"]) if d.get("text") else None,
                 tokenizer=TokenizerSpec.from_dict(d["tokenizer"]) if d.get("tokenizer") else None,
                 preprocess_file=str(d.get("preprocess_file", "preprocess.json")),
+                embedding={str(k): str(v) for k, v in d.get("embedding", {}).items()},
                 fingerprint=str(d["fingerprint"]),
                 files={str(k): str(v) for k, v in d["files"].items()},
                 seed=None if d.get("seed") is None else int(d["seed"]),

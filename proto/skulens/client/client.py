@@ -23,6 +23,8 @@ from skulens.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     common_pb2,
+    migration_pb2,
+    migration_pb2_grpc,
     recognition_pb2,
     recognition_pb2_grpc,
 )
@@ -122,6 +124,7 @@ class SkulensClient:
             self.channel = grpc.insecure_channel(config.addr, options=options)
         self.recognition = recognition_pb2_grpc.RecognitionServiceStub(self.channel)
         self.catalog = catalog_pb2_grpc.CatalogServiceStub(self.channel)
+        self.migration = migration_pb2_grpc.MigrationServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
     def __enter__(self) -> SkulensClient:
@@ -153,10 +156,11 @@ class SkulensClient:
         images: Sequence[recognition_pb2.ImageInput],
         options: common_pb2.SearchOptions | None = None,
         timeout: float | None = None,
+        source: str = "",
     ) -> recognition_pb2.RecognizeResponse:
-        """One Recognize call."""
+        """One Recognize call (`source`: where the photos come from, for drift monitoring)."""
         return self.recognition.Recognize(
-            recognition_pb2.RecognizeRequest(images=images, options=options), **self._kw(timeout)
+            recognition_pb2.RecognizeRequest(images=images, options=options, source=source), **self._kw(timeout)
         )
 
     def recognize_stream(
@@ -193,6 +197,13 @@ class SkulensClient:
         return self.recognition.Embed(
             recognition_pb2.EmbedRequest(images=images, texts=texts), **self._kw(timeout)
         )
+
+    def evaluate(
+        self, requests: Iterable[recognition_pb2.EvaluateRequest], timeout: float | None = None
+    ) -> recognition_pb2.EvaluateResponse:
+        """Evaluate (client streaming): labelled photos in, one report out (`skulens.client.evaluate` builds the
+        messages from a folder or CSV). gRPC consumes the iterable as flow control allows."""
+        return self.recognition.Evaluate(iter(requests), **self._kw(timeout))
 
     # -- catalog
     def upsert_product(
@@ -292,9 +303,42 @@ class SkulensClient:
         """Catalog statistics."""
         return self.catalog.GetCatalogStats(catalog_pb2.GetCatalogStatsRequest(), **self._kw(timeout))
 
+    def drift_report(
+        self, source: str = "", history: int = 0, timeout: float | None = None
+    ) -> recognition_pb2.GetDriftReportResponse:
+        """Drift signals per source (`source`: only that one; `history`: judged windows per source, newest last)."""
+        return self.recognition.GetDriftReport(
+            recognition_pb2.GetDriftReportRequest(source=source, history=history), **self._kw(timeout)
+        )
+
     def server_info(self, timeout: float | None = None) -> recognition_pb2.GetServerInfoResponse:
         """The server's model, limits, thresholds and catalog (size batches by `limits`)."""
         return self.recognition.GetServerInfo(recognition_pb2.GetServerInfoRequest(), **self._kw(timeout))
+
+    # -- model migration (scope catalog:write)
+    def start_migration(
+        self, model_dir: str, shadow_share: float = 0.0, timeout: float | None = None
+    ) -> migration_pb2.MigrationStatus:
+        """Start migrating the catalog to the model at `model_dir` (a path on the server); back-fill begins."""
+        req = migration_pb2.StartMigrationRequest(model_dir=model_dir, shadow_share=shadow_share)
+        return self.migration.StartMigration(req, **self._kw(timeout)).status
+
+    def get_migration(self, timeout: float | None = None) -> migration_pb2.MigrationStatus:
+        """The migration's state, back-fill progress and this replica's shadow comparison."""
+        return self.migration.GetMigration(migration_pb2.GetMigrationRequest(), **self._kw(timeout)).status
+
+    def switch_model(self, fingerprint: str, timeout: float | None = None) -> migration_pb2.MigrationStatus:
+        """Serve `fingerprint` (the candidate, or the previous model to undo a switch) from now on."""
+        req = migration_pb2.SwitchModelRequest(fingerprint=fingerprint)
+        return self.migration.SwitchModel(req, **self._kw(timeout)).status
+
+    def abort_migration(self, timeout: float | None = None) -> migration_pb2.MigrationStatus:
+        """Drop the candidate (before a switch)."""
+        return self.migration.AbortMigration(migration_pb2.AbortMigrationRequest(), **self._kw(timeout)).status
+
+    def finish_migration(self, timeout: float | None = None) -> migration_pb2.MigrationStatus:
+        """Drop the previous model (after a switch): no undo from here."""
+        return self.migration.FinishMigration(migration_pb2.FinishMigrationRequest(), **self._kw(timeout)).status
 
     # -- health
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:

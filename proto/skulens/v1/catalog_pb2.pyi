@@ -142,16 +142,18 @@ class GetProductRequest(_message.Message):
     def __init__(self, product_id: _Optional[str] = ..., min_catalog_version: _Optional[int] = ...) -> None: ...
 
 class ReferenceImage(_message.Message):
-    __slots__ = ("reference_id", "source", "content_sha256", "has_image")
+    __slots__ = ("reference_id", "source", "content_sha256", "has_image", "region")
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     HAS_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     reference_id: int
     source: str
     content_sha256: str
     has_image: bool
-    def __init__(self, reference_id: _Optional[int] = ..., source: _Optional[str] = ..., content_sha256: _Optional[str] = ..., has_image: _Optional[bool] = ...) -> None: ...
+    region: _common_pb2.Box
+    def __init__(self, reference_id: _Optional[int] = ..., source: _Optional[str] = ..., content_sha256: _Optional[str] = ..., has_image: _Optional[bool] = ..., region: _Optional[_Union[_common_pb2.Box, _Mapping]] = ...) -> None: ...
 
 class GetProductResponse(_message.Message):
     __slots__ = ("product", "references", "catalog_version")
@@ -190,7 +192,7 @@ class GetCatalogStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCatalogStatsResponse(_message.Message):
-    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress", "index_recall_at_10", "index_search_width", "catalog_version", "backend")
+    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress", "index_recall_at_10", "index_search_width", "catalog_version", "backend", "migration_phase", "migration_model_fingerprint", "migration_embedded")
     PRODUCT_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCES_WITH_IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +206,9 @@ class GetCatalogStatsResponse(_message.Message):
     INDEX_SEARCH_WIDTH_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_PHASE_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
     product_count: int
     reference_count: int
     references_with_image: int
@@ -217,4 +222,7 @@ class GetCatalogStatsResponse(_message.Message):
     index_search_width: int
     catalog_version: int
     backend: str
-    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ..., index_recall_at_10: _Optional[float] = ..., index_search_width: _Optional[int] = ..., catalog_version: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
+    migration_phase: str
+    migration_model_fingerprint: str
+    migration_embedded: int
+    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ..., index_recall_at_10: _Optional[float] = ..., index_search_width: _Optional[int] = ..., catalog_version: _Optional[int] = ..., backend: _Optional[str] = ..., migration_phase: _Optional[str] = ..., migration_model_fingerprint: _Optional[str] = ..., migration_embedded: _Optional[int] = ...) -> None: ...

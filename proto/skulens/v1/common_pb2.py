@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17skulens/v1/common.proto\x12\nskulens.v1\":\n\nItemStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\":\n\x03\x42ox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"V\n\x05Match\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x14\n\x0creference_id\x18\x04 \x01(\x03\"\xc6\x01\n\rSearchOptions\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x11\n\tmin_score\x18\x02 \x01(\x02\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x35\n\x06labels\x18\x04 \x03(\x0b\x32%.skulens.v1.SearchOptions.LabelsEntry\x12\x1b\n\x13min_catalog_version\x18\x05 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbe\x01\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12/\n\x06labels\x18\x04 \x03(\x0b\x32\x1f.skulens.v1.Product.LabelsEntry\x12\x17\n\x0freference_count\x18\x05 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x07Timings\x12\x10\n\x08\x65mbed_ms\x18\x01 \x01(\x02\x12\x11\n\tsearch_ms\x18\x02 \x01(\x02\x12\x10\n\x08total_ms\x18\x03 \x01(\x02*a\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_KNOWN\x10\x01\x12\x13\n\x0fVERDICT_UNKNOWN\x10\x02\x12\x15\n\x11VERDICT_AMBIGUOUS\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17skulens/v1/common.proto\x12\nskulens.v1\x1a\x19google/protobuf/any.proto\"a\n\nItemStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12%\n\x07\x64\x65tails\x18\x04 \x03(\x0b\x32\x14.google.protobuf.Any\":\n\x03\x42ox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"V\n\x05Match\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x14\n\x0creference_id\x18\x04 \x01(\x03\"\xc6\x01\n\rSearchOptions\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x11\n\tmin_score\x18\x02 \x01(\x02\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x35\n\x06labels\x18\x04 \x03(\x0b\x32%.skulens.v1.SearchOptions.LabelsEntry\x12\x1b\n\x13min_catalog_version\x18\x05 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbe\x01\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12/\n\x06labels\x18\x04 \x03(\x0b\x32\x1f.skulens.v1.Product.LabelsEntry\x12\x17\n\x0freference_count\x18\x05 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x07Timings\x12\x10\n\x08\x65mbed_ms\x18\x01 \x01(\x02\x12\x11\n\tsearch_ms\x18\x02 \x01(\x02\x12\x10\n\x08total_ms\x18\x03 \x01(\x02*a\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_KNOWN\x10\x01\x12\x13\n\x0fVERDICT_UNKNOWN\x10\x02\x12\x15\n\x11VERDICT_AMBIGUOUS\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,22 +36,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHOPTIONS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_PRODUCT_LABELSENTRY']._loaded_options = None
   _globals['_PRODUCT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_VERDICT']._serialized_start=707
-  _globals['_VERDICT']._serialized_end=804
-  _globals['_ITEMSTATUS']._serialized_start=39
-  _globals['_ITEMSTATUS']._serialized_end=97
-  _globals['_BOX']._serialized_start=99
-  _globals['_BOX']._serialized_end=157
-  _globals['_MATCH']._serialized_start=159
-  _globals['_MATCH']._serialized_end=245
-  _globals['_SEARCHOPTIONS']._serialized_start=248
-  _globals['_SEARCHOPTIONS']._serialized_end=446
-  _globals['_SEARCHOPTIONS_LABELSENTRY']._serialized_start=401
-  _globals['_SEARCHOPTIONS_LABELSENTRY']._serialized_end=446
-  _globals['_PRODUCT']._serialized_start=449
-  _globals['_PRODUCT']._serialized_end=639
-  _globals['_PRODUCT_LABELSENTRY']._serialized_start=401
-  _globals['_PRODUCT_LABELSENTRY']._serialized_end=446
-  _globals['_TIMINGS']._serialized_start=641
-  _globals['_TIMINGS']._serialized_end=705
+  _globals['_VERDICT']._serialized_start=773
+  _globals['_VERDICT']._serialized_end=870
+  _globals['_ITEMSTATUS']._serialized_start=66
+  _globals['_ITEMSTATUS']._serialized_end=163
+  _globals['_BOX']._serialized_start=165
+  _globals['_BOX']._serialized_end=223
+  _globals['_MATCH']._serialized_start=225
+  _globals['_MATCH']._serialized_end=311
+  _globals['_SEARCHOPTIONS']._serialized_start=314
+  _globals['_SEARCHOPTIONS']._serialized_end=512
+  _globals['_SEARCHOPTIONS_LABELSENTRY']._serialized_start=467
+  _globals['_SEARCHOPTIONS_LABELSENTRY']._serialized_end=512
+  _globals['_PRODUCT']._serialized_start=515
+  _globals['_PRODUCT']._serialized_end=705
+  _globals['_PRODUCT_LABELSENTRY']._serialized_start=467
+  _globals['_PRODUCT_LABELSENTRY']._serialized_end=512
+  _globals['_TIMINGS']._serialized_start=707
+  _globals['_TIMINGS']._serialized_end=771
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,16 @@ class RecognitionServiceStub:
                 request_serializer=skulens_dot_v1_dot_recognition__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=skulens_dot_v1_dot_recognition__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.Evaluate = channel.stream_unary(
+                '/skulens.v1.RecognitionService/Evaluate',
+                request_serializer=skulens_dot_v1_dot_recognition__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=skulens_dot_v1_dot_recognition__pb2.EvaluateResponse.FromString,
+                _registered_method=True)
+        self.GetDriftReport = channel.unary_unary(
+                '/skulens.v1.RecognitionService/GetDriftReport',
+                request_serializer=skulens_dot_v1_dot_recognition__pb2.GetDriftReportRequest.SerializeToString,
+                response_deserializer=skulens_dot_v1_dot_recognition__pb2.GetDriftReportResponse.FromString,
+                _registered_method=True)
 
 
 class RecognitionServiceServicer:
@@ -109,6 +119,29 @@ class RecognitionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evaluate(self, request_iterator, context):
+        """Measures recognition quality on a labelled query set sent as a stream (client streaming): each photo is
+        recognised as by Recognize, compared with its label, and forgotten; the one response holds the figures.
+        Each message is held to the Recognize limits (images per message, bytes per image, message size) and
+        admitted like a RecognizeStream message (the stream counts as one call for its whole life; an overloaded
+        server makes a message wait, within the call's deadline, instead of refusing it). At most
+        max_evaluation_images photos per call (GetServerInfo limits); more is RESOURCE_EXHAUSTED. Needs the
+        `recognize` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDriftReport(self, request, context):
+        """Drift and anomaly signals of the recognition query stream per source (RecognizeRequest.source): shares of
+        verdicts, best scores, the distance of the queries' mean embedding from the catalog's references, the share
+        of queries far from every reference cluster, each against the source's baseline, and an alert state
+        (docs/MONITORING.md). Needs the `recognize` or the `catalog:write` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecognitionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +169,16 @@ def add_RecognitionServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=skulens_dot_v1_dot_recognition__pb2.GetServerInfoRequest.FromString,
                     response_serializer=skulens_dot_v1_dot_recognition__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'Evaluate': grpc.stream_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=skulens_dot_v1_dot_recognition__pb2.EvaluateRequest.FromString,
+                    response_serializer=skulens_dot_v1_dot_recognition__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'GetDriftReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDriftReport,
+                    request_deserializer=skulens_dot_v1_dot_recognition__pb2.GetDriftReportRequest.FromString,
+                    response_serializer=skulens_dot_v1_dot_recognition__pb2.GetDriftReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +318,60 @@ class RecognitionService:
             '/skulens.v1.RecognitionService/GetServerInfo',
             skulens_dot_v1_dot_recognition__pb2.GetServerInfoRequest.SerializeToString,
             skulens_dot_v1_dot_recognition__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/skulens.v1.RecognitionService/Evaluate',
+            skulens_dot_v1_dot_recognition__pb2.EvaluateRequest.SerializeToString,
+            skulens_dot_v1_dot_recognition__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDriftReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skulens.v1.RecognitionService/GetDriftReport',
+            skulens_dot_v1_dot_recognition__pb2.GetDriftReportRequest.SerializeToString,
+            skulens_dot_v1_dot_recognition__pb2.GetDriftReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,9 +3,10 @@
 The exact path reproduces open_clip's eval transform (`open_clip.transform.image_transform`) on PIL
 images: torchvision `Resize` size rounding, PIL resampling with the same filter, `CenterCrop` /
 `CenterCropOrPad` offsets, `ToTensor` and `Normalize` in float32 — the result equals open_clip's output
-(bit for bit in the tests). The fast path only
+(to 1e-5 in the tests). With a `crop_fraction` < 1 it is torchvision's `Resize(⌊size / f⌋)` + `CenterCrop(size)`
+(timm's / DINOv2's eval transform), also tested against torchvision. The fast path only
 changes how a JPEG is decoded (a reduced DCT scale via `Image.draft`, keeping the shortest side ≥
-`draft_factor` × the input size) and then runs the exact path on the smaller image.
+`draft_factor` × the resize size) and then runs the exact path on the smaller image.
 """
 
 from __future__ import annotations
@@ -104,23 +105,31 @@ class Preprocessor:
         return np.ascontiguousarray((scaled[None, :] - mean) / std, dtype=np.float32)
 
     def resize_crop(self, img: Image.Image) -> Image.Image:
-        """The geometric part of open_clip's eval transform for `config.resize_mode`."""
+        """The geometric part of the eval transform: resize to `config.resize_size` by `config.resize_mode`
+        (open_clip's rules), then one centre crop (or pad) to `config.size`.
+
+        With `crop_fraction` 1 this is open_clip's eval transform; with f < 1 and `shortest` it is torchvision's
+        `Resize(⌊size / f⌋)` + `CenterCrop(size)` (timm's and DINOv2's eval transform)."""
         cfg = self.config
-        target = cfg.size
+        target = cfg.resize_size
         if cfg.resize_mode == "squash":
-            return _resize(img, target, self._resample)
-        if cfg.resize_mode == "longest":
+            img = _resize(img, target, self._resample)
+            fill = 0
+        elif cfg.resize_mode == "longest":
             img = _resize(img, _keep_ratio_size(img, target, 1.0), self._resample)
-            return _center_crop_or_pad(img, target, cfg.fill_color)
-        # "shortest"
-        if target[0] == target[1]:
+            fill = cfg.fill_color
+        elif target[0] == target[1]:  # "shortest", square
             short, long = sorted((img.width, img.height))
             new_short, new_long = target[0], int(target[0] * long / short)
             new_hw = (new_long, new_short) if img.width <= img.height else (new_short, new_long)
             img = _resize(img, new_hw, self._resample)
-        else:  # open_clip uses ResizeKeepRatio(size) here, always bicubic
+            fill = 0
+        else:  # "shortest", not square: open_clip uses ResizeKeepRatio(size) here, always bicubic
             img = _resize(img, _keep_ratio_size(img, target, 0.0), Image.Resampling.BICUBIC)
-        return _center_crop_or_pad(img, target, 0)
+            fill = 0
+        if (img.height, img.width) == cfg.size:
+            return img
+        return _center_crop_or_pad(img, cfg.size, fill)
 
     def normalise(self, img: Image.Image) -> np.ndarray:
         """RGB image of the input size → float32 [3, H, W] = (pixel * scale - mean) / std (lookup table)."""
@@ -137,7 +146,7 @@ class Preprocessor:
     def _draft_min_side(self) -> int | None:
         if not self.fast:
             return None
-        return math.ceil(self.draft_factor * max(self.config.size))
+        return math.ceil(self.draft_factor * max(self.config.resize_size))
 
     def decode_pixels(self, data: bytes) -> int:
         """Pixels the decoder will produce for `data` (after the fast path's JPEG scale), read from the header

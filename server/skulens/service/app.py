@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -22,13 +23,24 @@ from prometheus_client import CollectorRegistry
 from skulens.catalog.location import open_catalog
 from skulens.service.auth import AuthInterceptor
 from skulens.service.calllog import CallInterceptor
+from skulens.service.drift_metrics import DriftCollector
+from skulens.service.drift_monitor import DriftMonitor
 from skulens.service.health import HealthServicer
 from skulens.service.metrics import Metrics, MetricsServer
+from skulens.service.migration import MigrationManager
 from skulens.service.servicer_catalog import CatalogServicer
+from skulens.service.servicer_migration import MigrationServicer
 from skulens.service.servicer_recognition import RecognitionServicer
 from skulens.service.settings import Settings, SettingsError
 from skulens.service.state import Phase, Runtime
-from skulens.v1 import catalog_pb2, catalog_pb2_grpc, recognition_pb2, recognition_pb2_grpc
+from skulens.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    migration_pb2,
+    migration_pb2_grpc,
+    recognition_pb2,
+    recognition_pb2_grpc,
+)
 
 if TYPE_CHECKING:
     from skulens.catalog.backend import CatalogBackend
@@ -39,6 +51,7 @@ log = logging.getLogger("skulens.server")
 SERVICE_NAMES = (
     recognition_pb2.DESCRIPTOR.services_by_name["RecognitionService"].full_name,
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+    migration_pb2.DESCRIPTOR.services_by_name["MigrationService"].full_name,
 )
 HEALTH_NAMES = ("", *SERVICE_NAMES)
 CATALOG_SERVICE = SERVICE_NAMES[1]
@@ -115,6 +128,7 @@ def create_server(
     )
     recognition_pb2_grpc.add_RecognitionServiceServicer_to_server(RecognitionServicer(runtime), server)
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(runtime), server)
+    migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationServicer(runtime), server)
     if health_servicer is None:
         health_servicer = HealthServicer()
         status = (
@@ -164,6 +178,9 @@ class ServerApp:
         self.metrics = Metrics(self.registry)
         self.runtime = Runtime(settings, self.metrics)
         self.metrics.bind(admission=self.runtime.admission)
+        if settings.drift_monitor:  # started by `load`, once the catalog is open
+            self.runtime.drift = DriftMonitor(settings.drift_options(), lambda: self.runtime.catalog)
+            self.registry.register(DriftCollector(self.runtime.drift))
         self._given = (engine, catalog)
         self._own_given = own
         self.health = HealthServicer()
@@ -253,7 +270,13 @@ class ServerApp:
             log.info("catalog %s open", location.redacted())
         self.runtime.catalog = catalog
         self.metrics.bind(engine, catalog)
-        mismatch = (catalog.fingerprint, catalog.dim) != (engine.fingerprint, engine.dim)
+        if self.runtime.drift is not None:
+            self.runtime.drift.start()
+        await self._start_migration_manager()
+        engine = self.runtime.engine
+        mismatch = (catalog.fingerprint, catalog.dim) != (engine.fingerprint, engine.dim) and (
+            catalog.migration_state().space(engine.fingerprint) is None
+        )
         if mismatch:
             log.error(
                 "MODEL MISMATCH: the catalog holds embeddings of %s but the model is %s: catalog reads and "
@@ -265,6 +288,24 @@ class ServerApp:
             self.runtime.phase = Phase.SERVING
             await self._set_health(True, catalog_only=mismatch)
             log.info("serving (ready after %.2f s)", time.perf_counter() - t0)
+
+    async def _start_migration_manager(self) -> None:
+        """Follow the catalog's model migration (models, back-fill, shadow; see `skulens.service.migration`)."""
+        settings = self.settings
+
+        async def load(model_dir: str) -> Encoder:
+            from skulens.inference.engine import Engine
+
+            return await asyncio.to_thread(Engine.load, Path(model_dir), settings.engine_options())
+
+        manager = MigrationManager(
+            self.runtime, load, poll_seconds=settings.migration_poll_seconds, backfill_batch=settings.backfill_batch,
+            backfill_pause_seconds=settings.backfill_pause_seconds,
+            model_dir=str(settings.model_dir.resolve()) if settings.model_dir is not None else "",
+        )
+        await manager.start()
+        self.runtime.migration = manager
+        self.registry.register(manager.collector())
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, refuse new calls, let calls in flight finish within `grace` seconds,
@@ -284,6 +325,11 @@ class ServerApp:
         if self.server is not None:
             await self.server.stop(grace)
         engine, catalog = self.runtime.engine, self.runtime.catalog
+        if self.runtime.migration is not None:  # closes the models it loaded; the initial one is ours
+            engine = self.runtime.migration.initial_engine or engine
+            await self.runtime.migration.stop()
+        if self.runtime.drift is not None:  # its refit thread reads the catalog: stop it first
+            await asyncio.to_thread(self.runtime.drift.close)
         if engine is not None and (self._given[0] is None or self._own_given):
             await engine.close()
         if catalog is not None and (self._given[1] is None or self._own_given):

@@ -2,10 +2,13 @@
 
 Clients send `authorization: Bearer <token>` metadata. Scopes:
 
-- `recognize`: Recognize, RecognizeStream, SearchByText, Embed (and GetServerInfo, which `catalog:write` may call too).
-- `catalog:write`: UpsertProduct, AddReferenceImages, DeleteProduct, DeleteReferenceImage.
+- `recognize`: Recognize, RecognizeStream, SearchByText, Embed, Evaluate (and GetServerInfo, which `catalog:write` may
+  call too).
+- `catalog:write`: UpsertProduct, AddReferenceImages, DeleteProduct, DeleteReferenceImage, and every
+  MigrationService method (model migration changes what the whole catalog serves).
 - catalog reads (GetProduct, ListProducts, GetCatalogStats) accept either scope: a recognizer may need names,
-  and a writer must see what it wrote (enrolment resumes by reading the product's references).
+  and a writer must see what it wrote (enrolment resumes by reading the product's references). GetDriftReport
+  (monitoring, read-only) accepts either too.
 
 Health checks and server reflection need no token (load balancers and tooling call them). Any other method of
 `skulens.v1` missing from the table is refused (fail closed). With no tokens configured the interceptor lets
@@ -28,13 +31,16 @@ _W = frozenset({SCOPE_CATALOG_WRITE})
 _RW = _R | _W
 _REC = "/skulens.v1.RecognitionService/"
 _CAT = "/skulens.v1.CatalogService/"
+_MIG = "/skulens.v1.MigrationService/"
 
 METHOD_SCOPES: dict[str, frozenset[str]] = {
     _REC + "Recognize": _R,
     _REC + "RecognizeStream": _R,
     _REC + "SearchByText": _R,
     _REC + "Embed": _R,
+    _REC + "Evaluate": _R,
     _REC + "GetServerInfo": _RW,
+    _REC + "GetDriftReport": _RW,
     _CAT + "UpsertProduct": _W,
     _CAT + "AddReferenceImages": _W,
     _CAT + "EnrollReferenceImages": _W,
@@ -43,6 +49,7 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     _CAT + "GetProduct": _RW,
     _CAT + "ListProducts": _RW,
     _CAT + "GetCatalogStats": _RW,
+    **{_MIG + m: _W for m in ("StartMigration", "GetMigration", "SwitchModel", "AbortMigration", "FinishMigration")},
 }
 PUBLIC_PREFIXES = (
     "/grpc.health.v1.Health/",

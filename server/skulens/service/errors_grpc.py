@@ -11,6 +11,7 @@ it becomes INTERNAL with a generic text and its traceback goes to the log only.
 | catalog NotFound                                          | NOT_FOUND           |
 | catalog AlreadyExists                                     | ALREADY_EXISTS      |
 | FingerprintMismatch, ModelLoadError, ManifestError        | FAILED_PRECONDITION |
+| catalog MigrationError (step does not fit the migration)  | FAILED_PRECONDITION |
 | Overloaded (incl. admission's Shed), TooMany             | RESOURCE_EXHAUSTED  |
 | DeadlineExceeded                                          | DEADLINE_EXCEEDED   |
 | Cancelled                                                 | CANCELLED           |
@@ -97,6 +98,7 @@ STATUS_TABLE: dict[type[SkulensError], grpc.StatusCode] = {
     cat.NotFound: C.NOT_FOUND,
     cat.AlreadyExists: C.ALREADY_EXISTS,
     cat.FingerprintMismatch: C.FAILED_PRECONDITION,
+    cat.MigrationError: C.FAILED_PRECONDITION,
     cat.CatalogCorrupt: C.DATA_LOSS,
     inf.ModelLoadError: C.FAILED_PRECONDITION,
     ManifestError: C.FAILED_PRECONDITION,
@@ -144,7 +146,8 @@ def item_status(exc: BaseException | None = None) -> common_pb2.ItemStatus:
     if exc is None:
         return common_pb2.ItemStatus(code=0)
     code, message, field = describe(exc)
-    return common_pb2.ItemStatus(code=code.value[0], message=message, field=field)
+    details = status_proto(exc, (code, message, field)).details
+    return common_pb2.ItemStatus(code=code.value[0], message=message, field=field, details=details)
 
 
 def reason_of(exc: BaseException) -> str:

@@ -17,6 +17,9 @@
 | skulens_admission_calls       | gauge     |              | embedding calls admitted and running     |
 | skulens_admission_inflight_bytes | gauge  |              | image bytes held by admitted work        |
 | skulens_admission_refused_total | counter | reason     | refused before decoding, by check |
+
+The drift monitor registers its own `skulens_drift_*` metrics on the same registry
+(`skulens.service.drift_metrics`, docs/MONITORING.md).
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ _T = TypeVar("_T")
 _REFERENCE_FIELD = re.compile(r"^references\[(\d+)\]")
 
 
+_Key = tuple[str, str, Box | None]  # product id, content sha256, region
+
+
 @dataclass(frozen=True)
 class _Item:
     """One enrolment message that passed its own checks: normalised product id, source, hash and box."""
@@ -61,9 +64,10 @@ class _Item:
         return self.image.sha256
 
     @property
-    def key(self) -> tuple[str, str]:
-        """The duplicate identity: product and content hash (the region is not part of it)."""
-        return self.pid, self.sha
+    def key(self) -> _Key:
+        """The duplicate identity: product, content hash and region (two crops of one photo are two
+        references)."""
+        return self.pid, self.sha, self.box
 
 
 def _duplicate(result: pb.AddedReference, reference_id: int) -> None:
@@ -245,7 +249,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         """Read the request stream and enrol it `enroll_chunk` messages at a time; yields each committed batch's
         results (one per message, `index` = its stream position) and the catalog version after it."""
         chunk: list[tuple[int, _EnrolMessage]] = []
-        known: dict[tuple[str, str], int] = {}  # (product id, sha256) -> reference id, seen in this call
+        known: dict[_Key, int] = {}  # (product id, sha256) -> reference id, seen in this call
         index = 0
         async for msg in request_iterator:
             chunk.append((index, msg))
@@ -264,7 +268,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         catalog: CatalogBackend,
         chunk: Sequence[tuple[int, _EnrolMessage]],
         deadline: float | None,
-        known: dict[tuple[str, str], int],
+        known: dict[_Key, int],
     ) -> list[pb.AddedReference]:
         """Enrol one chunk: check each item alone, answer duplicates by hash, embed the rest together, then add
         each product's new references in one transaction.
@@ -283,7 +287,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 results[i].status.CopyFrom(item_status(exc))
         items = await self._drop_known(catalog, items, known, results)
         while items:  # one round per region variant of a photo whose first copy failed (almost always one)
-            leaders: dict[tuple[str, str], _Item] = {}
+            leaders: dict[_Key, _Item] = {}
             for it in items:
                 leaders.setdefault(it.key, it)
             followers = [it for it in items if leaders[it.key] is not it]
@@ -330,7 +334,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self,
         catalog: CatalogBackend,
         items: list[_Item],
-        known: dict[tuple[str, str], int],
+        known: dict[_Key, int],
         results: dict[int, pb.AddedReference],
     ) -> list[_Item]:
         """Answer items whose (product, hash) this call or the catalog holds already; return the others.
@@ -358,7 +362,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             if isinstance(got, Exception):
                 results[it.index].status.CopyFrom(item_status(_renamed(got, it.index)))
                 continue
-            if got and it.sha in got:
+            if got and it.box is None and it.sha in got:  # whole-image references only: a crop is another one
                 known[it.key] = got[it.sha]
             if it.key in known:
                 _duplicate(results[it.index], known[it.key])
@@ -372,7 +376,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         catalog: CatalogBackend,
         items: list[_Item],
         deadline: float | None,
-        known: dict[tuple[str, str], int],
+        known: dict[_Key, int],
         results: dict[int, pb.AddedReference],
     ) -> None:
         """Embed distinct items together, then add each product's references (a bad item fails alone)."""
@@ -396,15 +400,31 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             embedded = await embed_batch(
                 engine, contents, boxes, deadline, caller=self, pixels=pixels
             )
+            # during a model migration the other model embeds them too (both spaces stay complete)
+            other = self.rt.other_engine
+            also = (
+                await embed_batch(other, contents, boxes, deadline, caller=self, pixels=pixels)
+                if other is not None and other is not engine
+                else None
+            )
         groups: dict[str, list[tuple[_Item, NewReference]]] = defaultdict(list)
-        for it, e in zip(items, embedded, strict=True):
+        for n, (it, e) in enumerate(zip(items, embedded, strict=True)):
             out = e.outputs[0]
             if isinstance(out, SkulensError):
                 part = "region" if it.box is not None and (out.field or "").startswith("regions") else "content"
                 field = f"requests[{it.index}].{part}" if out.field else None
                 results[it.index].status.CopyFrom(item_status(out.with_field(field)))
                 continue
-            ref = NewReference(embedding=np.asarray(out), source=it.source, image=it.image)
+            spaces: dict[str, np.ndarray] = {}
+            if also is not None and other is not None and isinstance(also[n].outputs[0], np.ndarray):
+                spaces[other.fingerprint] = np.asarray(also[n].outputs[0])
+            ref = NewReference(
+                embedding=np.asarray(out),
+                source=it.source,
+                image=it.image,
+                space_embeddings=spaces,
+                region=None if it.box is None else (it.box.x, it.box.y, it.box.width, it.box.height),
+            )
             groups[it.pid].append((it, ref))
 
         def commit() -> None:
@@ -474,6 +494,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                     source=r.source,
                     content_sha256=r.content_sha256 or "",
                     has_image=r.has_image,
+                    region=None if r.region is None else common_pb2.Box(
+                        x=r.region[0], y=r.region[1], width=r.region[2], height=r.region[3]
+                    ),
                 )
                 for r in detail.references
             ],
@@ -500,7 +523,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         t0 = time.perf_counter()
         st = await asyncio.to_thread(catalog.stats)
         call_fields()["stats_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-        return pb.GetCatalogStatsResponse(
+        resp = pb.GetCatalogStatsResponse(
             product_count=st.products,
             reference_count=st.references,
             references_with_image=st.references_with_image,
@@ -515,3 +538,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             catalog_version=st.version,
             backend=st.backend,
         )
+        m = self.rt.migration  # the model migration's phase and back-fill progress (this replica's last count)
+        if m is not None and m.state is not None:
+            other = m.state.other
+            resp.migration_phase = m.state.phase
+            resp.migration_model_fingerprint = other.fingerprint if other is not None else ""
+            resp.migration_embedded = m.progress.embedded if m.progress is not None and other is not None else 0
+        return resp

@@ -30,8 +30,12 @@ from skulens.service.convert import (
     recognition_pb,
     search_params,
 )
+from skulens.service.drift_monitor import DEFAULT_SOURCE, check_source
+from skulens.service.drift_report import drift_report
 from skulens.service.embedding import admit_images, embed_batch
 from skulens.service.errors_grpc import BadRequest, item_status
+from skulens.service.evaluation import evaluate_stream
+from skulens.service.migration import top1
 from skulens.service.state import Runtime, deadline_of
 from skulens.v1 import common_pb2, recognition_pb2, recognition_pb2_grpc
 
@@ -57,10 +61,15 @@ def _ms(t0: float, t1: float) -> float:
 
 
 async def _search(
-    catalog: CatalogBackend, queries: np.ndarray, params: SearchParams, unknown_threshold: float | None = None
+    catalog: CatalogBackend,
+    queries: np.ndarray,
+    params: SearchParams,
+    unknown_threshold: float | None = None,
+    space: str = "",
 ) -> tuple[list[pb.Recognition], int]:
     """Search float32 [N, D] query rows (stacked once, by the caller or the encoder) in a worker thread; also
-    the catalog version read just before the search (the answer reflects at least that version)."""
+    the catalog version read just before the search (the answer reflects at least that version). `space`: the
+    fingerprint of the model that embedded them (during a migration the catalog holds two models' spaces)."""
 
     def run() -> tuple[list[SearchResult], int]:
         version = catalog.version()
@@ -74,6 +83,7 @@ async def _search(
             labels=params.labels,
             unknown_threshold=unknown_threshold,
             trusted=True,  # rows straight from the encoder, bound to this catalog's model at the door
+            space=space,
         )
         return results, version
 
@@ -110,8 +120,14 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         boxes: Sequence[list[Box] | None],
         caller: object | None = None,
         pixels: Sequence[int] | None = None,
-    ) -> tuple[list[pb.ImageResult], int]:
-        """Embed and search `images`; (one result per image, the catalog version the searches reflected)."""
+        source: str | None = None,
+    ) -> tuple[list[pb.ImageResult], int, Encoder]:
+        """Embed and search `images`; (one result per image, the catalog version the searches reflected, the
+        model that answered). `source`: the checked request source, for drift monitoring (None: not monitored).
+
+        A model switch (this replica's or another's) seen by the version read that comes with the search makes
+        the images run again with the model now serving, so that every answer at or past the switch's catalog
+        version carries the new model's fingerprint (rare: only calls embedded just before a switch)."""
         t0 = time.perf_counter()
         embedded = await embed_batch(
             engine, [im.content for im in images], boxes, deadline, self.max_image_bytes, caller=caller,
@@ -120,7 +136,15 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         t1 = time.perf_counter()
         good = [o for e in embedded for o in e.outputs if isinstance(o, np.ndarray)]
         queries = np.stack(good) if good else np.zeros((0, engine.dim), dtype=np.float32)
-        found_list, version = await _search(catalog, queries, params)
+        found_list, version = await _search(catalog, queries, params, space=engine.fingerprint)
+        serving = catalog.fingerprint
+        if serving != engine.fingerprint and self.rt.migration is not None:
+            newer = self.rt.migration.engine_for(serving)
+            if newer is not None and newer is not engine:
+                return await self._recognize(newer, catalog, images, params, deadline, t_start, boxes, caller,
+                                             None, source)
+        if source is not None and self.rt.drift is not None:  # O(1): queued for the monitor's own thread
+            self.rt.drift.observe(source, engine.fingerprint, queries, found_list)
         found = iter(found_list)
         t2 = time.perf_counter()
         timings = common_pb2.Timings(embed_ms=_ms(t0, t1), search_ms=_ms(t1, t2), total_ms=_ms(t_start, t2))
@@ -138,7 +162,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                     for i, rec in enumerate(recs)
                 )
             results.append(res)
-        return results, version
+        return results, version, engine
 
     async def _reach(
         self, catalog: CatalogBackend, params: SearchParams, deadline: float | None, reached: int = 0
@@ -162,6 +186,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         engine, catalog = self.rt.searchable()
         check_images(request.images, self.settings, required=True)
         params = search_params(request.options, self.settings)
+        source = check_source(request.source)
         boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(request.images)]
         call_fields()["images"] = len(request.images)
         if self.rt.metrics is not None:
@@ -172,8 +197,13 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             self.rt, engine, [im.content for im in request.images], boxes, deadline, self.max_image_bytes
         )
         with ticket:
-            results, version = await self._recognize(
-                engine, catalog, request.images, params, deadline, t_start, boxes, pixels=pixels
+            results, version, engine = await self._recognize(
+                engine, catalog, request.images, params, deadline, t_start, boxes, pixels=pixels, source=source
+            )
+        if self.rt.migration is not None:  # a share of calls is answered by a migration's candidate too
+            self.rt.migration.maybe_shadow(
+                [im.content for im in request.images], boxes, [top1(r.recognition) for r in results],
+                catalog.settings.unknown_threshold,
             )
         self._count("Recognize", results)
         return pb.RecognizeResponse(
@@ -191,7 +221,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         The stream counts as one call against the concurrency cap for its whole life; each image is admitted
         on its own (a refused image answers RESOURCE_EXHAUSTED in its result, the stream goes on), and the
         stream's images share one turn of the decode threads."""
-        engine, catalog = self.rt.searchable()
+        _, catalog = self.rt.searchable()
         deadline = deadline_of(context)
         admission = self.rt.admission
         stream_ticket = admission.open_call()
@@ -204,19 +234,22 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         reached = [0]  # the highest catalog version this stream has seen: no image waits for one at or below it
 
         async def one(
-            image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float, at: tuple[int, int]
+            image: pb.ImageInput, params: SearchParams, boxes: list[Box] | None, t_in: float, at: tuple[int, int],
+            source: str,
         ) -> None:
             version = 0
             try:
-                self.rt.searchable()  # an image read after draining began is refused on its own
+                # an image read after draining began is refused on its own; each image takes the model serving
+                # when it is read (a long stream follows a model switch)
+                current, _ = self.rt.searchable()
                 reached[0] = max(reached[0], await self._reach(catalog, params, deadline, reached[0]))
                 ticket, pixels = admit_images(
-                    self.rt, engine, [image.content], [boxes], deadline, self.max_image_bytes, new_call=False,
+                    self.rt, current, [image.content], [boxes], deadline, self.max_image_bytes, new_call=False,
                     field="image",
                 )
                 with ticket:
-                    results, version = await self._recognize(
-                        engine, catalog, [image], params, deadline, t_in, [boxes], stream_key, pixels
+                    results, version, _ = await self._recognize(
+                        current, catalog, [image], params, deadline, t_in, [boxes], stream_key, pixels, source
                     )
                 res = results[0]
                 reached[0] = max(reached[0], version)
@@ -243,6 +276,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
 
         async def reader() -> None:
             params = search_params(common_pb2.SearchOptions(), self.settings)
+            source = DEFAULT_SOURCE
             try:
                 index = -1
                 async for msg in request_iterator:
@@ -251,17 +285,18 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                     try:
                         check_images(msg.images, self.settings)
                         these = search_params(msg.options, self.settings) if msg.HasField("options") else params
+                        src = check_source(msg.source) if msg.source else source
                         boxes = [boxes_of(im, i, self.settings) for i, im in enumerate(msg.images)]
                     except SkulensError as exc:  # this message is refused; the stream and its options go on
                         await refuse(msg, index, exc)
                         continue
-                    params = these
+                    params, source = these, src
                     if self.rt.metrics is not None and len(msg.images):
                         self.rt.metrics.observe_items("RecognizeStream", len(msg.images))
                     for k, (image, b) in enumerate(zip(msg.images, boxes, strict=True)):
                         await window.acquire()
                         fields["images"] += 1
-                        t = asyncio.create_task(one(image, params, b, t_in, (index, k)))
+                        t = asyncio.create_task(one(image, params, b, t_in, (index, k), source))
                         tasks.add(t)
                         t.add_done_callback(tasks.discard)
                 if tasks:
@@ -303,12 +338,26 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         if self.rt.metrics is not None:
             self.rt.metrics.observe_items("SearchByText", len(request.texts))
             self.rt.metrics.texts.labels("SearchByText").inc(len(request.texts))
-        recs, version = await _search(catalog, vectors, params, self.settings.text_unknown_threshold)
+        recs, version = await _search(
+            catalog, vectors, params, self.settings.text_unknown_threshold, space=engine.fingerprint
+        )
         return pb.SearchByTextResponse(
             results=[pb.TextResult(text=t, recognition=r) for t, r in zip(request.texts, recs, strict=True)],
             model_fingerprint=engine.fingerprint,
             catalog_version=version,
         )
+
+    async def Evaluate(
+        self, request_iterator: AsyncIterator[pb.EvaluateRequest], context: grpc.aio.ServicerContext
+    ) -> pb.EvaluateResponse:
+        """See recognition.proto (the use case: skulens.service.evaluation)."""
+        return await evaluate_stream(self.rt, request_iterator, context)
+
+    async def GetDriftReport(
+        self, request: pb.GetDriftReportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetDriftReportResponse:
+        """See recognition.proto (the monitor: skulens.service.drift_monitor)."""
+        return drift_report(self.rt.drift, request)
 
     async def GetServerInfo(
         self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
@@ -336,6 +385,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                 default_top_k=s.default_top_k,
                 max_image_pixels=decode.max_pixels,
                 min_image_side=decode.min_side,
+                max_evaluation_images=s.max_evaluation_images,
             ),
             thresholds=pb.MatchThresholds(
                 unknown_threshold=catalog.settings.unknown_threshold,

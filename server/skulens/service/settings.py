@@ -24,6 +24,7 @@ from skulens.errors import ConfigError
 from skulens.imaging.limits import DecodeLimits
 from skulens.inference.options import BatcherOptions, EncoderOptions, EngineOptions
 from skulens.service.admission_options import AdmissionOptions
+from skulens.service.drift_options import DriftOptions
 
 SCOPE_RECOGNIZE = "recognize"
 SCOPE_CATALOG_WRITE = "catalog:write"
@@ -145,6 +146,10 @@ class Settings:
     )
     default_top_k: int = _opt(5, "top_k when a request leaves it 0", int, group="limits")
     max_top_k: int = _opt(100, "largest top_k a request may ask for", int, group="limits")
+    max_evaluation_images: int = _opt(
+        1_000_000, "labelled photos per Evaluate call (each is kept as its answer, a few hundred bytes)", int,
+        group="limits",
+    )
     stream_window: int = _opt(
         64, "images of one RecognizeStream/AddReferenceImages call in flight at once", int, group="limits"
     )
@@ -303,6 +308,47 @@ class Settings:
     sync_commits: bool = _opt(
         True, "fsync every catalog commit (FULL); off = NORMAL, faster", parse_bool, group="catalog"
     )
+    migration_poll_seconds: float = _opt(
+        1.0,
+        "how often the model-migration state is read from the catalog (other replicas' starts and switches)",
+        float,
+        group="migration",
+    )
+    backfill_batch: int = _opt(
+        32, "reference images embedded per back-fill step of a model migration", int, group="migration"
+    )
+    backfill_pause_seconds: float = _opt(
+        0.0,
+        "pause between back-fill steps (yields CPU/GPU to live traffic; 0 = back-fill at full speed)",
+        float,
+        group="migration",
+    )
+    # -- drift monitoring (service/drift_monitor.py, docs/MONITORING.md)
+    drift_monitor: bool = _opt(
+        True, "watch each request source's query stream for drift (GetDriftReport, skulens_drift_* metrics)",
+        parse_bool, group="drift",
+    )
+    drift_max_sources: int = _opt(
+        64, "request sources tracked (bounds the monitor's memory); later ones are counted as _other", int,
+        group="drift",
+    )
+    drift_window_size: int = _opt(200, "queries per drift window (it slides by a quarter)", int, group="drift")
+    drift_window_seconds: float = _opt(900.0, "longest time a drift window spans", float, group="drift")
+    drift_baseline_windows: int = _opt(
+        2, "windows of a source's first queries that make its baseline", int, group="drift"
+    )
+    drift_clusters: int = _opt(
+        64, "k-means centres fitted on the catalog's references (the 'far from every cluster' signal)", int,
+        group="drift",
+    )
+    drift_refit_seconds: float = _opt(
+        300.0, "least time between two reference fits while the catalog keeps changing", float, group="drift"
+    )
+    drift_watch_effect: float = _opt(0.2, "effect size (Cohen's h / d) a signal needs for WATCH", float, group="drift")
+    drift_watch_z: float = _opt(3.0, "z a signal needs for WATCH", float, group="drift")
+    drift_alert_effect: float = _opt(0.5, "effect size a signal needs for DRIFT", float, group="drift")
+    drift_alert_z: float = _opt(5.0, "z a signal needs for DRIFT", float, group="drift")
+    drift_history: int = _opt(240, "judged windows kept per source (report, plot)", int, group="drift")
 
     def __post_init__(self) -> None:
         def bad(name: str, limit: str) -> SettingsError:
@@ -312,6 +358,12 @@ class Settings:
             raise bad("port", "in 0..65535")
         if not 0.0 <= self.catalog_wait_ms <= 600_000.0:
             raise bad("catalog_wait_ms", "in 0..600000")
+        if not 0.01 <= self.migration_poll_seconds <= 3600.0:
+            raise bad("migration_poll_seconds", "in 0.01..3600")
+        if not 1 <= self.backfill_batch <= 4096:
+            raise bad("backfill_batch", "in 1..4096")
+        if not 0.0 <= self.backfill_pause_seconds <= 3600.0:
+            raise bad("backfill_pause_seconds", "in 0..3600")
         if self.catalog:
             if self.data_dir is not None:
                 raise SettingsError("give either --catalog / SKULENS_CATALOG or --data / SKULENS_DATA_DIR, not both")
@@ -330,6 +382,7 @@ class Settings:
             "default_top_k",
             "max_top_k",
             "stream_window",
+            "max_evaluation_images",
             "enroll_chunk",
             "max_batch",
             "max_queue",
@@ -380,6 +433,22 @@ class Settings:
             raise bad("ambiguity_margin", "in [0, 2]")
         if not -1.0 <= self.text_unknown_threshold <= 1.0:
             raise bad("text_unknown_threshold", "in [-1, 1]")
+        self._check_drift(bad)
+
+    def _check_drift(self, bad: Callable[[str, str], SettingsError]) -> None:
+        for name, lo, hi in (
+            ("drift_max_sources", 1, 10_000), ("drift_window_size", 4, 1_000_000), ("drift_baseline_windows", 1, 100),
+            ("drift_clusters", 1, 4096), ("drift_history", 1, 100_000),
+        ):
+            if not lo <= getattr(self, name) <= hi:
+                raise bad(name, f"in {lo}..{hi}")
+        for name in ("drift_window_seconds", "drift_refit_seconds", "drift_watch_effect", "drift_watch_z"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "> 0")
+        if self.drift_alert_effect < self.drift_watch_effect:
+            raise bad("drift_alert_effect", f">= drift_watch_effect ({self.drift_watch_effect})")
+        if self.drift_alert_z < self.drift_watch_z:
+            raise bad("drift_alert_z", f">= drift_watch_z ({self.drift_watch_z})")
 
     # ---- sources
     @classmethod
@@ -486,6 +555,16 @@ class Settings:
             max_inflight_bytes=max(1, int(self.max_inflight_mb * MIB)),
             queue_budget_s=self.queue_budget_ms / 1000.0,
             max_request_pixels=max(1, int(self.max_request_megapixels * 1_000_000)),
+        )
+
+    def drift_options(self) -> DriftOptions:
+        """The drift monitor's options from these settings."""
+        return DriftOptions(
+            max_sources=self.drift_max_sources, window_size=self.drift_window_size,
+            window_seconds=self.drift_window_seconds, baseline_windows=self.drift_baseline_windows,
+            clusters=self.drift_clusters, refit_seconds=self.drift_refit_seconds, watch_z=self.drift_watch_z,
+            alert_z=self.drift_alert_z, watch_effect=self.drift_watch_effect, alert_effect=self.drift_alert_effect,
+            history=self.drift_history,
         )
 
     def catalog_location(self) -> CatalogLocation | None:

@@ -18,6 +18,8 @@ from skulens.service.settings import Settings
 if TYPE_CHECKING:
     from skulens.catalog.backend import CatalogBackend
     from skulens.inference.protocol import Encoder
+    from skulens.service.drift_monitor import DriftMonitor
+    from skulens.service.migration import MigrationManager
 
 
 class Phase(enum.Enum):
@@ -39,7 +41,12 @@ class Runtime:
     catalog: CatalogBackend | None = None
     phase: Phase = Phase.LOADING
     admission: Admission = None  # type: ignore[assignment]  # built from settings when not given
-    _paired: tuple[Encoder, CatalogBackend, bool] | None = field(
+    drift: DriftMonitor | None = None  # per-source drift signals (None: --no-drift-monitor, or not a ServerApp)
+    #: During a model migration: the other model (candidate, or previous after a switch), which enrolments
+    #: also embed with, and the manager that keeps both (None: no migration support wired).
+    other_engine: Encoder | None = None
+    migration: MigrationManager | None = None
+    _paired: tuple[Encoder, CatalogBackend, str, bool] | None = field(
         default=None, init=False, repr=False
     )
 
@@ -61,10 +68,18 @@ class Runtime:
         The fingerprints are compared once per (encoder, catalog) pair installed, not on every call: this is
         the door where a request's vectors are bound to the catalog's space."""
         engine, catalog = self.ready()
-        if self._paired is None or self._paired[0] is not engine or self._paired[1] is not catalog:
-            same = (catalog.fingerprint, catalog.dim) == (engine.fingerprint, engine.dim)
-            self._paired = (engine, catalog, same)
-        if not self._paired[2]:  # a fresh error per refused call (an exception instance is not shared)
+        serving = catalog.fingerprint
+        if engine.fingerprint != serving and self.migration is not None:
+            switched = self.migration.engine_for(serving)  # another replica switched the catalog: follow it
+            if switched is not None:
+                self.engine = engine = switched
+        if self._paired is None or self._paired[:3] != (engine, catalog, serving):
+            same = (serving, catalog.dim) == (engine.fingerprint, engine.dim)
+            if not same:  # still fine when the catalog holds this model's space (a migration's other model)
+                space = catalog.migration_state().space(engine.fingerprint)
+                same = space is not None and space.dim == engine.dim
+            self._paired = (engine, catalog, serving, same)
+        if not self._paired[3]:  # a fresh error per refused call (an exception instance is not shared)
             raise FingerprintMismatch.between(catalog.fingerprint, catalog.dim, engine.fingerprint, engine.dim)
         return engine, catalog
 
