@@ -466,10 +466,9 @@ def render(
         f"embeddings of {dim} values, one OpenMP thread, 20 iterations): **{km:.2f} s** (median of 3); the read "
         "of the sample comes on top (`sample_embeddings`: reference ids drawn in SQL, then only the chosen rows).",
         "",
-        "![drift signals over time, grocery run](img/drift-grocery.png)",
-        "",
-        "`docs/img/drift-grocery.png`: `skulens.client.monitor.plot` of this run's report (the six sources above, "
-        "one after the other in time; dots: each judged window's state).",
+        "`bench/bench_drift.py` also draws the signals of this run over time (`skulens.client.monitor.plot`: the "
+        "six sources above, one after the other; dots: each judged window's state) into "
+        "`docs/img/drift-grocery.png`, which is generated, not committed.",
     ]
     return "\n".join(lines)
 
