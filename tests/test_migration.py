@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 from serve_process import ServeProcess
 from service_harness import SHARED, RunningServer, make_settings, pattern_image
 
@@ -107,6 +108,11 @@ def test_live_traffic_through_start_backfill_shadow_switch_and_finish(
         done = wait_for("back-fill", lambda: (s := client.get_migration()).backfill.pending == 0 and s)
         stats = wait_for("stats to count the back-fill", lambda: (st := client.stats()).migration_embedded and st)
         assert (stats.migration_phase, stats.migration_model_fingerprint) == ("candidate", new)
+        metrics = generate_latest(server.registry).decode()
+        assert 'skulens_migration_phase{phase="candidate"} 1.0' in metrics
+        assert f'skulens_migration_backfill_references{{state="embedded"}} {2 * (N_PRODUCTS + 1)}.0' in metrics
+        assert 'skulens_migration_backfill_references{state="pending"} 0.0' in metrics
+        assert "skulens_migration_backfill_images_total" in metrics
         assert done.backfill.embedded == done.backfill.live_references == 2 * (N_PRODUCTS + 1)
         assert done.backfill.unembeddable == 0
         wait_for("shadow comparisons", lambda: client.get_migration().shadow.compared >= 5)
