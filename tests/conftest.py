@@ -133,25 +133,16 @@ def clip_rn50_model_dir() -> Path:
     return export_cached("clip-rn50-random-s0-fp32", build)
 
 
-def _dinov2_s(variant: str) -> Callable[[Path], object]:
-    def build(out: Path) -> object:
-        from skulens.export.dinov2 import export_dinov2
-
-        return export_dinov2(out, model_name="dinov2-vits14", weights="random", seed=0, variant=variant, force=True)
-
-    return build
-
-
 @pytest.fixture(scope="session")
 def dinov2_model_dir() -> Path:
     """DINOv2 ViT-S/14 (timm architecture), random weights (seed 0), fp32, image tower only, 384-d."""
-    return export_cached("dinov2-vits14-random-s0-fp32", _dinov2_s("fp32"))
 
+    def build(out: Path) -> object:
+        from skulens.export.dinov2 import export_dinov2
 
-@pytest.fixture(scope="session")
-def dinov2_int8_model_dir() -> Path:
-    """DINOv2 ViT-S/14, random weights (seed 0), int8 dynamic quantisation."""
-    return export_cached("dinov2-vits14-random-s0-int8", _dinov2_s("int8"))
+        return export_dinov2(out, model_name="dinov2-vits14", weights="random", seed=0, force=True)
+
+    return export_cached("dinov2-vits14-random-s0-fp32", build)
 
 
 # ================================================================ PostgreSQL (tests/pg_fixture.py)

@@ -91,29 +91,19 @@ def test_effnet_rejects_clip_only_options(tmp_path: Path, capsys: pytest.Capture
     assert "apply to ViT-B-32, RN50, dinov2-vits14, dinov2-vitb14 only" in capsys.readouterr().err
 
 
-def test_dinov2_export_from_an_official_checkpoint(
+def test_checkpoint_and_weights_reach_the_dinov2_exporter(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`--checkpoint` with DINOv2's own file format (flat state dict with mask_token, 37×37 grid for 518 px)."""
-    import torch
-
-    from skulens.export.dinov2 import build_dinov2
-    from skulens.model.manifest import embedding_fingerprint, load_manifest, sha256_file
-
-    torch.manual_seed(4)
-    state = build_dinov2("dinov2-vits14", img_size=518).state_dict()
-    ckpt = tmp_path / "dinov2_vits14_pretrain.pth"
-    torch.save({**state, "mask_token": torch.zeros(1, 384)}, ckpt)
+    """DINOv2 takes --checkpoint and --weights (loading both checkpoint formats: tests/test_export_dinov2.py)."""
     out = tmp_path / "dino"
-    assert cli.main(["--model", "dinov2-vits14", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "exported dinov2-vits14 (image_only, weights=checkpoint" in text and "dim=384" in text
-    assert "embedding the CLS token after the final LayerNorm" in text
-    m = load_manifest(out)
-    assert m.fingerprint == embedding_fingerprint("dinov2-vits14", "checkpoint", sha256_file(ckpt), 384)
-    assert m.seed is None and m.parity["image"]["max_abs_diff"] <= 1e-4
-    assert cli.main(["--model", "dinov2-vits14", "--weights", "openai", "--out", str(tmp_path / "x")]) == 1
-    assert "'lvd142m' (published) or 'random'" in capsys.readouterr().err
+    missing = ["--checkpoint", str(tmp_path / "missing.pth")]
+    assert cli.main(["--model", "dinov2-vits14", *missing, "--out", str(out)]) == 1
+    assert "missing.pth does not exist" in capsys.readouterr().err
+    assert cli.main(["--model", "dinov2-vitb14", "--weights", "openai", "--out", str(out)]) == 1
+    assert "dinov2-vitb14 weights must be 'lvd142m' (published) or 'random'" in capsys.readouterr().err
+    assert cli.main(["--model", "RN50", "--weights", "lvd142m", "--out", str(out)]) == 1
+    assert "RN50 weights must be 'openai' (published) or 'random'" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_offline_openai_exit_code_and_message(tmp_path: Path) -> None:
