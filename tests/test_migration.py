@@ -316,4 +316,6 @@ def test_evaluate_with_a_model_the_server_does_not_hold_is_failed_precondition(s
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "not-loaded/1:00" in (err.value.details() or "")
     msg.options.model_fingerprint = client.server_info().model.fingerprint  # the serving one is fine
-    assert client.evaluate([msg]).report.overall.top1 == 1.0
+    msg.options.search.unknown_threshold = 0.25  # a threshold set on the request is the one in force
+    report = client.evaluate([msg]).report
+    assert report.overall.top1 == 1.0 and report.thresholds.unknown_threshold == pytest.approx(0.25)

@@ -83,6 +83,25 @@ def test_each_image_top1_is_its_own_product(client: SkulensClient) -> None:
         assert r.timings.total_ms >= r.timings.embed_ms > 0 and r.timings.search_ms >= 0
 
 
+def test_thresholds_can_be_set_per_request(client: SkulensClient) -> None:
+    img = [image_input(pattern_image(0, variant=5))]  # near p0 (score < 1), not one of its references
+
+    def verdict(**options: float) -> int:
+        opts = common_pb2.SearchOptions(top_k=3, **options)  # type: ignore[arg-type]
+        return int(client.recognize(img, opts).results[0].recognition.verdict)
+
+    best = client.recognize(img).results[0].recognition.best_score
+    assert best < 1.0
+    assert verdict(unknown_threshold=min(1.0, best + 1e-4)) == common_pb2.VERDICT_UNKNOWN
+    assert verdict(unknown_threshold=-1.0, ambiguity_margin=0.0) == common_pb2.VERDICT_KNOWN
+    assert verdict(unknown_threshold=-1.0, ambiguity_margin=2.0) == common_pb2.VERDICT_AMBIGUOUS  # any runner-up
+    for name, value in (("unknown_threshold", 1.5), ("ambiguity_margin", -0.1)):
+        with pytest.raises(grpc.RpcError) as err:
+            client.recognize(img, common_pb2.SearchOptions(**{name: value}))  # type: ignore[arg-type]
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"options.{name}" in (err.value.details() or "")
+
+
 def test_mixed_batch_bad_images_fail_alone(client: SkulensClient) -> None:
     images = [
         pattern_image(0),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17skulens/v1/common.proto\x12\nskulens.v1\x1a\x19google/protobuf/any.proto\"a\n\nItemStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12%\n\x07\x64\x65tails\x18\x04 \x03(\x0b\x32\x14.google.protobuf.Any\":\n\x03\x42ox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"V\n\x05Match\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x14\n\x0creference_id\x18\x04 \x01(\x03\"\xc6\x01\n\rSearchOptions\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x11\n\tmin_score\x18\x02 \x01(\x02\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x35\n\x06labels\x18\x04 \x03(\x0b\x32%.skulens.v1.SearchOptions.LabelsEntry\x12\x1b\n\x13min_catalog_version\x18\x05 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbe\x01\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12/\n\x06labels\x18\x04 \x03(\x0b\x32\x1f.skulens.v1.Product.LabelsEntry\x12\x17\n\x0freference_count\x18\x05 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x07Timings\x12\x10\n\x08\x65mbed_ms\x18\x01 \x01(\x02\x12\x11\n\tsearch_ms\x18\x02 \x01(\x02\x12\x10\n\x08total_ms\x18\x03 \x01(\x02*a\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_KNOWN\x10\x01\x12\x13\n\x0fVERDICT_UNKNOWN\x10\x02\x12\x15\n\x11VERDICT_AMBIGUOUS\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17skulens/v1/common.proto\x12\nskulens.v1\x1a\x19google/protobuf/any.proto\"a\n\nItemStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12%\n\x07\x64\x65tails\x18\x04 \x03(\x0b\x32\x14.google.protobuf.Any\":\n\x03\x42ox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"V\n\x05Match\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x14\n\x0creference_id\x18\x04 \x01(\x03\"\xb0\x02\n\rSearchOptions\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x11\n\tmin_score\x18\x02 \x01(\x02\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x35\n\x06labels\x18\x04 \x03(\x0b\x32%.skulens.v1.SearchOptions.LabelsEntry\x12\x1b\n\x13min_catalog_version\x18\x05 \x01(\x04\x12\x1e\n\x11unknown_threshold\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x1d\n\x10\x61mbiguity_margin\x18\x07 \x01(\x02H\x01\x88\x01\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x14\n\x12_unknown_thresholdB\x13\n\x11_ambiguity_margin\"\xbe\x01\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12/\n\x06labels\x18\x04 \x03(\x0b\x32\x1f.skulens.v1.Product.LabelsEntry\x12\x17\n\x0freference_count\x18\x05 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x07Timings\x12\x10\n\x08\x65mbed_ms\x18\x01 \x01(\x02\x12\x11\n\tsearch_ms\x18\x02 \x01(\x02\x12\x10\n\x08total_ms\x18\x03 \x01(\x02*a\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_KNOWN\x10\x01\x12\x13\n\x0fVERDICT_UNKNOWN\x10\x02\x12\x15\n\x11VERDICT_AMBIGUOUS\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHOPTIONS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_PRODUCT_LABELSENTRY']._loaded_options = None
   _globals['_PRODUCT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_VERDICT']._serialized_start=773
-  _globals['_VERDICT']._serialized_end=870
+  _globals['_VERDICT']._serialized_start=879
+  _globals['_VERDICT']._serialized_end=976
   _globals['_ITEMSTATUS']._serialized_start=66
   _globals['_ITEMSTATUS']._serialized_end=163
   _globals['_BOX']._serialized_start=165
@@ -45,13 +45,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MATCH']._serialized_start=225
   _globals['_MATCH']._serialized_end=311
   _globals['_SEARCHOPTIONS']._serialized_start=314
-  _globals['_SEARCHOPTIONS']._serialized_end=512
-  _globals['_SEARCHOPTIONS_LABELSENTRY']._serialized_start=467
-  _globals['_SEARCHOPTIONS_LABELSENTRY']._serialized_end=512
-  _globals['_PRODUCT']._serialized_start=515
-  _globals['_PRODUCT']._serialized_end=705
-  _globals['_PRODUCT_LABELSENTRY']._serialized_start=467
-  _globals['_PRODUCT_LABELSENTRY']._serialized_end=512
-  _globals['_TIMINGS']._serialized_start=707
-  _globals['_TIMINGS']._serialized_end=771
+  _globals['_SEARCHOPTIONS']._serialized_end=618
+  _globals['_SEARCHOPTIONS_LABELSENTRY']._serialized_start=530
+  _globals['_SEARCHOPTIONS_LABELSENTRY']._serialized_end=575
+  _globals['_PRODUCT']._serialized_start=621
+  _globals['_PRODUCT']._serialized_end=811
+  _globals['_PRODUCT_LABELSENTRY']._serialized_start=530
+  _globals['_PRODUCT_LABELSENTRY']._serialized_end=575
+  _globals['_TIMINGS']._serialized_start=813
+  _globals['_TIMINGS']._serialized_end=877
 # @@protoc_insertion_point(module_scope)

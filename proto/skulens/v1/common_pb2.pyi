@@ -56,7 +56,7 @@ class Match(_message.Message):
     def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., score: _Optional[float] = ..., reference_id: _Optional[int] = ...) -> None: ...
 
 class SearchOptions(_message.Message):
-    __slots__ = ("top_k", "min_score", "category", "labels", "min_catalog_version")
+    __slots__ = ("top_k", "min_score", "category", "labels", "min_catalog_version", "unknown_threshold", "ambiguity_margin")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,12 +69,16 @@ class SearchOptions(_message.Message):
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MIN_CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    AMBIGUITY_MARGIN_FIELD_NUMBER: _ClassVar[int]
     top_k: int
     min_score: float
     category: str
     labels: _containers.ScalarMap[str, str]
     min_catalog_version: int
-    def __init__(self, top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., min_catalog_version: _Optional[int] = ...) -> None: ...
+    unknown_threshold: float
+    ambiguity_margin: float
+    def __init__(self, top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., min_catalog_version: _Optional[int] = ..., unknown_threshold: _Optional[float] = ..., ambiguity_margin: _Optional[float] = ...) -> None: ...
 
 class Product(_message.Message):
     __slots__ = ("product_id", "display_name", "category", "labels", "reference_count")

@@ -27,6 +27,8 @@ class SearchParams:
     category: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     min_catalog_version: int = 0
+    unknown_threshold: float | None = None  # None: the server's (or the call's own default, e.g. text search)
+    ambiguity_margin: float | None = None
 
 
 def search_params(
@@ -43,8 +45,24 @@ def search_params(
         raise BadRequest(
             f"{prefix}.min_score must be in [-1, 1], got {options.min_score}", field=f"{prefix}.min_score"
         )
+    threshold = margin = None
+    if options.HasField("unknown_threshold"):
+        threshold = float(options.unknown_threshold)
+        if not math.isfinite(threshold) or not -1.0 <= threshold <= 1.0:
+            raise BadRequest(
+                f"{prefix}.unknown_threshold must be in [-1, 1], got {options.unknown_threshold}",
+                field=f"{prefix}.unknown_threshold",
+            )
+    if options.HasField("ambiguity_margin"):
+        margin = float(options.ambiguity_margin)
+        if not math.isfinite(margin) or not 0.0 <= margin <= 2.0:
+            raise BadRequest(
+                f"{prefix}.ambiguity_margin must be in [0, 2], got {options.ambiguity_margin}",
+                field=f"{prefix}.ambiguity_margin",
+            )
     return SearchParams(
-        top_k, min_score or None, options.category, dict(options.labels), int(options.min_catalog_version)
+        top_k, min_score or None, options.category, dict(options.labels), int(options.min_catalog_version),
+        threshold, margin,
     )
 
 

@@ -216,6 +216,8 @@ async def _recognize(
             min_score=params.min_score,
             category=params.category,
             labels=params.labels,
+            unknown_threshold=params.unknown_threshold,
+            ambiguity_margin=params.ambiguity_margin,
             trusted=True,
             space=engine.fingerprint,
         ), version
@@ -282,10 +284,13 @@ def _report(
                 )
             )
     settings = catalog.settings
+    search = params.search  # thresholds in force: the request's, else the catalog's
+    threshold = search.unknown_threshold if search.unknown_threshold is not None else settings.unknown_threshold
+    margin = search.ambiguity_margin if search.ambiguity_margin is not None else settings.ambiguity_margin
     report = evaluate(
         queries,
         target_false_accept=params.target_false_accept,
-        current_unknown_threshold=settings.unknown_threshold,
+        current_unknown_threshold=threshold,
         confused_pairs=params.confused_pairs,
         curve_points=params.curve_points,
     )
@@ -300,7 +305,7 @@ def _report(
     out = report_pb(report)
     out.unlisted_products, out.failed = unlisted, run.failed
     out.thresholds.CopyFrom(
-        pb.MatchThresholds(unknown_threshold=settings.unknown_threshold, ambiguity_margin=settings.ambiguity_margin)
+        pb.MatchThresholds(unknown_threshold=threshold, ambiguity_margin=margin)
     )
     del out.notes[:]
     out.notes.extend(notes)

@@ -81,7 +81,8 @@ async def _search(
             min_score=params.min_score,
             category=params.category,
             labels=params.labels,
-            unknown_threshold=unknown_threshold,
+            unknown_threshold=params.unknown_threshold if params.unknown_threshold is not None else unknown_threshold,
+            ambiguity_margin=params.ambiguity_margin,
             trusted=True,  # rows straight from the encoder, bound to this catalog's model at the door
             space=space,
         )
