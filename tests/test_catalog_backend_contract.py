@@ -1007,3 +1007,26 @@ def test_regions_are_stored_and_part_of_the_duplicate_identity(backend: CatalogB
 
     backend.start_migration(ModelSpace(CAND, CDIM))
     assert [p.region for p in backend.pending_references(CAND)] == [None, (0, 0, 10, 20), (5, 0, 10, 20)]
+
+
+def test_etags_guard_product_writes(backend: CatalogBackend) -> None:
+    from skulens.catalog.errors import EtagMismatch
+
+    p, _ = backend.upsert_product("oat", "Oat drink", "drinks", {"brand": "x"})
+    assert p.etag and backend.get_product("oat").product.etag == p.etag  # the same tag on read
+    v0 = backend.version()
+    with pytest.raises(EtagMismatch) as err:
+        backend.upsert_product("oat", "Other", expected_etag="0" * 24)
+    assert err.value.field == "etag" and backend.version() == v0  # nothing written
+    q, created = backend.upsert_product("oat", "Oat drink 1 l", update_fields=["display_name"], expected_etag=p.etag)
+    assert not created and q.display_name == "Oat drink 1 l" and q.etag != p.etag
+    assert backend.get_product("oat").product.etag == q.etag
+    with pytest.raises(EtagMismatch):  # the old tag is stale now: a lost update is refused
+        backend.upsert_product("oat", "Stale write", expected_etag=p.etag)
+    with pytest.raises(NotFound):
+        backend.upsert_product("missing", expected_etag=p.etag)
+    with pytest.raises(EtagMismatch):
+        backend.delete_product("oat", expected_etag=p.etag)
+    assert backend.delete_product("oat", expected_etag=q.etag) == 0
+    with pytest.raises(NotFound):
+        backend.get_product("oat")

@@ -70,6 +70,25 @@ def test_upsert_creates_then_updates(client: SkulensClient) -> None:
     assert client.get_product("milk-1l").product.display_name == "Milk"  # type: ignore[union-attr]
 
 
+def test_etags_refuse_lost_updates_and_stale_deletes(client: SkulensClient) -> None:
+    first = client.upsert_product("etag-1", "Oat drink", "drinks").product
+    got = client.get_product("etag-1")
+    assert got is not None and got.product.etag == first.etag != ""
+    listed = next(p for p in client.list_products(category="drinks") if p.product_id == "etag-1")
+    assert listed.etag == first.etag
+    second = client.upsert_product("etag-1", "Oat drink 1 l", etag=first.etag).product  # nobody wrote meanwhile
+    assert second.display_name == "Oat drink 1 l" and second.etag != first.etag
+    with pytest.raises(grpc.RpcError) as err:  # a writer still holding the first read loses, and is told so
+        client.upsert_product("etag-1", "Stale", etag=first.etag)
+    assert err.value.code() == grpc.StatusCode.ABORTED and "changed since it was read" in (err.value.details() or "")
+    with pytest.raises(grpc.RpcError) as err:
+        client.delete_product("etag-1", etag=first.etag)
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    after = client.get_product("etag-1")
+    assert after is not None and after.product.display_name == "Oat drink 1 l"
+    assert client.delete_product("etag-1", etag=second.etag) == 0
+
+
 def test_create_only_on_an_existing_product_is_already_exists(client: SkulensClient) -> None:
     assert client.upsert_product("tea-20", display_name="Tea", create_only=True).created
     err = rpc_error(client.upsert_product, "tea-20", display_name="Other tea", create_only=True)

@@ -73,9 +73,12 @@ class CatalogBackend(Protocol):
         *,
         create_only: bool = False,
         update_fields: Sequence[str] | frozenset[str] | None = None,
+        expected_etag: str | None = None,
     ) -> tuple[Product, bool]:
         """Create a product, or update an existing one: every field, or only `update_fields` (of display_name,
-        category, labels; the others keep their stored values); (product as stored, created)."""
+        category, labels; the others keep their stored values); (product as stored, created). `expected_etag`:
+        update only if the stored product still has this `Product.etag` (EtagMismatch otherwise; NotFound when
+        the product does not exist), checked in the write's transaction."""
         ...
 
     def get_product(self, product_id: str) -> ProductDetail:
@@ -88,8 +91,8 @@ class CatalogBackend(Protocol):
         """One page ordered by product id, and the next page's token ("" at the end)."""
         ...
 
-    def delete_product(self, product_id: str) -> int:
-        """Delete a product and its references; how many references went."""
+    def delete_product(self, product_id: str, expected_etag: str | None = None) -> int:
+        """Delete a product and its references; how many references went (`expected_etag`: as `upsert_product`)."""
         ...
 
     def add_references(

@@ -218,18 +218,21 @@ class Catalog(BackendState):
     # ================================================================ writes
     def upsert_product(self, product_id: str, display_name: str = "", category: str = "",
                        labels: Mapping[str, str] | None = None, *, create_only: bool = False,
-                       update_fields: Sequence[str] | frozenset[str] | None = None) -> tuple[Product, bool]:
+                       update_fields: Sequence[str] | frozenset[str] | None = None,
+                       expected_etag: str | None = None) -> tuple[Product, bool]:
         """Create a product, or update an existing one's display name, category and labels (all of them, or only
         `update_fields`); returns (product as stored, created).
 
-        `create_only`: an existing product is left as it is and `AlreadyExists` is raised.
+        `create_only`: an existing product is left as it is and `AlreadyExists` is raised. `expected_etag`: write
+        only if the stored product's `etag` is this one (EtagMismatch / NotFound otherwise).
         """
         self._check_open()
         pid = v.product_id(product_id)
         name, cat, lab = v.display_name(display_name), v.category(category), v.labels(labels)
         fields = v.update_fields(update_fields)
         with self._write_lock:
-            row, created, count, gen = self._store.upsert_product(pid, name, cat, lab, create_only, fields)
+            row, created, count, gen = self._store.upsert_product(pid, name, cat, lab, create_only, fields,
+                                                                  expected_etag)
             with self._view.rw.write():
                 ok = self._view.advance(gen)
                 self._view.put_product(row)
@@ -284,12 +287,13 @@ class Catalog(BackendState):
         shas = [v.sha256_hex(s, f"content_sha256s[{i}]") for i, s in enumerate(content_sha256s)]
         return self._store.existing_hashes(pid, shas)
 
-    def delete_product(self, product_id: str) -> int:
-        """Delete a product and all its references; returns how many references were removed."""
+    def delete_product(self, product_id: str, expected_etag: str | None = None) -> int:
+        """Delete a product and all its references; returns how many references were removed (`expected_etag`:
+        as `upsert_product`)."""
         self._check_open()
         pid = v.product_id(product_id)
         with self._write_lock:
-            pk, ids, gen = self._store.delete_product(pid)
+            pk, ids, gen = self._store.delete_product(pid, expected_etag)
             with self._view.rw.write():
                 ok = self._view.advance(gen)
                 self._view.remove_references(gen, np.asarray(ids, dtype=np.int64))

@@ -51,6 +51,11 @@ class FingerprintMismatch(CatalogError):
         return err
 
 
+class EtagMismatch(CatalogError):
+    """A write named the product's etag as read earlier, and the product has changed since (AIP-154): nothing was
+    written; read it again and retry."""
+
+
 class MigrationError(CatalogError):
     """A model-migration step does not fit the migration's state (none running, another model's migration, the
     candidate space not filled yet, no previous model to switch back to); nothing was changed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,19 @@ class Product:
     reference_count: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    @property
+    def etag(self) -> str:
+        """A tag of the product's own fields as stored (id, name, category, labels, last update; AIP-154): it
+        changes with every write of the product, not with its references. Same on every backend and replica."""
+        return product_etag(self.product_id, self.display_name, self.category, self.labels, self.updated_at)
+
+
+def product_etag(product_id: str, display_name: str, category: str, labels: dict[str, str],
+                 updated_at: float) -> str:
+    """The etag of a product's stored fields (see `Product.etag`)."""
+    text = json.dumps([product_id, display_name, category, sorted(labels.items()), repr(float(updated_at))])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from skulens.catalog.backend import BackendState
 from skulens.catalog.errors import (
     AlreadyExists,
     CatalogUnavailable,
+    EtagMismatch,
     FingerprintMismatch,
     InvalidArgument,
     MigrationError,
@@ -64,6 +65,7 @@ from skulens.catalog.models import (
     ProductDetail,
     ReferenceInfo,
     SearchResult,
+    product_etag,
     region_of,
 )
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, Database, one_row, parse_url, redact
@@ -214,10 +216,12 @@ class PostgresCatalog(BackendState):
     # ================================================================ writes
     def upsert_product(self, product_id: str, display_name: str = "", category: str = "",
                        labels: Mapping[str, str] | None = None, *, create_only: bool = False,
-                       update_fields: Sequence[str] | frozenset[str] | None = None) -> tuple[Product, bool]:
+                       update_fields: Sequence[str] | frozenset[str] | None = None,
+                       expected_etag: str | None = None) -> tuple[Product, bool]:
         """Create a product, or replace its display name, category and labels; returns (product, created).
 
-        `create_only`: an existing product is left as it is and `AlreadyExists` is raised.
+        `create_only`: an existing product is left as it is and `AlreadyExists` is raised. `expected_etag`: write
+        only if the stored product's `etag` is this one (EtagMismatch / NotFound otherwise; row-locked check).
         """
         self._check_open()
         pid = v.product_id(product_id)
@@ -226,6 +230,8 @@ class PostgresCatalog(BackendState):
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in v.PRODUCT_FIELDS if fields is None or c in fields)
 
         def tx(conn: Conn) -> tuple[Product, bool]:
+            if expected_etag is not None:
+                self._check_etag(conn, pid, expected_etag)
             now = time.time()
             args = {"pid": pid, "name": name, "cat": cat, "labels": Jsonb(lab), "now": now}
             insert = ("INSERT INTO {products} (product_id, display_name, category, labels, created_at, updated_at) "
@@ -314,12 +320,27 @@ class PostgresCatalog(BackendState):
 
         return self._db.run(tx, tx=False)
 
-    def delete_product(self, product_id: str) -> int:
-        """Delete (tombstone) a product and all its references; returns how many references were removed."""
+    def _check_etag(self, conn: Conn, pid: str, expected: str) -> None:
+        """NotFound / EtagMismatch unless the live product has etag `expected`; its row stays locked."""
+        row = conn.execute(self._schema.q(
+            "SELECT display_name, category, labels, updated_at FROM {products} WHERE product_id = %s "
+            "AND deleted_at IS NULL FOR NO KEY UPDATE"), (pid,)).fetchone()
+        if row is None:
+            raise NotFound(f"product {pid!r} does not exist (the request names its etag)", field="product_id")
+        etag = product_etag(pid, str(row[0]), str(row[1]), dict(row[2]), float(row[3]))
+        if etag != expected:
+            raise EtagMismatch(f"product {pid!r} changed since it was read (etag {expected!r}, now {etag!r}): "
+                               "nothing was written; read it again and retry", field="etag")
+
+    def delete_product(self, product_id: str, expected_etag: str | None = None) -> int:
+        """Delete (tombstone) a product and all its references; returns how many references were removed
+        (`expected_etag`: as `upsert_product`)."""
         self._check_open()
         pid = v.product_id(product_id)
 
         def tx(conn: Conn) -> int:
+            if expected_etag is not None:
+                self._check_etag(conn, pid, expected_etag)
             now = time.time()
             row = conn.execute(self._schema.q(
                 "UPDATE {products} SET deleted_at = %s, reference_count = 0 WHERE product_id = %s "

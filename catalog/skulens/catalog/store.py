@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from skulens.catalog.errors import AlreadyExists, CatalogClosed, CatalogCorrupt, CatalogError, NotFound
+from skulens.catalog.errors import AlreadyExists, CatalogClosed, CatalogCorrupt, CatalogError, EtagMismatch, NotFound
 from skulens.catalog.models import ExportedReference, Product, ReferenceInfo, region_of
 
 SCHEMA_VERSION = 2
@@ -339,8 +339,8 @@ class Store:
 
     # ---------------------------------------------------------------- products
     def upsert_product(self, product_id: str, display_name: str, category: str, labels: dict[str, str],
-                       create_only: bool = False, fields: frozenset[str] | None = None
-                       ) -> tuple[ProductRow, bool, int, int]:
+                       create_only: bool = False, fields: frozenset[str] | None = None,
+                       expected_etag: str | None = None) -> tuple[ProductRow, bool, int, int]:
         """Create or update a product; returns (row as stored, created, reference count, generation).
 
         An existing product gets the `fields` given (None: display_name, category and labels all); with
@@ -349,6 +349,8 @@ class Store:
         now = time.time()
         lj = _labels_json(labels)
         with self.transaction() as tx:
+            if expected_etag is not None:
+                self._check_etag(tx, product_id, expected_etag)
             row = tx.execute("SELECT pk, created_at FROM products WHERE product_id = ?",
                              (product_id,)).fetchone()
             if row is None:
@@ -379,9 +381,21 @@ class Store:
             raise NotFound(f"product {product_id!r} does not exist", field="product_id")
         return int(row[0])
 
-    def delete_product(self, product_id: str) -> tuple[int, list[int], int]:
+    def _check_etag(self, tx: sqlite3.Connection, product_id: str, expected: str) -> None:
+        """NotFound / EtagMismatch unless the stored product has etag `expected` (inside the caller's write)."""
+        row = tx.execute(f"SELECT {_PRODUCT_COLS} FROM products p WHERE p.product_id = ?", (product_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"product {product_id!r} does not exist (the request names its etag)", field="product_id")
+        etag = _product_from_row(row).to_product(0).etag
+        if etag != expected:
+            raise EtagMismatch(f"product {product_id!r} changed since it was read (etag {expected!r}, now "
+                               f"{etag!r}): nothing was written; read it again and retry", field="etag")
+
+    def delete_product(self, product_id: str, expected_etag: str | None = None) -> tuple[int, list[int], int]:
         """Delete a product and its references; returns (product pk, removed reference ids, generation)."""
         with self.transaction() as tx:
+            if expected_etag is not None:
+                self._check_etag(tx, product_id, expected_etag)
             pk = self._product_pk(tx, product_id)
             ids = [int(r[0]) for r in tx.execute(
                 "SELECT reference_id FROM refs WHERE product_pk = ? ORDER BY reference_id", (pk,))]

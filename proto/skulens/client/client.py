@@ -215,16 +215,19 @@ class SkulensClient:
         timeout: float | None = None,
         create_only: bool = False,
         update_mask: Sequence[str] | None = None,
+        etag: str = "",
     ) -> catalog_pb2.UpsertProductResponse:
         """Create or update a product (`create_only`: ALREADY_EXISTS instead of updating). An existing product
         changes the fields named in `update_mask` ("display_name", "category", "labels"; "*": all), or, without
-        it, the fields given non-empty here."""
+        it, the fields given non-empty here. `etag` (from a read's `Product.etag`): update only if nobody changed
+        the product since (ABORTED otherwise)."""
         request = catalog_pb2.UpsertProductRequest(
             product_id=product_id,
             display_name=display_name,
             category=category,
             labels=dict(labels or {}),
             create_only=create_only,
+            etag=etag,
         )
         if update_mask is not None:
             request.update_mask.paths.extend(update_mask)
@@ -282,12 +285,14 @@ class SkulensClient:
 
         yield from self.catalog.EnrollReferenceImages(converted(), **self._kw(timeout))
 
-    def delete_product(self, product_id: str, timeout: float | None = None, allow_missing: bool = False) -> int:
+    def delete_product(
+        self, product_id: str, timeout: float | None = None, allow_missing: bool = False, etag: str = ""
+    ) -> int:
         """Delete a product; returns the number of references deleted (`allow_missing`: 0, not NOT_FOUND, when
-        it does not exist: safe to retry)."""
+        it does not exist: safe to retry; `etag`: only if nobody changed it since that read, else ABORTED)."""
         return int(
             self.catalog.DeleteProduct(
-                catalog_pb2.DeleteProductRequest(product_id=product_id, allow_missing=allow_missing),
+                catalog_pb2.DeleteProductRequest(product_id=product_id, allow_missing=allow_missing, etag=etag),
                 **self._kw(timeout),
             ).deleted_references
         )

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UpsertProductRequest(_message.Message):
-    __slots__ = ("product_id", "display_name", "category", "labels", "create_only", "update_mask")
+    __slots__ = ("product_id", "display_name", "category", "labels", "create_only", "update_mask", "etag")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,13 +23,15 @@ class UpsertProductRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     display_name: str
     category: str
     labels: _containers.ScalarMap[str, str]
     create_only: bool
     update_mask: _field_mask_pb2.FieldMask
-    def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_only: _Optional[bool] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+    etag: str
+    def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_only: _Optional[bool] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class UpsertProductResponse(_message.Message):
     __slots__ = ("product", "created", "catalog_version")
@@ -104,12 +106,14 @@ class AddReferenceImagesResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[AddedReference, _Mapping]]] = ..., added: _Optional[int] = ..., duplicates: _Optional[int] = ..., failed: _Optional[int] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class DeleteProductRequest(_message.Message):
-    __slots__ = ("product_id", "allow_missing")
+    __slots__ = ("product_id", "allow_missing", "etag")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     allow_missing: bool
-    def __init__(self, product_id: _Optional[str] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
+    etag: str
+    def __init__(self, product_id: _Optional[str] = ..., allow_missing: _Optional[bool] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class DeleteProductResponse(_message.Message):
     __slots__ = ("deleted_references", "catalog_version")

@@ -153,4 +153,5 @@ def product_pb(p: Product) -> common_pb2.Product:
         category=p.category,
         labels=dict(p.labels),
         reference_count=int(p.reference_count),
+        etag=p.etag,
     )

@@ -12,6 +12,7 @@ it becomes INTERNAL with a generic text and its traceback goes to the log only.
 | catalog AlreadyExists                                     | ALREADY_EXISTS      |
 | FingerprintMismatch, ModelLoadError, ManifestError        | FAILED_PRECONDITION |
 | catalog MigrationError (step does not fit the migration)  | FAILED_PRECONDITION |
+| catalog EtagMismatch (the product changed since read)     | ABORTED             |
 | Overloaded (incl. admission's Shed), TooMany             | RESOURCE_EXHAUSTED  |
 | DeadlineExceeded                                          | DEADLINE_EXCEEDED   |
 | Cancelled                                                 | CANCELLED           |
@@ -99,6 +100,7 @@ STATUS_TABLE: dict[type[SkulensError], grpc.StatusCode] = {
     cat.AlreadyExists: C.ALREADY_EXISTS,
     cat.FingerprintMismatch: C.FAILED_PRECONDITION,
     cat.MigrationError: C.FAILED_PRECONDITION,
+    cat.EtagMismatch: C.ABORTED,
     cat.CatalogCorrupt: C.DATA_LOSS,
     inf.ModelLoadError: C.FAILED_PRECONDITION,
     ManifestError: C.FAILED_PRECONDITION,

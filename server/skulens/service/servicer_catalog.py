@@ -189,6 +189,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 dict(request.labels),
                 create_only=request.create_only,
                 update_fields=_update_fields(request),
+                expected_etag=request.etag or None,
             ),
         )
         return pb.UpsertProductResponse(product=product_pb(product), created=created, catalog_version=version)
@@ -462,7 +463,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         """See catalog.proto."""
         _, catalog = self.rt.ready()
         call_fields()["product_id"] = request.product_id
-        delete = functools.partial(catalog.delete_product, request.product_id)
+        delete = functools.partial(catalog.delete_product, request.product_id, request.etag or None)
         n, version = await _then_version(catalog, _allowing_missing(delete, 0) if request.allow_missing else delete)
         return pb.DeleteProductResponse(deleted_references=n, catalog_version=version)
 
