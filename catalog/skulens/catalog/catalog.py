@@ -396,41 +396,21 @@ class Catalog(BackendState):
         from an `Encoder` of this catalog's model (unit-norm by construction), so only their type and shape are
         checked, not each row's norm again.
         """
-        if space and space != self._view.fingerprint:
-            return self._search_space(space, queries, top_k=top_k, min_score=min_score, category=category,
-                                      labels=labels, unknown_threshold=unknown_threshold,
-                                      ambiguity_margin=ambiguity_margin, trusted=trusted)
-        self._check_open(searchable=True)
-        r = v.search_request(
-            queries, self._view.dim, tolerance=self.settings.norm_tolerance, max_top_k=self.settings.max_top_k,
-            default_threshold=self.settings.unknown_threshold, default_margin=self.settings.ambiguity_margin,
-            top_k=top_k, min_score=min_score, category_=category, labels_=labels,
-            unknown_threshold=unknown_threshold, ambiguity_margin=ambiguity_margin, trusted=trusted)
-        q, k, floor, cat, lab = r.queries, r.top_k, r.min_score, r.category, r.labels
-        threshold, margin = r.unknown_threshold, r.ambiguity_margin
-        if not len(q):
-            return []
-        with self._view.rw.read():
-            return self._view.search(q, k, floor, cat, lab, threshold, margin)
-
-    def _search_space(self, space: str, queries: np.ndarray, *, top_k: int, min_score: float | None,
-                      category: str, labels: Mapping[str, str] | None, unknown_threshold: float | None,
-                      ambiguity_margin: float | None, trusted: bool) -> list[SearchResult]:
-        """`search` in a migration's other model space (exact)."""
-        self._check_open()
-        held = self._migration.space(space)
-        if held is None or held.fingerprint == self._view.fingerprint:
+        other = bool(space) and space != self._view.fingerprint  # a migration's other model: its own space
+        self._check_open(searchable=not other)
+        held = self._migration.space(space) if other else None
+        if other and held is None:
             raise MigrationError(f"the catalog holds no embeddings of model {space!r} (no migration to or from it)")
         r = v.search_request(
-            queries, held.dim, tolerance=self.settings.norm_tolerance, max_top_k=self.settings.max_top_k,
-            default_threshold=self.settings.unknown_threshold, default_margin=self.settings.ambiguity_margin,
-            top_k=top_k, min_score=min_score, category_=category, labels_=labels,
-            unknown_threshold=unknown_threshold, ambiguity_margin=ambiguity_margin, trusted=trusted)
+            queries, held.dim if held is not None else self._view.dim, tolerance=self.settings.norm_tolerance,
+            max_top_k=self.settings.max_top_k, default_threshold=self.settings.unknown_threshold,
+            default_margin=self.settings.ambiguity_margin, top_k=top_k, min_score=min_score, category_=category,
+            labels_=labels, unknown_threshold=unknown_threshold, ambiguity_margin=ambiguity_margin, trusted=trusted)
         if not len(r.queries):
             return []
         with self._view.rw.read():
-            index = self._view.spaces.get(space)
-            if index is None:
+            index = self._view.spaces.get(space) if other else None
+            if other and index is None:
                 raise MigrationError(f"the catalog holds no embeddings of model {space!r}")
             return self._view.search(r.queries, r.top_k, r.min_score, r.category, r.labels, r.unknown_threshold,
                                      r.ambiguity_margin, index=index)
@@ -448,12 +428,7 @@ class Catalog(BackendState):
         serving model when the catalog does not know it yet."""
         self._check_open(searchable=True)
         with self._write_lock:
-            state = self._spaces.state()
-            if serving_model_dir and not state.serving.model_dir:
-                state = MigrationState(ModelSpace(state.serving.fingerprint, state.serving.dim, serving_model_dir),
-                                       state.candidate, state.previous, state.shadow_share, state.started_at,
-                                       state.switched_at)
-            new = state.start(candidate, shadow_share)
+            new = self._spaces.state().start(candidate, shadow_share, serving_model_dir)
             gen = self._spaces.save(new)
             with self._view.rw.write():
                 ok = self._view.advance(gen)
@@ -476,10 +451,7 @@ class Catalog(BackendState):
         meanwhile or already filled are skipped. How many were written."""
         self._check_open()
         held = self._other_space(space)
-        ids = [v.reference_id(x) for x in reference_ids]
-        vecs = v.vectors(vectors, held.dim, self.settings.norm_tolerance, "vectors")
-        if len(vecs) != len(ids):
-            raise InvalidArgument(f"vectors has {len(vecs)} rows for {len(ids)} reference ids", field="vectors")
+        ids, vecs = v.space_rows(reference_ids, vectors, held.dim, self.settings.norm_tolerance)
         with self._write_lock:
             self._other_space(space)
             written, gen = self._spaces.put(space, [(rid, row.astype("<f4").tobytes())
@@ -508,7 +480,7 @@ class Catalog(BackendState):
         self.wait_for_index()
         with self._write_lock:
             old = self._view.fingerprint
-            new, gen = self._spaces.switch(self._migration, fingerprint)
+            new, gen = self._spaces.switch(fingerprint)
             if new.serving.fingerprint == old:
                 return new
             with self._view.rw.read():

@@ -55,6 +55,12 @@ class EtagMismatch(CatalogError):
     """A write named the product's etag as read earlier, and the product has changed since (AIP-154): nothing was
     written; read it again and retry."""
 
+    @classmethod
+    def between(cls, product_id: str, expected: str, stored: str) -> EtagMismatch:
+        """The error for a write of `product_id` naming etag `expected` while the product has `stored`."""
+        return cls(f"product {product_id!r} changed since it was read (etag {expected!r}, now {stored!r}): nothing "
+                   "was written; read it again and retry", field="etag")
+
 
 class MigrationError(CatalogError):
     """A model-migration step does not fit the migration's state (none running, another model's migration, the

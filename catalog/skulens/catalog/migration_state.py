@@ -93,8 +93,10 @@ class MigrationState:
         return None
 
     # ---------------------------------------------------------------- transitions (pure)
-    def start(self, candidate: ModelSpace, shadow_share: float, now: float | None = None) -> MigrationState:
-        """Add `candidate`; the same candidate again only updates its share and model directory."""
+    def start(self, candidate: ModelSpace, shadow_share: float, serving_model_dir: str = "",
+              now: float | None = None) -> MigrationState:
+        """Add `candidate`; the same candidate again only updates its share and model directory.
+        `serving_model_dir` is recorded for the serving model when the state does not know it yet."""
         fp, dim = v.fingerprint(candidate.fingerprint, "fingerprint"), v.dim(candidate.dim)
         share = check_share(shadow_share)
         if fp == self.serving.fingerprint:
@@ -109,7 +111,10 @@ class MigrationState:
             raise InvalidArgument(f"model {fp!r} has dim {self.candidate.dim} in this catalog, not {dim}",
                                   field="model")
         started = self.started_at if self.candidate is not None else (time.time() if now is None else now)
-        return replace(self, candidate=ModelSpace(fp, dim, candidate.model_dir), shadow_share=share,
+        serving = self.serving
+        if serving_model_dir and not serving.model_dir:
+            serving = replace(serving, model_dir=serving_model_dir)
+        return replace(self, serving=serving, candidate=ModelSpace(fp, dim, candidate.model_dir), shadow_share=share,
                        started_at=started)
 
     def switch(self, fingerprint: str, now: float | None = None) -> MigrationState:

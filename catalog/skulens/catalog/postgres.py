@@ -329,8 +329,7 @@ class PostgresCatalog(BackendState):
             raise NotFound(f"product {pid!r} does not exist (the request names its etag)", field="product_id")
         etag = product_etag(pid, str(row[0]), str(row[1]), dict(row[2]), float(row[3]))
         if etag != expected:
-            raise EtagMismatch(f"product {pid!r} changed since it was read (etag {expected!r}, now {etag!r}): "
-                               "nothing was written; read it again and retry", field="etag")
+            raise EtagMismatch.between(pid, expected, etag)
 
     def delete_product(self, product_id: str, expected_etag: str | None = None) -> int:
         """Delete (tombstone) a product and all its references; returns how many references were removed
@@ -534,15 +533,8 @@ class PostgresCatalog(BackendState):
             raise InvalidArgument(f"dim must be at most {HNSW_MAX_DIM} for the PostgreSQL catalog, got "
                                   f"{candidate.dim}", field="dim")
 
-        def change(state: MigrationState) -> tuple[MigrationState, ModelSpace | None]:
-            if serving_model_dir and not state.serving.model_dir:
-                state = MigrationState(ModelSpace(state.serving.fingerprint, state.serving.dim, serving_model_dir),
-                                       state.candidate, state.previous, state.shadow_share, state.started_at,
-                                       state.switched_at)
-            return state.start(candidate, shadow_share), None
-
         self._check_open(searchable=True)
-        return self._change_state(change)
+        return self._change_state(lambda state: (state.start(candidate, shadow_share, serving_model_dir), None))
 
     def pending_references(self, space: str, after: int = 0, limit: int = 64) -> list[PendingReference]:
         """Live references with id > `after` that lack an embedding in `space` (id order, with stored image)."""
@@ -555,10 +547,7 @@ class PostgresCatalog(BackendState):
         """Store embeddings of `space` for these references (deleted or filled ones are skipped); how many."""
         self._check_open()
         held = self._other_space(space)
-        ids = [v.reference_id(x) for x in reference_ids]
-        vecs = v.vectors(vectors, held.dim, self.settings.norm_tolerance, "vectors")
-        if len(vecs) != len(ids):
-            raise InvalidArgument(f"vectors has {len(vecs)} rows for {len(ids)} reference ids", field="vectors")
+        ids, vecs = v.space_rows(reference_ids, vectors, held.dim, self.settings.norm_tolerance)
         texts = [vec_text(row) for row in vecs.tolist()]
 
         def tx(conn: Conn) -> int:

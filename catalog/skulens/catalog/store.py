@@ -388,8 +388,7 @@ class Store:
             raise NotFound(f"product {product_id!r} does not exist (the request names its etag)", field="product_id")
         etag = _product_from_row(row).to_product(0).etag
         if etag != expected:
-            raise EtagMismatch(f"product {product_id!r} changed since it was read (etag {expected!r}, now "
-                               f"{etag!r}): nothing was written; read it again and retry", field="etag")
+            raise EtagMismatch.between(product_id, expected, etag)
 
     def delete_product(self, product_id: str, expected_etag: str | None = None) -> tuple[int, list[int], int]:
         """Delete a product and its references; returns (product pk, removed reference ids, generation)."""

@@ -10,7 +10,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from skulens.catalog.migration_state import MigrationState, ModelSpace, PendingReference, SpaceProgress
+from skulens.catalog.migration_state import (
+    MigrationState,
+    ModelSpace,
+    PendingReference,
+    SpaceProgress,
+    refuse_incomplete,
+)
 from skulens.catalog.models import region_of
 from skulens.catalog.store import Store
 
@@ -67,48 +73,35 @@ class SpaceStore:
                 tx.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
         return written, gen
 
-    def put_in_tx(self, tx: sqlite3.Connection, fingerprint: str, rows: Sequence[tuple[int, bytes]]) -> None:
-        """Write space embeddings inside the caller's transaction (an enrolment's)."""
-        tx.executemany("INSERT OR IGNORE INTO space_embeddings(fingerprint, reference_id, embedding) VALUES (?, ?, ?)",
-                       [(fingerprint, rid, blob) for rid, blob in rows])
-
     def progress(self, fingerprint: str, serving: bool = False) -> SpaceProgress:
         """How far the space is filled (`serving`: it is the serving space, complete by construction)."""
         with self._store._lock:
-            conn = self._store.conn
-            live = int(conn.execute("SELECT COUNT(*) FROM refs").fetchone()[0])
-            if serving:
-                return SpaceProgress(fingerprint, live, live, 0)
-            embedded = int(conn.execute("SELECT COUNT(*) FROM space_embeddings s JOIN refs r "
-                                        "ON r.reference_id = s.reference_id WHERE s.fingerprint = ?",
-                                        (fingerprint,)).fetchone()[0])
-            bad = [int(r[0]) for r in conn.execute(
-                "SELECT r.reference_id FROM refs r WHERE r.has_image = 0 AND NOT EXISTS (SELECT 1 FROM "
-                "space_embeddings s WHERE s.fingerprint = ? AND s.reference_id = r.reference_id) "
-                "ORDER BY r.reference_id", (fingerprint,))]
+            return self._progress(self._store.conn, fingerprint, serving)
+
+    @staticmethod
+    def _progress(conn: sqlite3.Connection, fingerprint: str, serving: bool = False) -> SpaceProgress:
+        live = int(conn.execute("SELECT COUNT(*) FROM refs").fetchone()[0])
+        if serving:
+            return SpaceProgress(fingerprint, live, live, 0)
+        embedded = int(conn.execute("SELECT COUNT(*) FROM space_embeddings s JOIN refs r ON r.reference_id = "
+                                    "s.reference_id WHERE s.fingerprint = ?", (fingerprint,)).fetchone()[0])
+        bad = [int(r[0]) for r in conn.execute(
+            "SELECT r.reference_id FROM refs r WHERE r.has_image = 0 AND NOT EXISTS (SELECT 1 FROM "
+            "space_embeddings s WHERE s.fingerprint = ? AND s.reference_id = r.reference_id) "
+            "ORDER BY r.reference_id", (fingerprint,))]
         return SpaceProgress(fingerprint, live, embedded, len(bad), tuple(bad[:100]))
 
-    def switch(self, state: MigrationState, fingerprint: str) -> tuple[MigrationState, int]:
+    def switch(self, fingerprint: str) -> tuple[MigrationState, int]:
         """Serve space `fingerprint` (candidate or previous) in one transaction: its embeddings move into `refs`,
         the serving ones into `space_embeddings`; MigrationError when a live reference lacks one (nothing
         changes). (new state, generation)."""
-        from skulens.catalog.migration_state import refuse_incomplete
-
         with self._store.transaction() as tx:
             state = self._state(tx)
             new = state.switch(fingerprint)
             if new is state:
                 return state, int(tx.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
             old = state.serving
-            live = int(tx.execute("SELECT COUNT(*) FROM refs").fetchone()[0])
-            have = int(tx.execute("SELECT COUNT(*) FROM space_embeddings s JOIN refs r ON r.reference_id = "
-                                  "s.reference_id WHERE s.fingerprint = ?", (fingerprint,)).fetchone()[0])
-            if have < live:
-                bad = [int(r[0]) for r in tx.execute(
-                    "SELECT reference_id FROM refs r WHERE has_image = 0 AND NOT EXISTS (SELECT 1 FROM "
-                    "space_embeddings s WHERE s.fingerprint = ? AND s.reference_id = r.reference_id) LIMIT 100",
-                    (fingerprint,))]
-                refuse_incomplete(SpaceProgress(fingerprint, live, have, len(bad), tuple(bad)))
+            refuse_incomplete(self._progress(tx, fingerprint))
             tx.execute("INSERT OR REPLACE INTO space_embeddings(fingerprint, reference_id, embedding) "
                        "SELECT ?, reference_id, embedding FROM refs", (old.fingerprint,))
             tx.execute("UPDATE refs SET fingerprint = ?, embedding = (SELECT s.embedding FROM space_embeddings s "

@@ -300,6 +300,16 @@ def space_vectors(refs: Sequence[NewReference], fingerprint: str, dim_: int,
     return out
 
 
+def space_rows(reference_ids: Sequence[object], vectors_: object, dim_: int,
+               tolerance: float) -> tuple[list[int], np.ndarray]:
+    """`put_space_embeddings` arguments checked alike on every backend: (reference ids, float32 unit rows)."""
+    ids = [reference_id(x) for x in reference_ids]
+    vecs = vectors(vectors_, dim_, tolerance, "vectors")
+    if len(vecs) != len(ids):
+        raise InvalidArgument(f"vectors has {len(vecs)} rows for {len(ids)} reference ids", field="vectors")
+    return ids, vecs
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """A search's checked arguments: query rows, k, score floor, filters, and the verdict's thresholds."""

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from skulens.catalog.models import Product, SearchResult, Verdict
+from skulens.catalog.models import Match, Product, SearchResult, Verdict
 from skulens.imaging.preprocess import Box
 from skulens.service.errors_grpc import BadRequest, TooMany, item_status
 from skulens.service.settings import Settings
 from skulens.v1 import common_pb2, recognition_pb2
 
-_VERDICTS = {
-    Verdict.KNOWN: common_pb2.VERDICT_KNOWN,
-    Verdict.UNKNOWN: common_pb2.VERDICT_UNKNOWN,
-    Verdict.AMBIGUOUS: common_pb2.VERDICT_AMBIGUOUS,
+_VERDICTS: dict[str, common_pb2.Verdict] = {  # by the verdict's name
+    Verdict.KNOWN.value: common_pb2.VERDICT_KNOWN,
+    Verdict.UNKNOWN.value: common_pb2.VERDICT_UNKNOWN,
+    Verdict.AMBIGUOUS.value: common_pb2.VERDICT_AMBIGUOUS,
 }
 
 
@@ -120,17 +121,9 @@ def recognition_pb(result: SearchResult) -> recognition_pb2.Recognition:
     """A catalog SearchResult as a Recognition message (status OK)."""
     return recognition_pb2.Recognition(
         status=item_status(None),
-        matches=[
-            common_pb2.Match(
-                product_id=m.product_id,
-                display_name=m.display_name,
-                score=_clamped(m.score),
-                reference_id=int(m.reference_id),
-            )
-            for m in result.matches
-        ],
-        verdict=_VERDICTS.get(result.verdict, common_pb2.VERDICT_UNSPECIFIED),
-        best_score=_clamped(result.best_score),
+        matches=matches_pb(result.matches),
+        verdict=verdict_pb(result.verdict),
+        best_score=clamped(result.best_score),
         confusable_product_ids=list(result.confusable),
     )
 
@@ -140,7 +133,26 @@ def failed_recognition(exc: BaseException) -> recognition_pb2.Recognition:
     return recognition_pb2.Recognition(status=item_status(exc), best_score=-1.0)
 
 
-def _clamped(score: float) -> float:
+def matches_pb(matches: Sequence[Match]) -> list[common_pb2.Match]:
+    """Catalog matches as messages (scores clamped)."""
+    return [
+        common_pb2.Match(
+            product_id=m.product_id,
+            display_name=m.display_name,
+            score=clamped(m.score),
+            reference_id=int(m.reference_id),
+        )
+        for m in matches
+    ]
+
+
+def verdict_pb(verdict: Verdict | str) -> common_pb2.Verdict:
+    """A catalog verdict (or its name) as the enum value."""
+    name = verdict.value if isinstance(verdict, Verdict) else verdict
+    return _VERDICTS.get(name, common_pb2.VERDICT_UNSPECIFIED)
+
+
+def clamped(score: float) -> float:
     """A cosine similarity inside [-1, 1] (float32 rounding can land a hair outside)."""
     return min(1.0, max(-1.0, float(score)))
 

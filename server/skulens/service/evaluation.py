@@ -35,20 +35,15 @@ from skulens.errors import SkulensError, code_name
 from skulens.inference.protocol import Encoder
 from skulens.service.calllog import call_fields
 from skulens.service.consistency import reach_version
-from skulens.service.convert import SearchParams, check_images, search_params
+from skulens.service.convert import SearchParams, check_images, clamped, matches_pb, search_params, verdict_pb
 from skulens.service.embedding import embed_batch
 from skulens.service.errors_grpc import BadRequest, TooMany, item_status
 from skulens.service.settings import MIB, Settings
 from skulens.service.state import Runtime, deadline_of
-from skulens.v1 import common_pb2, recognition_pb2
+from skulens.v1 import recognition_pb2
 
 pb = recognition_pb2
 MAX_FAILURES_LISTED = 100
-_VERDICTS = {
-    "KNOWN": common_pb2.VERDICT_KNOWN,
-    "UNKNOWN": common_pb2.VERDICT_UNKNOWN,
-    "AMBIGUOUS": common_pb2.VERDICT_AMBIGUOUS,
-}
 
 
 @dataclass(frozen=True)
@@ -269,17 +264,9 @@ def _report(
                     in_catalog=known,
                     group=group,
                     status=item_status(None),
-                    matches=[
-                        common_pb2.Match(
-                            product_id=m.product_id,
-                            display_name=m.display_name,
-                            score=_clamped(m.score),
-                            reference_id=int(m.reference_id),
-                        )
-                        for m in p.answer.matches
-                    ],
-                    verdict=_VERDICTS[q.verdict.value],
-                    best_score=_clamped(q.best_score),
+                    matches=matches_pb(p.answer.matches),
+                    verdict=verdict_pb(q.verdict.value),
+                    best_score=clamped(q.best_score),
                     correct=q.correct,
                 )
             )
@@ -313,10 +300,6 @@ def _report(
     return out, outcomes
 
 
-def _clamped(score: float) -> float:
-    return min(1.0, max(-1.0, float(score)))
-
-
 def report_pb(r: EvaluationReport) -> pb.EvaluationReport:
     """An `EvaluationReport` as its message (None shares stay unset)."""
 
@@ -335,7 +318,7 @@ def report_pb(r: EvaluationReport) -> pb.EvaluationReport:
         groups=[pb.GroupAccuracy(group=g, accuracy=topk(t)) for g, t in r.groups.items()],
         verdicts=[
             pb.VerdictCounts(
-                verdict=_VERDICTS[v.verdict.value], right=v.right, wrong=v.wrong, out_of_catalog=v.out_of_catalog
+                verdict=verdict_pb(v.verdict.value), right=v.right, wrong=v.wrong, out_of_catalog=v.out_of_catalog
             )
             for v in r.verdicts
         ],

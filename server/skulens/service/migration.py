@@ -125,7 +125,7 @@ class MigrationManager:
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # shadow comparisons and engine closes in flight
         self._retiring: list[tuple[float, Encoder]] = []
         self._progress_at = 0.0
         self._initial: Encoder | None = None  # the engine the server started with (closed by its owner)
@@ -153,9 +153,9 @@ class MigrationManager:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30.0)
-        for t in list(self._shadow_tasks):
+        for t in list(self._tasks):
             t.cancel()
-        await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         loaded = {id(e): e for e in [*self.engines.values(), *(e for _, e in self._retiring)]}
         for engine in loaded.values():
             if engine is not self._initial:  # the server's own engine is closed by its owner
@@ -199,11 +199,10 @@ class MigrationManager:
                 self._progress_at = 0.0
             self.state = state
             self._retire(state)
-            if other is not None and time.monotonic() - self._progress_at > 5.0:
-                self.progress = await asyncio.to_thread(catalog.space_progress, other.fingerprint)
-                self._progress_at = time.monotonic()
-            elif other is None:
+            if other is None:
                 self.progress = None
+            elif time.monotonic() - self._progress_at > 5.0:
+                await self.refresh_progress()
             return state
 
     async def _ensure(self, space: ModelSpace) -> None:
@@ -237,8 +236,8 @@ class MigrationManager:
         for engine in due:
             if engine is not self._initial and self._loop is not None:
                 task = self._loop.create_task(engine.close())
-                self._shadow_tasks.add(task)
-                task.add_done_callback(self._shadow_tasks.discard)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def engine_for(self, fingerprint: str) -> Encoder | None:
         """The loaded engine of `fingerprint`, if any."""
@@ -382,8 +381,8 @@ class MigrationManager:
         if not picked:
             return
         task = asyncio.ensure_future(self._shadow(engine, state.candidate.fingerprint, picked))
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _shadow(self, engine: Encoder, space: str, picked: list[tuple[bytes, tuple[str, float]]]) -> None:
         catalog = self.rt.catalog
