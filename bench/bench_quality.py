@@ -1,7 +1,9 @@
 """Recognition quality through the gRPC API on the Grocery Store dataset, one column per server variant.
 
-For each variant (a named list of `skulens serve` flags; today only "nn", plain nearest neighbour with the
-server's defaults) a server is started on a fresh catalog, and three catalogs are enrolled in turn (product id =
+For each variant (a named list of `skulens serve` flags: "nn", plain nearest neighbour (`--matching nearest`);
+"centroid", products scored by the centroid of their references; "head", centroid + the catalog-adapted ridge head;
+"adapted", the server's defaults: the head plus background augmented views of small products) a server is started
+on a fresh catalog, and three catalogs are enrolled in turn (product id =
 fine class id, category = coarse class, label group = Fruit / Vegetables / Packages):
 
 1. "train": every train photo as a reference; the val photos are evaluated with `Evaluate` (top-1, top-5,
@@ -46,7 +48,13 @@ from skulens.client.evaluate import LabelledPhoto, evaluate_photos  # noqa: E402
 from skulens.v1 import recognition_pb2  # noqa: E402
 
 #: Server variants, one column each: name → `skulens serve` flags. Plain nearest neighbour is the server as it is.
-VARIANTS: dict[str, tuple[str, ...]] = {"nn": ()}
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "nn": ("--matching", "nearest"),
+    "centroid": ("--head-weight", "0", "--no-augment-references"),
+    "head": ("--no-augment-references",),
+    "adapted": (),
+    "adapted+mirror": ("--query-mirror",),
+}
 GROUPS = ("Fruit", "Vegetables", "Packages")
 TARGET_FALSE_ACCEPT = 0.05
 
@@ -60,6 +68,8 @@ class RunResult:
     evaluate_s: float
     queries: int
     report: recognition_pb2.EvaluationReport
+    augment_s: float = 0.0  # waiting for the background augmented views after enrolment
+    augmented: int = 0  # references with augmented views
 
     @property
     def enroll_ips(self) -> float:
@@ -91,13 +101,20 @@ def run_catalog(c: SkulensClient, ds: Dataset, refs: dict[int, list[Path]]) -> R
     enroll_s = time.perf_counter() - t0
     if report.failed:
         raise RuntimeError(f"enrolment failed: {report.errors[:5]}")
+    t0 = time.perf_counter()
+    while (st := c.stats()).augmentation_pending:  # adapted matching: background views of small products
+        if time.perf_counter() - t0 > 1800:
+            raise RuntimeError(f"augmented views still pending after 30 min: {st.augmentation_pending}")
+        time.sleep(0.5)
+    augment_s = time.perf_counter() - t0
     options = recognition_pb2.EvaluateOptions(target_false_accept=TARGET_FALSE_ACCEPT)
     t0 = time.perf_counter()
     resp = evaluate_photos(c, labelled(ds, ds.val), options, per_message=32, timeout=3600)
     evaluate_s = time.perf_counter() - t0
     if resp.report.failed:
         raise RuntimeError(f"{resp.report.failed} val photos failed: {resp.report.failures[:3]}")
-    return RunResult(sum(len(v) for v in refs.values()), enroll_s, evaluate_s, len(ds.val), resp.report)
+    return RunResult(sum(len(v) for v in refs.values()), enroll_s, evaluate_s, len(ds.val), resp.report,
+                     augment_s, st.augmented_references)
 
 
 def run_variant(name: str, flags: tuple[str, ...], args: argparse.Namespace, ds: Dataset) -> VariantResult:
@@ -162,6 +179,8 @@ def rows(results: Sequence[VariantResult]) -> list[tuple[str, list[str]]]:
     for cat in ("train", "packshots", "open set"):
         add(f"{cat}: enrolment images/s", lambda v, c=cat: f"{v.runs[c].enroll_ips:.1f}")
         add(f"{cat}: Evaluate images/s (val photos)", lambda v, c=cat: f"{v.runs[c].evaluate_ips:.1f}")
+        add(f"{cat}: background augmented views: references / s waited",
+            lambda v, c=cat: f"{v.runs[c].augmented} / {v.runs[c].augment_s:.1f}")
     return out
 
 

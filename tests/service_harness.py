@@ -97,7 +97,9 @@ SHARED = _Shared()
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for a test server: loopback, port 0, small limits where tests probe them."""
+    """Settings for a test server: loopback, port 0, small limits where tests probe them. Augmented views (a
+    background job that starts once the catalog is quiet, so at a time no test controls) are off unless a test
+    turns them on (tests/test_augmenter.py does)."""
     base: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
@@ -105,6 +107,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "grace_seconds": 5.0,
         "sync_commits": False,
         "log_format": "text",
+        "augment_references": False,
     }
     base.update(overrides)
     return Settings(**base)
@@ -257,12 +260,13 @@ class GatedEngine:
         deadline: float | None = None,
         caller: object | None = None,
         pixels: Any = None,
+        **more: Any,
     ) -> Any:
         self.deadlines.append(deadline)
         self.entered.set()
         await self.gate.wait()
         return await self._inner.embed_images(
-            images, regions=regions, deadline=deadline, caller=caller, pixels=pixels
+            images, regions=regions, deadline=deadline, caller=caller, pixels=pixels, **more
         )
 
     def open(self) -> None:

@@ -1030,3 +1030,182 @@ def test_etags_guard_product_writes(backend: CatalogBackend) -> None:
     assert backend.delete_product("oat", expected_etag=q.etag) == 0
     with pytest.raises(NotFound):
         backend.get_product("oat")
+
+
+def test_request_ids_answer_a_retry_with_the_original_reference(backend: CatalogBackend) -> None:
+    """AIP-155: a request id is remembered with the reference it added, as long as that lives. A retry answers
+    that reference (replayed: not a duplicate, nothing written); the same id for another content, region or
+    product is refused (RequestIdReused naming the item, the whole call written or not at all); a deleted reference
+    forgets its id."""
+    from skulens.catalog.errors import RequestIdReused
+
+    backend.upsert_product("oat")
+    backend.upsert_product("rye")
+    rid, rid2, rid3 = ("0F8E2B4C-1D2A-4B3C-8D9E-0A1B2C3D4E5F", "1f8e2b4c-1d2a-4b3c-8d9e-0a1b2c3d4e5f",
+                       "2f8e2b4c-1d2a-4b3c-8d9e-0a1b2c3d4e5f")
+    vecs = unit(np.random.default_rng(9).standard_normal((5, DIM)))
+    first = backend.add_references("oat", [NewReference(vecs[0], image=b"photo-1", request_id=rid)])[0]
+    assert (first.duplicate, first.replayed) == (False, False)
+    found = backend.requested_references([rid.lower(), rid2, ""])
+    assert list(found) == [rid.lower()]  # stored in lower case; unknown and empty ids are absent
+    got = found[rid.lower()]
+    assert (got.reference_id, got.product_id, got.content_sha256, got.region) == (
+        first.reference_id, "oat", sha(b"photo-1"), None)
+    v0 = backend.version()
+    # the retry (another vector: a re-embedding must not matter) answers the original; the call's new item is added
+    again = backend.add_references("oat", [NewReference(vecs[1], image=b"photo-1", request_id=rid.lower()),
+                                           NewReference(vecs[2], image=b"photo-2")])
+    assert [(a.reference_id, a.duplicate, a.replayed) for a in again[:1]] == [(first.reference_id, False, True)]
+    assert not again[1].replayed and backend.version() > v0
+    assert len(backend.get_product("oat").references) == 2
+    v1 = backend.version()
+    assert backend.add_references("oat", [NewReference(vecs[1], image=b"photo-1", request_id=rid)])[0].replayed
+    assert backend.version() == v1  # a replay alone writes nothing
+    for pid, ref in (("oat", NewReference(vecs[3], image=b"photo-3", request_id=rid)),
+                     ("oat", NewReference(vecs[3], image=b"photo-1", region=(0, 0, 8, 8), request_id=rid)),
+                     ("rye", NewReference(vecs[3], image=b"photo-1", request_id=rid))):
+        with pytest.raises(RequestIdReused) as err:
+            backend.add_references(pid, [NewReference(vecs[4], image=b"photo-4"), ref])
+        assert err.value.field == "references[1].request_id"
+        assert f"added reference {first.reference_id} (product 'oat'" in err.value.message
+    assert backend.version() == v1 and len(backend.get_product("oat").references) == 2  # all or nothing
+    assert not backend.get_product("rye").references
+    # within one call: one id twice for one image is one reference; for two images it is refused
+    both = backend.add_references("rye", [NewReference(vecs[0], image=b"rye-1", request_id=rid2),
+                                          NewReference(vecs[0], image=b"rye-1", request_id=rid2)])
+    assert both[1].reference_id == both[0].reference_id
+    assert [(b.duplicate, b.replayed) for b in both] == [(False, False), (False, True)]
+    with pytest.raises(RequestIdReused) as err:
+        backend.add_references("rye", [NewReference(vecs[1], image=b"rye-2", request_id=rid3),
+                                       NewReference(vecs[2], image=b"rye-3", request_id=rid3)])
+    assert err.value.field == "references[1].request_id"
+    raises_invalid("references[0].request_id", lambda: backend.add_references(
+        "oat", [NewReference(vecs[0], image=b"x", request_id="not-a-uuid")]))
+    raises_invalid("references[0].request_id", lambda: backend.add_references(  # no content to remember it with
+        "oat", [NewReference(vecs[0], request_id=rid3)]))
+    raises_invalid("request_ids[1]", lambda: backend.requested_references([rid, "nope"]))
+    # a deleted reference (or product) forgets its request id: the same message again adds a new reference
+    backend.delete_reference(first.reference_id)
+    assert backend.requested_references([rid]) == {}
+    fresh = backend.add_references("oat", [NewReference(vecs[0], image=b"photo-1", request_id=rid)])[0]
+    assert not fresh.replayed and not fresh.duplicate and fresh.reference_id != first.reference_id
+    backend.delete_product("rye")
+    assert backend.requested_references([rid2]) == {}
+
+
+# ================================================================ catalog-adapted matching statistics
+def assert_head_stats_equal_scratch(backend: CatalogBackend, vectors: dict[str, list[np.ndarray]],
+                                    views: dict[str, list[np.ndarray]] | None = None) -> None:
+    """The incrementally kept statistics equal those computed from the live references (`vectors`) and their
+    augmented views (`views`)."""
+    from skulens.catalog.head import HeadStats
+
+    live = [(pid, v, 1) for pid, vs in vectors.items() for v in vs]
+    live += [(pid, v, 0) for pid, vs in (views or {}).items() for v in vs]
+    got = backend.head_statistics()
+    assert got.fingerprint == backend.fingerprint and got.version == backend.version()
+    want = HeadStats.from_embeddings(backend.fingerprint, [p for p, _, _ in live],
+                                     np.stack([v for _, v, _ in live]) if live else np.zeros((0, backend.dim)),
+                                     references=[r for _, _, r in live])
+    assert got.count == want.count
+    np.testing.assert_allclose(got.total, want.total, atol=1e-9)
+    np.testing.assert_allclose(got.gram, want.gram, atol=1e-9)
+    assert sorted(got.products) == sorted(want.products)
+    for pid, sums in want.products.items():
+        assert (got.products[pid].count, got.products[pid].references) == (sums.count, sums.references)
+        np.testing.assert_allclose(got.products[pid].total, sums.total, atol=1e-9)
+
+
+def test_head_statistics_follow_every_write(backend: CatalogBackend) -> None:
+    _, refs, ids = populate(backend, 4, 3, seed=5)
+    vectors = {pid: [refs[i, j].astype(np.float64) for j in range(3)] for i, pid in enumerate(ids)}
+    assert_head_stats_equal_scratch(backend, vectors)
+    backend.delete_reference(ids["sku-001"][1])  # one reference
+    vectors["sku-001"].pop(1)
+    assert_head_stats_equal_scratch(backend, vectors)
+    backend.delete_product("sku-002")  # a product and all its references
+    vectors["sku-002"] = []
+    assert_head_stats_equal_scratch(backend, vectors)
+    extra = unit(np.random.default_rng(9).standard_normal((2, backend.dim)))
+    backend.add_references("sku-003", [NewReference(extra[0]), NewReference(extra[1])])
+    vectors["sku-003"] += [extra[0].astype(np.float64), extra[1].astype(np.float64)]
+    assert_head_stats_equal_scratch(backend, vectors)
+    backend.upsert_product("sku-002", "Product 2 again")  # a deleted id created again starts empty
+    assert_head_stats_equal_scratch(backend, vectors)
+
+
+def test_head_statistics_move_to_the_new_model_at_a_switch(backend: CatalogBackend) -> None:
+    from skulens.catalog.migration_state import ModelSpace
+
+    _, _, ids = populate(backend, 3, 2, seed=6)
+    backend.start_migration(ModelSpace(CAND, CDIM))
+    cand: dict[str, list[np.ndarray]] = {}
+    rng = np.random.default_rng(4)
+    for pid, rids in ids.items():
+        vecs = unit(rng.standard_normal((len(rids), CDIM)))
+        backend.put_space_embeddings(CAND, rids, vecs)
+        cand[pid] = [v.astype(np.float64) for v in vecs]
+    backend.switch_model(CAND)
+    assert backend.fingerprint == CAND
+    assert_head_stats_equal_scratch(backend, cand)
+
+
+def test_verdict_thresholds_are_stored_per_matching_mode_and_model(backend: CatalogBackend) -> None:
+    from skulens.catalog.thresholds import VerdictThresholds, pick
+
+    assert backend.verdict_thresholds() == []
+    v0 = backend.version()
+    a = VerdictThresholds("adapted", FP, 0.61, 0.03, "calibrate --labelled: 10 photos", 1.0)
+    assert backend.verdict_thresholds() == [] and backend.set_verdict_thresholds(a) == [a]
+    assert backend.version() > v0  # a write like any other
+    n = VerdictThresholds("nearest", FP, 0.72, 0.02)
+    backend.set_verdict_thresholds(n)
+    a2 = VerdictThresholds("adapted", FP, 0.58, 0.04)
+    stored = backend.set_verdict_thresholds(a2)  # replaces the adapted entry of this model, keeps the other
+    assert sorted(stored, key=lambda e: e.matching) == [a2, n]
+    assert pick(backend.verdict_thresholds(), "adapted", FP) == a2
+    assert pick(backend.verdict_thresholds(), "adapted", "other-model") is None
+    with pytest.raises(InvalidArgument):
+        VerdictThresholds("adapted", FP, 1.5, 0.02)
+    with pytest.raises(InvalidArgument):
+        VerdictThresholds("fancy", FP, 0.5, 0.02)
+
+
+def test_augmented_views_of_small_products_count_in_the_statistics(backend: CatalogBackend) -> None:
+    rng = np.random.default_rng(11)
+    img = b"\x89PNG fake image bytes"
+    backend.upsert_product("small", "One packshot")
+    backend.upsert_product("big", "Many photos")
+    [s0] = backend.add_references("small", [NewReference(unit(rng.standard_normal(backend.dim)), image=img)])
+    big = backend.add_references("big", [NewReference(unit(rng.standard_normal(backend.dim)), image=img + bytes([i]))
+                                         for i in range(3)])
+    vectors = {"small": [], "big": []}  # type: dict[str, list[np.ndarray]]
+    for pid, added in (("small", [s0]), ("big", big)):
+        for a in added:
+            vectors[pid] += [e.embedding.astype(np.float64) for e in backend.export_references(a.reference_id - 1, 1)]
+    pending = backend.augmentation_pending(below=3)
+    assert [p.reference_id for p in pending] == [s0.reference_id] and pending[0].image == img
+    assert backend.augmentation_counts(below=3) == (1, 0)
+    views = unit(rng.standard_normal((4, backend.dim)))
+    v0 = backend.version()
+    assert backend.put_augmentations(s0.reference_id, views) == 4
+    assert backend.version() > v0
+    assert backend.put_augmentations(s0.reference_id, views) == 0  # once per reference
+    assert backend.augmentation_pending(below=3) == [] and backend.augmentation_counts(below=3) == (0, 1)
+    assert_head_stats_equal_scratch(backend, vectors, {"small": [v.astype(np.float64) for v in views]})
+    assert backend.head_statistics().products["small"].references == 1
+    raises_invalid("vectors", lambda: backend.put_augmentations(s0.reference_id, views * 2))  # not unit rows
+    # the product grows past the limit: its views are pruned (a second prune finds nothing)
+    more = backend.add_references("small", [NewReference(unit(rng.standard_normal(backend.dim)), image=img + b"x%d" % i)
+                                            for i in range(2)])
+    for a in more:
+        vectors["small"] += [e.embedding.astype(np.float64) for e in backend.export_references(a.reference_id - 1, 1)]
+    assert backend.prune_augmentations(below=3) == 4 and backend.prune_augmentations(below=3) == 0
+    assert_head_stats_equal_scratch(backend, vectors)
+    # a deleted reference takes its views with it
+    backend.upsert_product("tiny", "Tiny")
+    [t0] = backend.add_references("tiny", [NewReference(unit(rng.standard_normal(backend.dim)), image=b"tiny")])
+    assert backend.put_augmentations(t0.reference_id, views) == 4
+    backend.delete_reference(t0.reference_id)
+    assert_head_stats_equal_scratch(backend, vectors)
+    assert backend.put_augmentations(t0.reference_id, views) == 0  # gone

@@ -317,3 +317,31 @@ def test_server_stopped_is_unavailable_and_recovers_after_restart(open_catalog: 
     (res,) = cat.search(vecs[0], top_k=1)
     assert res.matches[0].product_id == "p"
     assert [p.product_id for p in cat.list_products()[0]] == ["p", "q"]
+
+
+def test_a_catalog_from_before_schema_4_gets_its_head_statistics_at_upgrade(open_catalog: Open,
+                                                                             postgres_server: PgServer,
+                                                                             schema: str) -> None:
+    from skulens.catalog.head import HeadStats
+
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((6, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    cat = open_catalog()
+    for p in range(2):
+        cat.upsert_product(f"p{p}")
+        cat.add_references(f"p{p}", [NewReference(v) for v in vecs[3 * p:3 * p + 3]])
+    cat.close()
+    with psycopg.connect(postgres_server.url(), autocommit=True) as conn:  # as schema 3 left it
+        tables = ", ".join(f'"{schema}".{t}' for t in ("head_journal", "head_stats", "head_gram", "head_products",
+                                                        "aug_embeddings"))
+        conn.execute(f"DROP TABLE {tables} CASCADE")
+        conn.execute(f'DROP TRIGGER skulens_head ON "{schema}".embeddings')
+        conn.execute(f'DROP TRIGGER skulens_head ON "{schema}".refs')
+        conn.execute(f'UPDATE "{schema}".meta SET schema_version = 3')
+    again = open_catalog()
+    got = again.head_statistics()
+    want = HeadStats.from_embeddings(FP, ["p0"] * 3 + ["p1"] * 3, vecs)
+    assert got.count == 6 and sorted(got.products) == ["p0", "p1"]
+    np.testing.assert_allclose(got.gram, want.gram, atol=1e-9)
+    np.testing.assert_allclose(got.products["p1"].total, want.products["p1"].total, atol=1e-9)

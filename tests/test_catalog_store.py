@@ -60,9 +60,9 @@ def test_generation_counts_every_write(store: Store) -> None:
     _, created, _, g2 = store.upsert_product("p1", "P one!", "food", {})
     assert not created and g2 == g1 + 1
     _, res, g3 = store.add_references("p1", [_row(1, "a" * 64), _row(2)], "model-a")
-    assert [d for _, d in res] == [False, False] and g3 == g2 + 1
+    assert [d for _, d, _ in res] == [False, False] and g3 == g2 + 1
     _, res2, g4 = store.add_references("p1", [_row(3, "a" * 64)], "model-a")  # duplicate only: no write
-    assert res2 == [(res[0][0], True)] and g4 == g3
+    assert res2 == [(res[0][0], True, False)] and g4 == g3
     _, g5 = store.delete_reference(res[1][0])
     assert g5 == g4 + 1
     _, ids, g6 = store.delete_product("p1")
@@ -86,7 +86,7 @@ def test_duplicates_within_one_call_and_cascade(store: Store) -> None:
     store.upsert_product("p1", "", "", {})
     store.upsert_product("p2", "", "", {})
     _, res, _ = store.add_references("p1", [_row(1, "b" * 64, b"img"), _row(2, "b" * 64, b"img")], "model-a")
-    assert res[1] == (res[0][0], True)
+    assert res[1] == (res[0][0], True, False)
     # the same content for another product is a different reference
     _, res2, _ = store.add_references("p2", [_row(1, "b" * 64, b"img")], "model-a")
     assert not res2[0][1] and res2[0][0] != res[0][0]
@@ -141,3 +141,40 @@ def test_existing_hashes_uses_the_hash_index(store: Store) -> None:
         "EXPLAIN QUERY PLAN SELECT content_sha256, reference_id FROM refs WHERE product_pk = ? "
         "AND content_sha256 IN (?, ?)", (1, "a" * 64, "b" * 64)))
     assert "refs_product_sha" in plan
+
+
+def test_a_schema_2_store_is_upgraded_in_place_and_remembers_request_ids(tmp_path: Path) -> None:
+    """Schema 3 adds refs.request_id (AIP-155): a store written at schema 2 keeps its references and takes
+    request ids after the upgrade; a request id names one live reference and goes with it."""
+    from skulens.catalog.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for version in (1, 2):
+        for stmt in MIGRATIONS[version]:
+            conn.execute(stmt)
+    conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)",
+                     [("schema_version", "2"), ("catalog_uuid", "u-1"), ("generation", "2"),
+                      ("fingerprint", "model-a"), ("dim", "4")])
+    conn.execute("INSERT INTO products(product_id, created_at, updated_at) VALUES ('p1', 0, 0)")
+    conn.execute("INSERT INTO refs(product_pk, embedding, fingerprint, content_sha256, created_at) "
+                 "VALUES (1, ?, 'model-a', ?, 0)", (_row(1).embedding, "a" * 64))
+    conn.commit()
+    conn.close()
+    s = Store(path)
+    try:
+        assert s.meta().schema_version == SCHEMA_VERSION and s.counts()[1] == 1
+        rid = "0f8e2b4c-1d2a-4b3c-8d9e-0a1b2c3d4e5f"
+        row = RefRow(_row(2).embedding, "s", "b" * 64, None, request_id=rid)
+        _, res, _ = s.add_references("p1", [row], "model-a")
+        assert res[0][1:] == (False, False)
+        got = s.requested_references([rid, "1f8e2b4c-1d2a-4b3c-8d9e-0a1b2c3d4e5f"])
+        assert list(got) == [rid] and (got[rid].reference_id, got[rid].product_id) == (res[0][0], "p1")
+        _, again, _ = s.add_references("p1", [row], "model-a")
+        assert again == [(res[0][0], False, True)]  # the original outcome, replayed
+        with pytest.raises(sqlite3.IntegrityError), s.transaction() as tx:  # one reference per request id
+            tx.execute("UPDATE refs SET request_id = ? WHERE reference_id != ?", (rid, res[0][0]))
+        s.delete_reference(res[0][0])
+        assert s.requested_references([rid]) == {}
+    finally:
+        s.close()

@@ -28,7 +28,8 @@ def test_text_limits_count_characters_not_bytes() -> None:
         v.labels({str(i): "" for i in range(65)})
     with pytest.raises(InvalidArgument) as err:
         v.labels({"": "x"})
-    assert err.value.field == "labels key"
+    assert err.value.field == "labels"  # an invalid key cannot be addressed: the map is named, the key quoted
+    assert err.value.message.startswith("labels key '' must be 1-64")
 
 
 def test_vectors_and_hashes() -> None:
@@ -145,7 +146,7 @@ def test_identifiers_are_nfc() -> None:
     assert v.labels({nfd: "i\u0302le"}) == {nfc: "\u00eele"}  # keys and values compare in NFC
     with pytest.raises(InvalidArgument, match="twice") as err:
         v.labels({nfc: "a", nfd: "b"})
-    assert err.value.field == "labels key"
+    assert err.value.field == "labels"
     assert v.product_id("e\u0301" * 128) == "\u00e9" * 128  # the limit applies to the stored (NFC) form
     assert v.product_id("milk 1 l") == "milk 1 l"
 
@@ -172,7 +173,32 @@ def test_identifiers_refuse_unprintable_code_points(ch: str, kind: str, name: st
         assert f"({kind}): U+{ord(ch):04X}" in msg and name in msg and "at position 2" in msg
     with pytest.raises(InvalidArgument) as err:
         v.labels({"k" + ch: "x"})
-    assert err.value.field == "labels key"
+    assert err.value.field == "labels" and err.value.message.startswith(f"labels key {'k' + ch!r} must not")
+
+
+def test_label_values_are_named_by_their_map_entry() -> None:
+    cases = (("brand", "labels.brand"), ("brand name", "labels.`brand name`"), ("caf\u00e9", "labels.`caf\u00e9`"),
+             ("a`b\\c", "labels.`a\\`b\\\\c`"), ("2024", "labels.`2024`"))
+    for key, path in cases:
+        with pytest.raises(InvalidArgument) as err:
+            v.labels({key: "v" * 257})
+        assert err.value.field == path and err.value.message.startswith(f"{path} must be 0-256")
+    with pytest.raises(InvalidArgument) as err:
+        v.labels({"ok": "a\x00b"}, "options.labels")
+    assert err.value.field == "options.labels.ok"
+
+
+def test_request_ids_are_uuids() -> None:
+    assert v.request_id("") is None and v.request_id(None) is None
+    assert v.request_id("0F8E2B4C-1D2A-4B3C-8D9E-0A1B2C3D4E5F") == "0f8e2b4c-1d2a-4b3c-8d9e-0a1b2c3d4e5f"
+    for bad in ("0f8e2b4c1d2a4b3c8d9e0a1b2c3d4e5f", "0f8e2b4c-1d2a-4b3c-8d9e-0a1b2c3d4e5", "x" * 36,
+                "0f8e2b4c-1d2a-4b3c-8d9e-0a1b2c3d4e5f0", 5):
+        with pytest.raises(InvalidArgument, match="must be a UUID") as err:
+            v.request_id(bad, "request_id")
+        assert err.value.field == "request_id"
+    with pytest.raises(InvalidArgument) as err:
+        v.request_ids(["0f8e2b4c-1d2a-4b3c-8d9e-0a1b2c3d4e5f", "nope"])
+    assert err.value.field == "request_ids[1]"
 
 
 def test_identifiers_refuse_outer_and_only_whitespace() -> None:

@@ -399,3 +399,35 @@ def test_output_into_a_closed_pipe_ends_quietly(server: RunningServer, folder: P
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_enroll_prints_warnings_and_keeps_the_references(
+    clip_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One photo under two products (cosine 1) and a flat grey picture: a summary, then the warnings."""
+    import io
+
+    from PIL import Image
+
+    root = tmp_path / "set"
+    grey = io.BytesIO()
+    Image.new("RGB", (200, 150), (90, 90, 90)).save(grey, "PNG")
+    for pid, files in {"twin-a": {"same.png": pattern_image(900)}, "twin-b": {"same.png": pattern_image(900)},
+                       "plain": {"grey.png": grey.getvalue()}}.items():
+        (root / pid).mkdir(parents=True)
+        for name, data in files.items():
+            (root / pid / name).write_bytes(data)
+    srv = RunningServer(make_settings(tmp_path / "data", near_duplicate_threshold=0.9999),
+                        SHARED.engine(clip_model_dir))
+    try:
+        code, out, err = run(capsys, "enroll", str(root), "--addr", srv.addr, "--no-progress")
+        assert code == EXIT_OK and "added: 3" in out  # warnings are no failure
+        summary = next(line for line in err.splitlines() if line.startswith("warnings: "))
+        assert "NEAR_DUPLICATE_OF_OTHER_PRODUCT: 2" in summary and "UNUSABLE_IMAGE: 1" in summary
+        assert f"{root / 'twin-b' / 'same.png'} (product twin-b): NEAR_DUPLICATE_OF_OTHER_PRODUCT: " in err
+        assert "nearly blank" in err
+        code, out, _ = run(capsys, "enroll", str(root), "--addr", srv.addr, "--no-progress", "--json", "--no-resume")
+        report = json.loads(out)  # sent again: duplicates, which carry no warnings
+        assert report["duplicates"] == 3 and report["warnings"] == [] and report["warning_counts"] == {}
+    finally:
+        srv.stop()

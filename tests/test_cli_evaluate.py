@@ -142,3 +142,15 @@ def test_calibrate_leave_one_out_then_held_out(
         capsys, "calibrate", "--model", str(effnet_model_dir), "--data", data, "--labelled", str(labelled / "nope")
     )
     assert code == EXIT_USAGE and "skulens: error:" in err
+    code, _, err = run(capsys, "calibrate", "--model", str(effnet_model_dir), "--data", data, "--apply")
+    assert code == EXIT_USAGE and "--apply needs --labelled" in err  # leave-one-out thresholds are never stored
+    code, out, err = run(capsys, "calibrate", "--model", str(effnet_model_dir), "--data", data, "--labelled",
+                         str(labelled), "--no-progress", "--apply", "--target-false-accept", "0.34")
+    assert code == EXIT_OK, err
+    assert "thresholds in force: unknown 0.700" in out and "(from the settings)" in out
+    suggested = float(re.search(r"suggested unknown_threshold = (-?[0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert "stored for adapted matching with model " in out
+    code, out, err = run(capsys, "calibrate", "--model", str(effnet_model_dir), "--data", data, "--labelled",
+                         str(labelled), "--no-progress")
+    assert code == EXIT_OK, err  # a second run finds them in force (stored in the catalog)
+    assert f"thresholds in force: unknown {suggested:.3f}" in out and "(from the catalog)" in out

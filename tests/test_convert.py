@@ -19,7 +19,7 @@ def test_scores_are_clamped_to_the_cosine_range() -> None:
 
 
 def test_a_failed_item_has_best_score_minus_one_and_its_status() -> None:
-    rec = failed_recognition(InvalidImage("not an image", "images[2]"))
+    rec = failed_recognition(InvalidImage("not an image", "images[2].content"))
     assert rec.best_score == -1.0 and not rec.matches
-    assert (rec.status.code, rec.status.field) == (3, "images[2]")
+    assert (rec.status.code, rec.status.field) == (3, "images[2].content")
     assert rec.verdict == common_pb2.VERDICT_UNSPECIFIED

@@ -14,6 +14,7 @@ from inference_helpers import TINY_DIM, encode, photo, tiny_model_dir, tiny_refe
 
 from skulens.imaging.errors import ImageTooLarge, InvalidImage, InvalidRegion
 from skulens.imaging.limits import DecodeLimits
+from skulens.imaging.quality import ImageQuality, luminance_std
 from skulens.inference.engine import Box, Engine
 from skulens.inference.errors import Cancelled, DeadlineExceeded, Overloaded, Unsupported
 from skulens.inference.options import BatcherOptions, EncoderOptions, EngineOptions
@@ -51,10 +52,10 @@ async def test_per_image_results_and_errors(tiny: Path) -> None:
     ]
     out = await engine.embed_images(images)
     assert len(out) == 5
-    assert isinstance(out[1], InvalidImage) and out[1].field == "images[1]"
+    assert isinstance(out[1], InvalidImage) and out[1].field == "images[1].content"
     assert (
         isinstance(out[3], ImageTooLarge)
-        and out[3].field == "images[3]"
+        and out[3].field == "images[3].content"
         and "limit is 200000" in out[3].message
     )
     for k in (0, 2, 4):
@@ -77,14 +78,35 @@ async def test_regions_give_one_result_per_box(tiny: Path) -> None:
         regions=[[Box(0, 0, 100, 100), Box(150, 50, 100, 100), Box(100, 0, 100, 100)], None, []],
     )
     assert len(out) == 4  # 3 boxes + whole image + nothing
-    assert isinstance(out[1], InvalidRegion) and out[1].field == "regions[0][1]"
+    assert isinstance(out[1], InvalidRegion) and out[1].field == "images[0].regions[1]"
     left = engine.preprocessor.transform(img.crop((0, 0, 100, 100)))
     np.testing.assert_allclose(out[0], tiny_reference(left[None])[0], atol=1e-6)
     assert isinstance(out[2], np.ndarray) and isinstance(out[3], np.ndarray)
     bad = await engine.embed_images([b"nope"], regions=[[Box(0, 0, 20, 20), Box(0, 0, 30, 30)]])
-    assert len(bad) == 2 and all(isinstance(e, InvalidImage) and e.field == "images[0]" for e in bad)
+    assert len(bad) == 2 and all(isinstance(e, InvalidImage) and e.field == "images[0].content" for e in bad)
     mixed = await engine.embed_images([b"nope", data], regions=[[], None])  # bad image, no box: no result
     assert len(mixed) == 1 and isinstance(mixed[0], np.ndarray)
+    await engine.close()
+
+
+async def test_qualities_are_measured_on_the_decoded_pixels_when_asked(tiny: Path) -> None:
+    engine = Engine.load(tiny, _options())
+    img = photo(200, 100, seed=9)
+    data = encode(img, "PNG")
+    qualities: list[ImageQuality | None] = []
+    out = await engine.embed_images(
+        [data, b"nope", data], regions=[None, None, [Box(0, 0, 100, 100), Box(150, 50, 100, 100)]],
+        qualities=qualities,
+    )
+    plain = await engine.embed_images([data, b"nope", data], regions=[None, None, [Box(0, 0, 100, 100)]])
+    np.testing.assert_array_equal(out[0], plain[0])  # measuring changes nothing in the vectors
+    np.testing.assert_array_equal(out[2], plain[2])
+    assert len(qualities) == len(out) == 4
+    whole, failed, box, bad_box = qualities
+    shown = engine.preprocessor.resize_crop(img)
+    assert whole == ImageQuality(200, 100, pytest.approx(luminance_std(shown)))
+    assert failed is None and bad_box is None and isinstance(out[3], InvalidRegion)
+    assert box is not None and (box.width, box.height) == (100, 100)
     await engine.close()
 
 
@@ -212,4 +234,41 @@ async def test_real_clip_batched_equals_single_and_text(clip_model_dir: Path) ->
     assert texts.shape == (2, 512) and texts.dtype == np.float32
     one = await engine.embed_texts(["bananas"])
     assert np.abs(one[0] - texts[1]).max() <= 1e-5
+    await engine.close()
+
+
+async def test_mirror_averages_each_image_with_its_mirror_image(tiny: Path) -> None:
+    engine = Engine.load(tiny, _options())
+    images = [encode(photo(64, 48, seed=i), "PNG") for i in range(3)] + [b"garbage"]
+    out = await engine.embed_images(images, mirror=True)
+    assert isinstance(out[3], InvalidImage)
+    assert engine.stats().image_batcher.items == 6  # two model inputs per decodable image
+    for k in range(3):
+        t = engine.preprocessor.image_tensor(images[k])
+        rows = tiny_reference(np.stack([t, np.ascontiguousarray(t[..., ::-1])]))
+        want = (rows[0] + rows[1]) / np.linalg.norm(rows[0] + rows[1])
+        np.testing.assert_allclose(out[k], want, atol=1e-6)
+    await engine.close()
+
+
+async def test_embed_views_embeds_each_view_of_the_image_or_its_region(tiny: Path) -> None:
+    from skulens.imaging.augment import augmented_views
+
+    engine = Engine.load(tiny, _options())
+    img = photo(120, 90, seed=4)
+    data = encode(img, "PNG")
+    rows = await engine.embed_views(data, augmented_views)
+    decoded = engine.preprocessor.decode(data).image
+    want = tiny_reference(np.stack([engine.preprocessor.transform(v) for v in augmented_views(decoded)]))
+    assert rows.shape == (21, TINY_DIM) and rows.dtype == np.float32
+    np.testing.assert_allclose(rows, want, atol=1e-6)
+    box = Box(10, 5, 60, 40)
+    cropped = await engine.embed_views(data, augmented_views, region=box)
+    want = tiny_reference(np.stack([engine.preprocessor.transform(v)
+                                    for v in augmented_views(decoded.crop((10, 5, 70, 45)))]))
+    np.testing.assert_allclose(cropped, want, atol=1e-6)
+    with pytest.raises(InvalidImage):
+        await engine.embed_views(b"garbage", augmented_views)
+    with pytest.raises(InvalidRegion):
+        await engine.embed_views(data, augmented_views, region=Box(100, 80, 60, 40))
     await engine.close()

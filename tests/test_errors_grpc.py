@@ -22,10 +22,10 @@ from skulens.service.calllog import CallInterceptor
 
 C = grpc.StatusCode
 ROWS: list[tuple[BaseException, grpc.StatusCode]] = [
-    (img.InvalidImage("not an image", "images[1]"), C.INVALID_ARGUMENT),
-    (img.InvalidRegion("box outside the image", "regions[0][2]"), C.INVALID_ARGUMENT),
-    (img.ImageTooLarge("image is 30000000 bytes; the limit is 20971520", "images[0]"), C.INVALID_ARGUMENT),
-    (img.ImageTooSmall("image is 8x8 pixels; the minimum side is 16", "images[0]"), C.INVALID_ARGUMENT),
+    (img.InvalidImage("not an image", "images[1].content"), C.INVALID_ARGUMENT),
+    (img.InvalidRegion("box outside the image", "images[0].regions[2]"), C.INVALID_ARGUMENT),
+    (img.ImageTooLarge("image is 30000000 bytes; the limit is 20971520", "images[0].content"), C.INVALID_ARGUMENT),
+    (img.ImageTooSmall("image is 8x8 pixels; the minimum side is 16", "images[0].content"), C.INVALID_ARGUMENT),
     (
         cat.InvalidArgument("product_id must be 1-128 UTF-8 characters, got 0", "product_id"),
         C.INVALID_ARGUMENT,
@@ -46,6 +46,7 @@ ROWS: list[tuple[BaseException, grpc.StatusCode]] = [
     (cat.CatalogClosed(), C.UNAVAILABLE),
     (eg.Unauthenticated("missing bearer token"), C.UNAUTHENTICATED),
     (eg.PermissionDenied("needs catalog:write"), C.PERMISSION_DENIED),
+    (cat.RequestIdReused("request id used for another image", "request_id"), C.ALREADY_EXISTS),
 ]
 
 
@@ -87,14 +88,51 @@ def test_unknown_exception_is_internal_and_logged(caplog: pytest.LogCaptureFixtu
 def test_item_status() -> None:
     ok = eg.item_status(None)
     assert ok.code == 0 and not ok.message
-    bad = eg.item_status(img.InvalidImage("broken", "images[3]"))
-    assert (bad.code, bad.field) == (3, "images[3]") and bad.message == "images[3]: broken"
+    bad = eg.item_status(img.InvalidImage("broken", "images[3].content"))
+    assert (bad.code, bad.field) == (3, "images[3].content") and bad.message == "images[3].content: broken"
     assert code_name(3) == "INVALID_ARGUMENT" and code_name(0) == "OK"
     assert not ok.details
     info, violations = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
     assert [bad.details[0].Unpack(info), bad.details[1].Unpack(violations)] == [True, True]
-    assert (info.reason, info.domain, dict(info.metadata)) == ("INVALID_IMAGE", "skulens.v1", {"field": "images[3]"})
-    assert [(v.field, v.description) for v in violations.field_violations] == [("images[3]", "images[3]: broken")]
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "INVALID_IMAGE", "skulens.v1", {"field": "images[3].content"})
+    assert [(v.field, v.description) for v in violations.field_violations] == [
+        ("images[3].content", "images[3].content: broken")]
+
+
+def _info(status: object) -> error_details_pb2.ErrorInfo:
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)  # type: ignore[attr-defined]
+    return info
+
+
+def test_a_stream_message_error_carries_its_position() -> None:
+    """In a stream the path is relative to the message; its position is in the text and in ErrorInfo metadata
+    "stream_index" (also for a copy of the status made for another message with the same outcome)."""
+    exc = img.InvalidImage("not an image", "content").in_stream(7)
+    assert exc.field == "content" and exc.stream_index == 7 and exc.message == "not an image"
+    st = eg.item_status(exc)
+    assert (st.field, st.message) == ("content", "message 7: content: not an image")
+    assert dict(_info(st).metadata) == {"field": "content", "stream_index": "7"}
+    again = eg.for_stream_message(st, 9)
+    assert (again.code, again.field, again.message) == (3, "content", "message 9: content: not an image")
+    assert dict(_info(again).metadata) == {"field": "content", "stream_index": "9"}
+    bad = error_details_pb2.BadRequest()
+    assert again.details[1].Unpack(bad) and bad.field_violations[0].description == again.message
+    assert st.message == "message 7: content: not an image"  # the original is untouched
+    reused = eg.item_status(cat.RequestIdReused("used before", "request_id").in_stream(2))
+    assert reused.code == C.ALREADY_EXISTS.value[0] and _info(reused).reason == "REQUEST_ID_REUSED"
+    assert len(reused.details) == 1  # no BadRequest for ALREADY_EXISTS
+    assert eg.for_stream_message(eg.item_status(None), 3) == eg.item_status(None)
+
+
+def test_trailer_text_is_ascii() -> None:
+    assert eg.trailer_text("options.labels.brand") == "options.labels.brand"
+    encoded = eg.trailer_text("labels.`caf\u00e9 100%`")
+    assert encoded == "labels.`caf%C3%A9 100%25`" and encoded.isascii()
+    from urllib.parse import unquote
+
+    assert unquote(encoded) == "labels.`caf\u00e9 100%`"
 
 
 # ---------------------------------------------------------------------------------------------- over the wire
@@ -219,12 +257,14 @@ def test_status_details_are_standard_google_rpc() -> None:
                     out[kind.__name__] = msg
         return out
 
-    st = eg.status_proto(img.ImageTooLarge("image is 9 bytes; the limit is 4 bytes", "images[2]"))
-    assert (st.code, st.message) == (C.INVALID_ARGUMENT.value[0], "images[2]: image is 9 bytes; the limit is 4 bytes")
+    st = eg.status_proto(img.ImageTooLarge("image is 9 bytes; the limit is 4 bytes", "images[2].content"))
+    assert (st.code, st.message) == (
+        C.INVALID_ARGUMENT.value[0], "images[2].content: image is 9 bytes; the limit is 4 bytes")
     d = details(st)
     info, bad = d["ErrorInfo"], d["BadRequest"]
-    assert (info.reason, info.domain, dict(info.metadata)) == ("IMAGE_TOO_LARGE", "skulens.v1", {"field": "images[2]"})
-    assert [(v.field, v.description) for v in bad.field_violations] == [("images[2]", st.message)]
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "IMAGE_TOO_LARGE", "skulens.v1", {"field": "images[2].content"})
+    assert [(v.field, v.description) for v in bad.field_violations] == [("images[2].content", st.message)]
     assert "RetryInfo" not in d
     shed = details(eg.status_proto(inf.Overloaded("busy", retry_after_s=0.25)))
     assert shed["RetryInfo"].retry_delay.ToMilliseconds() == 250 and "BadRequest" not in shed

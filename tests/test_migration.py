@@ -81,8 +81,9 @@ class RecognitionLoop:
 
 @pytest.fixture
 def server(tmp_path: Path, clip_model_dir: Path) -> Any:
+    # nearest-neighbour answers: every enrolled photo must find its own product under either (random-weights) model
     settings = make_settings(tmp_path / "data", model_dir=clip_model_dir, migration_poll_seconds=0.1,
-                             backfill_batch=4)
+                             backfill_batch=4, matching="nearest")
     srv = RunningServer(settings, SHARED.engine(clip_model_dir))
     yield srv
     srv.stop()
@@ -192,7 +193,8 @@ def test_shadow_stats_report_agreement_and_a_threshold_keeping_the_unknown_share
 
 
 # ================================================================ real processes: SIGKILL during back-fill, replicas
-SLOW_BACKFILL = ("--migration-poll-seconds", "0.1", "--backfill-batch", "2", "--backfill-pause-seconds", "0.3")
+SLOW_BACKFILL = ("--migration-poll-seconds", "0.1", "--backfill-batch", "2", "--backfill-pause-seconds", "0.3",
+                 "--matching", "nearest")
 
 
 def test_sigkill_during_backfill_then_restart_resumes_without_loss_or_doubles(
@@ -232,8 +234,10 @@ def test_two_replicas_on_one_postgresql_switch_together(
     url = postgres_server.new_database()
     a = b = None
     try:
-        a = ServeProcess(effnet_model_dir, url, tmp_path / "a.log", "--migration-poll-seconds", "0.2")
-        b = ServeProcess(effnet_model_dir, url, tmp_path / "b.log", "--migration-poll-seconds", "0.2")
+        a = ServeProcess(effnet_model_dir, url, tmp_path / "a.log", "--migration-poll-seconds", "0.2",
+                         "--matching", "nearest")
+        b = ServeProcess(effnet_model_dir, url, tmp_path / "b.log", "--migration-poll-seconds", "0.2",
+                         "--matching", "nearest")
         with a.client() as ca, b.client() as cb:
             enrol(ca, range(N_PRODUCTS))
             old = ca.server_info().model.fingerprint

@@ -30,7 +30,8 @@ def replicas(postgres_server: Any, effnet_model_dir: Path, tmp_path: Path) -> It
     servers: list[ServeProcess] = []
     try:
         for name in ("a", "b"):
-            servers.append(ServeProcess(effnet_model_dir, url, tmp_path / f"{name}.log"))
+            # nearest-neighbour scores: a photo must score its own reference's cosine on either replica
+            servers.append(ServeProcess(effnet_model_dir, url, tmp_path / f"{name}.log", "--matching", "nearest"))
         yield tuple(servers)
     finally:
         for s in servers:

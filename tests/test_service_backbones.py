@@ -25,7 +25,8 @@ def served(
     """A server that loads the model itself from `--model DIR` (no shared engine), with N products enrolled."""
     model_dir: Path = request.getfixturevalue(request.param)
     data = tmp_path_factory.mktemp(request.param) / "data"
-    srv = RunningServer(make_settings(data, model_dir=model_dir), None)
+    # nearest-neighbour scores: the same photo must score its own reference's cosine (adapted matching re-scores)
+    srv = RunningServer(make_settings(data, model_dir=model_dir, matching="nearest"), None)
     with srv.client() as c:
         for i in range(N):
             c.upsert_product(f"p{i}", display_name=f"Product {i}")

@@ -4,12 +4,14 @@ restart, and a catalog built by another model (FAILED_PRECONDITION)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from PIL import Image
 from service_harness import SHARED, RunningServer, make_settings, pattern_image, rpc_error
 
 from skulens.catalog.catalog import Catalog
@@ -120,7 +122,7 @@ def test_add_references_per_image_status(client: SkulensClient) -> None:
     codes = [r.status.code for r in resp.results]
     assert codes == [0, C.INVALID_ARGUMENT.value[0], C.NOT_FOUND.value[0], 0, 0, 0]
     assert (resp.added, resp.duplicates, resp.failed) == (4, 0, 2)
-    assert resp.results[1].status.field == "requests[1].content"
+    assert resp.results[1].status.field == "content"  # relative to the stream message; index 1 beside it
     assert resp.results[0].content_sha256 == hashlib.sha256(img0).hexdigest()
     assert all(r.reference_id > 0 for r in resp.results if r.status.code == 0)
     again = client.add_references([req("juice", img0)])
@@ -276,8 +278,8 @@ def test_a_bad_item_fails_alone_and_names_the_request_field(enrol: SkulensClient
     assert (resp.added, resp.duplicates, resp.failed) == (5, 0, 1)
     bad = resp.results[2]
     assert bad.status.code == C.INVALID_ARGUMENT.value[0] and bad.reference_id == 0
-    assert bad.status.field == "requests[2].source"
-    assert bad.status.message.startswith("requests[2].source") and "1024" in bad.status.message
+    assert bad.status.field == "source" and bad.index == 2
+    assert bad.status.message.startswith("message 2: source") and "1024" in bad.status.message
     assert "references[" not in bad.status.message
     got = enrol.get_product("bulk")
     assert got is not None and sorted(r.source for r in got.references) == [f"good{i}.png" for i in range(5)]
@@ -297,8 +299,8 @@ def test_each_bad_field_is_named_as_sent(enrol: SkulensClient) -> None:
     ]
     resp = enrol.add_references(stream)
     fields = [r.status.field for r in resp.results]
-    assert fields == ["", "requests[1].product_id", "requests[2].region", "requests[3].region",
-                      "requests[4].content", "requests[5].content", "requests[6].product_id", ""]
+    assert fields == ["", "product_id", "region", "region", "content", "content", "product_id", ""]
+    assert all(r.status.message.startswith(f"message {r.index}: {r.status.field}") for r in resp.results[1:7])
     codes = [C.INVALID_ARGUMENT.value[0]] * 5 + [C.NOT_FOUND.value[0]]
     assert [r.status.code for r in resp.results[1:7]] == codes
     assert "U+202E" in resp.results[1].status.message
@@ -357,9 +359,75 @@ def test_a_failed_first_copy_does_not_hide_a_good_one(enrol: SkulensClient, engi
     stream = [req("crop", photo, region=(90, 90, 40, 40)), req("crop", photo, region=(90, 90, 40, 40)),
               req("crop", photo, region=(0, 0, 48, 48))]
     resp = enrol.add_references(stream)
-    assert [r.status.field for r in resp.results] == ["requests[0].region", "requests[1].region", ""]
-    assert resp.results[1].status.message.startswith("requests[1].region")
+    assert [r.status.field for r in resp.results] == ["region", "region", ""]
+    assert resp.results[1].status.message.startswith("message 1: region")
     assert (resp.added, resp.failed) == (1, 2)
+
+
+def _stream_index(status: common_pb2.ItemStatus) -> str:
+    from google.rpc import error_details_pb2
+
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info.metadata["stream_index"]
+
+
+RID = [f"{k:08x}-1d2a-4b3c-8d9e-0a1b2c3d4e5f" for k in range(8)]
+
+
+def test_request_ids_make_enrolment_retries_safe(enrol: SkulensClient, engine: object) -> None:
+    """AIP-155 through the server: a retried message answers its original outcome (same reference, duplicate
+    false) before anything is decoded or embedded; the same id for another image is refused (ALREADY_EXISTS,
+    field `request_id`) alone; malformed ids are INVALID_ARGUMENT; both enrolment calls behave alike."""
+    enrol.upsert_product("retry")
+    a, b, c, d = (pattern_image(560 + k) for k in range(4))
+
+    def with_id(r: catalog_pb2.AddReferenceImagesRequest, rid: str) -> catalog_pb2.AddReferenceImagesRequest:
+        r.request_id = rid
+        return r
+
+    first = enrol.add_references([with_id(req("retry", a, "a.png"), RID[0].upper()),
+                                  with_id(req("retry", b, "b.png", region=(0, 0, 48, 48)), RID[1])])
+    assert (first.added, first.duplicates, first.failed) == (2, 0, 0)
+    before, version = embedded(engine), first.catalog_version
+    again = enrol.add_references([
+        with_id(req("retry", a, "a.png"), RID[0]),  # the retry: its original outcome
+        with_id(req("retry", b, "b.png", region=(0, 0, 48, 48)), RID[1]),
+        with_id(req("retry", c, "c.png"), RID[2]),  # new work
+        with_id(req("retry", d, "d.png"), RID[0]),  # the id message 0 named, for another image: refused alone
+        with_id(req("retry", b, "b.png"), RID[1]),  # the crop's id for the whole photo: refused too
+        with_id(req("retry", d, "d.png"), "not-a-uuid"),
+    ])
+    assert embedded(engine) == before + 1  # only c: retries are neither decoded nor embedded
+    got = [(r.index, r.status.code, r.reference_id, r.duplicate, r.status.field) for r in again.results]
+    assert got[:3] == [(0, 0, first.results[0].reference_id, False, ""),
+                       (1, 0, first.results[1].reference_id, False, ""), (2, 0, got[2][2], False, "")]
+    assert got[2][2] not in {r.reference_id for r in first.results}
+    assert [g[1:] for g in got[3:5]] == [(C.ALREADY_EXISTS.value[0], 0, False, "request_id")] * 2
+    assert got[5][1:] == (C.INVALID_ARGUMENT.value[0], 0, False, "request_id")
+    assert [_stream_index(again.results[k].status) for k in (3, 4, 5)] == ["3", "4", "5"]
+    assert again.results[3].status.message.startswith(f"message 3: request_id: request id {RID[0]} was named by "
+                                                      "message 0 of this call")
+    lone = enrol.add_references([with_id(req("retry", d, "d.png"), RID[0])]).results[0]  # found in the catalog
+    assert (lone.status.code, lone.status.field) == (C.ALREADY_EXISTS.value[0], "request_id")
+    assert f"added reference {first.results[0].reference_id} (product 'retry'" in lone.status.message
+    assert (again.added, again.duplicates, again.failed) == (3, 0, 3)  # replays count as the adds they were
+    assert len(enrol.get_product("retry").references) == 3  # type: ignore[union-attr]
+    assert again.catalog_version > version  # c was written; nothing else
+    # the same id twice in one call: one reference; for two images: the later one is refused
+    twice = enrol.add_references([with_id(req("retry", d, "d.png"), RID[3]), with_id(req("retry", d, "d.png"), RID[3]),
+                                  with_id(req("retry", pattern_image(570), "e.png"), RID[4]),
+                                  with_id(req("retry", pattern_image(571), "f.png"), RID[4])])
+    assert [(r.status.code, r.duplicate) for r in twice.results] == [(0, False), (0, False), (0, False),
+                                                                      (C.ALREADY_EXISTS.value[0], False)]
+    assert twice.results[1].reference_id == twice.results[0].reference_id
+    # EnrollReferenceImages: the same answers, batch by batch
+    acks = list(enrol.enroll_stream([with_id(req("retry", a, "a.png"), RID[0]),
+                                     with_id(req("retry", c, "c.png"), RID[2])]))
+    results = [r for ack in acks for r in ack.results]
+    assert [(r.reference_id, r.duplicate) for r in results] == [
+        (first.results[0].reference_id, False), (again.results[2].reference_id, False)]
+    assert len(enrol.get_product("retry").references) == 5  # type: ignore[union-attr]
 
 
 def test_nfc_and_nfd_spellings_are_one_product(enrol: SkulensClient) -> None:
@@ -487,10 +555,69 @@ def test_enroll_stream_acknowledges_each_committed_batch(engine: object, tmp_pat
             assert versions == sorted(versions) and len(set(versions)) == 3
             bad = acks[1].results[2]
             assert bad.index == 6 and bad.status.code == C.INVALID_ARGUMENT.value[0]
-            assert bad.status.field.startswith("requests[6]")
+            assert bad.status.field == "content"
             got = client.get_product("acked", min_catalog_version=versions[0])
             assert got is not None
             assert {a.reference_id for a in acks[0].results} <= {r.reference_id for r in got.references}
             assert len(client.get_product("acked").references) == 9  # type: ignore[union-attr]
+    finally:
+        srv.stop()
+
+
+def _kinds(result: catalog_pb2.AddedReference) -> list[str]:
+    return [catalog_pb2.EnrolmentWarningKind.Name(w.kind).removeprefix("ENROLMENT_WARNING_KIND_")
+            for w in result.warnings]
+
+
+def test_enrolment_warnings_flag_without_refusing(engine: object, tmp_path: Path) -> None:
+    """Known by construction: the same bytes under two products (cosine 1) and blank / tiny images."""
+    srv = RunningServer(make_settings(tmp_path / "data", enroll_chunk=4, near_duplicate_threshold=0.9999), engine)
+    try:
+        with srv.client() as c:
+            for pid in ("a", "b", "c", "d"):
+                c.upsert_product(pid)
+            (a0,) = c.add_references([req("a", pattern_image(600))]).results
+            (b0,) = c.add_references([req("b", pattern_image(601))]).results
+            assert _kinds(a0) == [] and _kinds(b0) == []  # b0: b has no other reference, so never "closer"
+            # a gets b's photo: cosine 1 to b's reference, lower to its own one
+            (a1,) = c.add_references([req("a", pattern_image(601))]).results
+            assert a1.status.code == 0 and not a1.duplicate and a1.reference_id > 0  # added all the same
+            assert _kinds(a1) == ["CLOSER_TO_OTHER_PRODUCT", "NEAR_DUPLICATE_OF_OTHER_PRODUCT"]
+            closer, dup = a1.warnings
+            assert (closer.other_product_id, closer.other_reference_id) == ("b", b0.reference_id)
+            assert closer.other_score == pytest.approx(1.0, abs=1e-5) and closer.HasField("own_score")
+            assert closer.own_score < 0.9999 and "'b'" in closer.message
+            assert f"reference {b0.reference_id}" in closer.message
+            assert dup.other_reference_id == b0.reference_id and not dup.HasField("own_score")
+            # within one call: c and d get one photo each; each is the other's near-duplicate (ids resolved)
+            resp = c.add_references([req("c", pattern_image(610)), req("d", pattern_image(610)),
+                                     req("a", pattern_image(601))])  # a duplicate: no warnings
+            rc, rd, again = resp.results
+            assert _kinds(rc) == _kinds(rd) == ["NEAR_DUPLICATE_OF_OTHER_PRODUCT"]
+            assert (rc.warnings[0].other_product_id, rc.warnings[0].other_reference_id) == ("d", rd.reference_id)
+            assert (rd.warnings[0].other_product_id, rd.warnings[0].other_reference_id) == ("c", rc.reference_id)
+            assert again.duplicate and list(again.warnings) == []
+            # unusable: nearly blank (a flat grey photo, JPEG) and tiny (20 x 20 pixels)
+            grey = io.BytesIO()
+            Image.new("RGB", (300, 200), (120, 120, 120)).save(grey, "JPEG")
+            blank, tiny = c.add_references([req("a", grey.getvalue()), req("a", pattern_image(620, size=20))]).results
+            assert "UNUSABLE_IMAGE" in _kinds(blank) and "UNUSABLE_IMAGE" in _kinds(tiny)
+            assert "nearly blank" in blank.warnings[-1].message and "tiny (20x20 pixels" in tiny.warnings[-1].message
+            assert blank.status.code == tiny.status.code == 0
+        kind = {"kind": "NEAR_DUPLICATE_OF_OTHER_PRODUCT"}
+        assert srv.registry.get_sample_value("skulens_enrolment_warnings_total", kind) == 3.0
+    finally:
+        srv.stop()
+
+
+def test_enrolment_warnings_can_be_switched_off(engine: object, tmp_path: Path) -> None:
+    srv = RunningServer(make_settings(tmp_path / "data", enrolment_warnings=False), engine)
+    try:
+        with srv.client() as c:
+            c.upsert_product("a")
+            c.upsert_product("b")
+            c.add_references([req("a", pattern_image(700))])
+            (same,) = c.add_references([req("b", pattern_image(700))]).results
+            assert same.status.code == 0 and list(same.warnings) == []
     finally:
         srv.stop()

@@ -117,7 +117,7 @@ def test_mixed_batch_bad_images_fail_alone(client: SkulensClient) -> None:
     assert resp.results[0].recognition.matches[0].product_id == "p0"
     assert resp.results[2].recognition.matches[0].product_id == "p1"
     bad = resp.results[1]
-    assert bad.status.field == "images[1]" and bad.status.message.startswith("images[1]")
+    assert bad.status.field == "images[1].content" and bad.status.message.startswith("images[1].content")
     assert not bad.recognition.matches and bad.recognition.status.code == INVALID
     assert bad.recognition.best_score == -1.0  # nothing was compared: -1, as the contract says (not 0)
     assert all(-1.0 <= m.score <= 1.0 for r in resp.results for m in r.recognition.matches)

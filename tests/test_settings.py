@@ -72,6 +72,10 @@ def test_every_field_has_a_flag_or_is_env_only() -> None:
         ({"SKULENS_LOG_FORMAT": "xml"}, "json or text"),
         ({"SKULENS_TLS_CERT": "/c.pem"}, "--tls-cert and --tls-key go together"),
         ({"SKULENS_DEFAULT_TOP_K": "500"}, "max_top_k"),
+        ({"SKULENS_MATCHING": "fuzzy"}, "--matching / SKULENS_MATCHING must be adapted or nearest"),
+        ({"SKULENS_HEAD_RIDGE": "0"}, "--head-ridge / SKULENS_HEAD_RIDGE must be in (0, 1000]"),
+        ({"SKULENS_HEAD_MIN_REFERENCES": "0"}, "SKULENS_HEAD_MIN_REFERENCES must be in 1..1000000"),
+        ({"SKULENS_AUGMENT_QUIET_SECONDS": "-1"}, "SKULENS_AUGMENT_QUIET_SECONDS must be in [0, 3600]"),
     ],
 )
 def test_bad_values_name_the_option(env: dict[str, str], needle: str) -> None:
@@ -213,3 +217,14 @@ def test_catalog_location_from_catalog_or_data() -> None:
         Settings.from_sources(_parse(["--catalog", "sqlite:///srv/c", "--data", "/d"]))
     with pytest.raises(SettingsError, match="unknown scheme 'redis'"):
         Settings.from_sources(_parse(["--catalog", "redis://h/0"]))
+
+
+def test_head_settings_follow_settings() -> None:
+    s = Settings.from_sources(None, {"SKULENS_MATCHING": "nearest", "SKULENS_HEAD_RIDGE": "2",
+                                     "SKULENS_HEAD_WEIGHT": "0", "SKULENS_HEAD_MIN_REFERENCES": "5",
+                                     "SKULENS_HEAD_CANDIDATES": "8"})
+    h = s.head_settings()
+    assert (h.enabled, h.ridge, h.weight, h.min_references, h.candidates) == (False, 2.0, 0.0, 5, 8)
+    d = Settings.from_sources(None, {})
+    assert (d.matching, d.augment_references, d.query_mirror) == ("adapted", True, False)
+    assert d.head_settings().enabled

@@ -62,6 +62,7 @@ NEEDS_RUNTIME_EXTRA = {
     "skulens.catalog.postgres_schema": "psycopg",
     "skulens.catalog.postgres_search": "psycopg",
     "skulens.catalog.postgres_spaces": "psycopg",
+    "skulens.catalog.postgres_head": "psycopg",
     "skulens.inference.encoder": "onnxruntime",
     "skulens.inference.engine": "onnxruntime",
 }

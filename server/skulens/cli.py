@@ -2,7 +2,8 @@
 
 Client commands (enroll, recognize, search, catalog) talk to a running server (`--addr`, `SKULENS_ADDR`);
 calibrate and reembed work offline on a data directory and a model directory; export needs the `export` extra.
-Exit status: 0 success, 1 failure (`catalog check`: the catalog is not healthy), 2 usage or configuration error.
+Exit status: 0 success, 1 failure (`catalog check`: the catalog is not healthy; `catalog doctor`: findings), 2 usage
+or configuration error.
 Commands that start a server or open a catalog offline (serve, calibrate, reembed, catalog check) report a
 domain error (settings, model, manifest, catalog, a catalog file's OS error) as one line `skulens: error: ...`
 on stderr with status 2, never a traceback.
@@ -23,6 +24,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -294,7 +296,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_enroll(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from skulens.client.enroll import enroll, load_plan
+    from skulens.client.enroll import enroll, format_warnings, load_plan
 
     plans = load_plan(args.source)
     files = sum(len(p.paths) for p in plans)
@@ -323,6 +325,8 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         )
         for e in report.errors[:50]:
             print(f"  failed: {e}", file=sys.stderr)
+        for line in format_warnings(report):
+            print(line, file=sys.stderr)
     return EXIT_OK if report.failed == 0 else EXIT_FAIL
 
 
@@ -331,6 +335,8 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         return _cmd_catalog_check(args)
     if args.catalog_cmd == "copy":
         return _cmd_catalog_copy(args)
+    if args.catalog_cmd == "doctor":
+        return _cmd_catalog_doctor(args)
     with _client(args) as c:
         if args.catalog_cmd == "stats":
             st = c.stats()
@@ -508,6 +514,26 @@ def _cmd_catalog_copy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_catalog_doctor(args: argparse.Namespace) -> int:
+    """Offline look-alike products, products with few references (`skulens.catalog.doctor`): 0 clean, 1 findings."""
+    from skulens.catalog.doctor import diagnose
+    from skulens.catalog.location import open_catalog, parse_location
+    from skulens.catalog.settings import CatalogSettings
+    from skulens.model.manifest import load_manifest
+
+    manifest = load_manifest(args.model)
+    settings = CatalogSettings(snapshot=False, **({} if args.near_duplicate_threshold is None else
+                                                  {"near_duplicate_threshold": args.near_duplicate_threshold}))
+    catalog = open_catalog(parse_location(args.catalog, "--catalog"), fingerprint=manifest.fingerprint,
+                           dim=manifest.embedding_dim, settings=settings)
+    try:
+        report = diagnose(catalog, pair_threshold=args.pair_threshold, min_references=args.min_references)
+    finally:
+        catalog.close()
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.format(args.limit))
+    return EXIT_OK if report.clean else EXIT_FAIL
+
+
 def _open_catalog(model_dir: Path, data_dir: Path, allow_mismatch: bool = False) -> Any:
     from skulens.catalog.catalog import Catalog
     from skulens.model.manifest import load_manifest
@@ -527,8 +553,15 @@ def _open_catalog(model_dir: Path, data_dir: Path, allow_mismatch: bool = False)
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from skulens.catalog.calibrate import calibrate
 
+    if not 0.0 < args.target_false_accept < 1.0:
+        raise ConfigError(f"--target-false-accept must be in (0, 1), got {args.target_false_accept}",
+                          field="--target-false-accept")
     if args.labelled is not None:
         return _calibrate_held_out(args)
+    if args.apply:
+        raise ConfigError("--apply needs --labelled: leave-one-out over the catalog's own references does not predict "
+                          "how new photos score (they look far less alike), so its thresholds are not stored",
+                          field="--apply")
     cat = _open_catalog(args.model, args.data)
     try:
         report = calibrate(cat)
@@ -572,16 +605,38 @@ def _calibrate_held_out(args: argparse.Namespace) -> int:
 
     vectors = asyncio.run(embed_all())
     good = [(p, v) for p, v in zip(photos, vectors, strict=True) if isinstance(v, np.ndarray)]
+    from skulens.catalog.adapted import AdaptedMatcher
+    from skulens.catalog.thresholds import VerdictThresholds
+
+    matcher = AdaptedMatcher(replace(settings.head_settings(), enabled=args.matching == "adapted"))
     cat = _open_catalog(args.model, args.data)
     try:
         categories = catalog_categories(cat)
-        found = cat.search(np.stack([v for _, v in good]), top_k=cat.settings.max_top_k) if good else []
+        found = matcher.search(cat, np.stack([v for _, v in good]), top_k=cat.settings.max_top_k) if good else []
         labels = [p.product_id if p.product_id in categories else None for p, _ in good]
         own, other, out = held_out_scores([query_from_result(r, t) for r, t in zip(found, labels, strict=True)])
-        report = calibrate_held_out(own, other, out, cat.settings, products=len(categories))
+        in_force = matcher.thresholds(cat)
+        report = calibrate_held_out(own, other, out, in_force, products=len(categories),
+                                    target_false_accept=args.target_false_accept)
+        print(f"matching: {matcher.matching}; thresholds in force: unknown {in_force.unknown_threshold:.3f}, "
+              f"margin {in_force.ambiguity_margin:.3f} (from the {in_force.source})")
+        print(report.format_table())
+        if args.apply:
+            if not len(out) or not len(own):
+                raise ConfigError("--apply needs labelled photos of catalog products and of products outside the "
+                                  "catalog (labelled --unknown-name): without both the false-accept / false-reject "
+                                  "trade-off is not measured", field="--apply")
+            entry = VerdictThresholds(
+                matcher.matching, cat.fingerprint, report.suggested_unknown_threshold,
+                report.suggested_ambiguity_margin,
+                f"calibrate --labelled: {len(own)} catalog photos, {len(out)} outside, target false accepts "
+                f"{100 * args.target_false_accept:g} %", time.time())
+            cat.set_verdict_thresholds(entry)
+            print(f"stored for {matcher.matching} matching with model {cat.fingerprint}: unknown_threshold "
+                  f"{entry.unknown_threshold:.3f}, ambiguity_margin {entry.ambiguity_margin:.3f} (servers use them "
+                  "within a second; a request's SearchOptions still override them)")
     finally:
         cat.close()
-    print(report.format_table())
     if len(good) < len(photos):
         print(f"note: {len(photos) - len(good)} photos could not be embedded and were left out", file=sys.stderr)
     return EXIT_OK
@@ -725,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("catalog", help="catalog administration: stats, list, get, delete, check")
+    p = sub.add_parser("catalog", help="catalog administration: stats, list, get, delete, check, copy, doctor")
     csub = p.add_subparsers(dest="catalog_cmd", required=True, metavar="ACTION")
     c = csub.add_parser("stats", help="catalog statistics")
     c.add_argument("--json", action="store_true")
@@ -762,6 +817,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", type=Path, required=True, help="model directory whose embeddings both catalogs hold")
     c.add_argument("--batch", type=int, default=256, help="references read per step")
     c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c = csub.add_parser(
+        "doctor",
+        help="offline: look-alike product pairs and products with too few references",
+        description="Compare every reference of a catalog with every other one and list look-alike product pairs "
+        "(centroid cosine >= --pair-threshold, a reference closer to the other product than to its own, or two "
+        "references >= --near-duplicate-threshold apart), with their scores and closest references, and the "
+        "products with fewer than --min-references references. Reads only (embedded catalog: stop the server "
+        "first, as for `check`). Exit 0 when clean, 1 when there are findings, 2 on usage errors.",
+    )
+    c.add_argument("--catalog", "--data", dest="catalog", required=True,
+                   help="the catalog: sqlite:///DIR or a directory, or postgresql://...")
+    c.add_argument("--model", type=Path, required=True, help="model directory whose embeddings the catalog holds")
+    c.add_argument("--pair-threshold", type=float, default=0.9,
+                   help="centroid cosine from which two products look alike (default 0.9)")
+    c.add_argument("--near-duplicate-threshold", type=float, default=None,
+                   help="reference cosine from which two products' references are near-duplicates "
+                   "(default: the catalog setting, 0.93)")
+    c.add_argument("--min-references", type=int, default=3, help="fewer references than this is a finding (3)")
+    c.add_argument("--limit", type=int, default=20, help="pairs and products printed (default 20; --json: all)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_catalog)
 
@@ -805,6 +880,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out labelled photos (folder or CSV, as for `skulens evaluate`) instead of leave-one-out",
     )
     p.add_argument("--unknown-name", default="_unknown", help="with --labelled: label of photos outside the catalog")
+    p.add_argument("--matching", choices=("adapted", "nearest"), default="adapted",
+                   help="with --labelled: the matching mode to calibrate (the server's --matching; default adapted)")
+    p.add_argument("--target-false-accept", type=float, default=0.01,
+                   help="with --labelled: share of photos outside the catalog that may be accepted (default 0.01)")
+    p.add_argument("--apply", action="store_true",
+                   help="with --labelled: store the suggested thresholds in the catalog for this matching mode and "
+                        "model (servers use them as their defaults)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_calibrate)
 
@@ -843,7 +925,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("serve", "calibrate", "reembed") or getattr(args, "catalog_cmd", None) in ("check", "copy"):
+    offline = ("check", "copy", "doctor")
+    if args.command in ("serve", "calibrate", "reembed") or getattr(args, "catalog_cmd", None) in offline:
         try:
             return int(args.func(args) or 0)
         except KeyboardInterrupt:
@@ -853,7 +936,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 print(f"skulens: error: {_one_line(exc)}", file=sys.stderr)
                 return EXIT_USAGE
             if _is_missing_runtime(exc):
-                command = args.command if args.command != "catalog" else "catalog check"
+                command = args.command if args.command != "catalog" else f"catalog {args.catalog_cmd}"
                 return _missing_runtime(command, exc)
             raise
     try:

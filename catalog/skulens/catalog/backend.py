@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from skulens.catalog.errors import CatalogClosed, FingerprintMismatch
+from skulens.catalog.head import HeadStats
 from skulens.catalog.migration_state import MigrationState, ModelSpace, PendingReference, SpaceProgress
 from skulens.catalog.models import (
     AddedReference,
@@ -31,9 +32,11 @@ from skulens.catalog.models import (
     NewReference,
     Product,
     ProductDetail,
+    RequestedReference,
     SearchResult,
 )
 from skulens.catalog.settings import CatalogSettings
+from skulens.catalog.thresholds import VerdictThresholds
 
 
 @runtime_checkable
@@ -98,15 +101,55 @@ class CatalogBackend(Protocol):
     def add_references(
         self, product_id: str, refs: Sequence[NewReference], *, store_images: bool | None = None
     ) -> list[AddedReference]:
-        """Enrol references of an existing product in one transaction (all or nothing)."""
+        """Enrol references of an existing product in one transaction (all or nothing). A reference whose
+        `request_id` added a live reference before answers that one (`replayed`, nothing written) when product,
+        content and region are the same, and raises RequestIdReused (``references[k].request_id``) when not."""
         ...
 
     def existing_hashes(self, product_id: str, content_sha256s: Sequence[str]) -> dict[str, int]:
         """{content_sha256: reference_id} of those hashes the product already has."""
         ...
 
+    def requested_references(self, request_ids: Sequence[str]) -> dict[str, RequestedReference]:
+        """The live references that enrolment request ids (AIP-155) added: {request_id: what it added}; a request
+        id is remembered as long as the reference it added exists."""
+        ...
+
     def delete_reference(self, reference_id: int) -> None:
         """Delete one reference; NotFound when absent."""
+        ...
+
+    def verdict_thresholds(self) -> list[VerdictThresholds]:
+        """The verdict thresholds stored for this catalog, one entry per (matching mode, model fingerprint)."""
+        ...
+
+    def set_verdict_thresholds(self, entry: VerdictThresholds) -> list[VerdictThresholds]:
+        """Store `entry` in place of the entry of the same matching mode and model (a write: bumps the version);
+        every entry now."""
+        ...
+
+    def augmentation_pending(self, below: int, after: int = 0, limit: int = 16) -> list[PendingReference]:
+        """Live references of the serving model with a stored image, in products with fewer than `below`
+        references, that have no augmented views yet (id > `after`, id order, at most `limit`)."""
+        ...
+
+    def augmentation_counts(self, below: int) -> tuple[int, int]:
+        """(references waiting for augmented views as `augmentation_pending` says, references that have them)."""
+        ...
+
+    def put_augmentations(self, reference_id: int, vectors: np.ndarray) -> int:
+        """Store a reference's augmented views (unit rows of the serving model; they count in the head statistics
+        of its product, never in the nearest-neighbour index, and go with the reference); skipped (0) when the
+        reference is gone or has views already. A write when it wrote."""
+        ...
+
+    def prune_augmentations(self, below: int) -> int:
+        """Drop the augmented views of products that have `below` references or more now; how many went."""
+        ...
+
+    def head_statistics(self) -> HeadStats:
+        """The catalog-adapted matching statistics of the serving model (normal equations kept by every write,
+        `skulens.catalog.head`), with the catalog version they belong to."""
         ...
 
     def search(

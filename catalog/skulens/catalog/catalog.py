@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from skulens.catalog import store_head, thresholds
 from skulens.catalog import validation as v
 from skulens.catalog.backend import BackendState
 from skulens.catalog.errors import FingerprintMismatch, InvalidArgument, MigrationError
+from skulens.catalog.head import HeadStats
 from skulens.catalog.index import GpuFactory, VectorIndex, choose_kind, default_gpu_factory, gpu_available
 from skulens.catalog.integrity import DB_FILE, SNAPSHOT_FILE, refuse_lost_store
 from skulens.catalog.migration_state import MigrationState, ModelSpace, PendingReference, SpaceProgress
@@ -39,6 +41,7 @@ from skulens.catalog.models import (
     Product,
     ProductDetail,
     ReembedReport,
+    RequestedReference,
     SearchResult,
     Verdict,
 )
@@ -48,9 +51,12 @@ from skulens.catalog.settings import CatalogSettings
 from skulens.catalog.snapshot_file import SnapshotFile
 from skulens.catalog.store import RefRow, Store, store_error
 from skulens.catalog.store_spaces import SpaceStore
+from skulens.catalog.thresholds import VerdictThresholds
 from skulens.catalog.view import CatalogView
+from skulens.errors import field_path
 
 log = logging.getLogger(__name__)
+_THRESHOLDS_KEY = "verdict_thresholds"  # meta key of the stored verdict thresholds (JSON)
 
 
 class Catalog(BackendState):
@@ -257,11 +263,11 @@ class Catalog(BackendState):
                           if other is not None else None)
             if space_vecs is not None:
                 rows = [RefRow(r.embedding, r.source, r.content_sha256, r.image,
-                               None if sv is None else sv.astype("<f4").tobytes(), r.region)
+                               None if sv is None else sv.astype("<f4").tobytes(), r.region, r.request_id)
                         for r, sv in zip(rows, space_vecs, strict=True)]
             pk, results, gen = self._store.add_references(pid, rows, self._view.fingerprint,
                                                           other.fingerprint if other is not None else None)
-            new_pos = [i for i, (_, dup) in enumerate(results) if not dup]
+            new_pos = [i for i, (_, dup, replayed) in enumerate(results) if not dup and not replayed]
             with self._view.rw.write():
                 ok = self._view.advance(gen)
                 if new_pos:
@@ -274,7 +280,14 @@ class Catalog(BackendState):
                                 other.fingerprint, np.asarray([rid for rid, _ in have], dtype=np.int64),
                                 np.stack([sv for _, sv in have]))
             self._after_write(not ok)
-        return [AddedReference(rid, pid, dup) for rid, dup in results]
+        return [AddedReference(rid, pid, dup, replayed) for rid, dup, replayed in results]
+
+    def requested_references(self, request_ids: Sequence[str]) -> dict[str, RequestedReference]:
+        """The live references that enrolment request ids (AIP-155) added: {request_id: what it added}; ids
+        that added nothing (or whose reference was deleted) are absent."""
+        self._check_open()
+        ids = v.request_ids(request_ids)
+        return self._store.requested_references(ids) if ids else {}
 
     def existing_hashes(self, product_id: str, content_sha256s: Sequence[str]) -> dict[str, int]:
         """{content_sha256: reference_id} of the given image hashes the product already has a reference for.
@@ -284,7 +297,7 @@ class Catalog(BackendState):
         """
         self._check_open()
         pid = v.product_id(product_id)
-        shas = [v.sha256_hex(s, f"content_sha256s[{i}]") for i, s in enumerate(content_sha256s)]
+        shas = [v.sha256_hex(s, field_path("content_sha256s", i)) for i, s in enumerate(content_sha256s)]
         return self._store.existing_hashes(pid, shas)
 
     def delete_product(self, product_id: str, expected_etag: str | None = None) -> int:
@@ -345,6 +358,74 @@ class Catalog(BackendState):
         committed write of this process; another process's writes count once `refresh` has loaded them)."""
         self._check_open()
         return self._view.generation
+
+    def verdict_thresholds(self) -> list[VerdictThresholds]:
+        """The verdict thresholds stored for this catalog (per matching mode and model; `skulens calibrate`)."""
+        self._check_open()
+        return thresholds.decode(self._store.meta_value(_THRESHOLDS_KEY))
+
+    def set_verdict_thresholds(self, entry: VerdictThresholds) -> list[VerdictThresholds]:
+        """Store `entry` (replacing the one of the same matching mode and model); every entry now."""
+        self._check_open()
+        with self._write_lock:
+            entries = thresholds.replace(thresholds.decode(self._store.meta_value(_THRESHOLDS_KEY)), entry)
+            gen = self._store.set_meta_value(_THRESHOLDS_KEY, thresholds.encode(entries))
+            with self._view.rw.write():
+                ok = self._view.advance(gen)
+            self._after_write(not ok)
+        return entries
+
+    # ---------------------------------------------------------------- augmented views (catalog-adapted matching)
+    def augmentation_pending(self, below: int, after: int = 0, limit: int = 16) -> list[PendingReference]:
+        """References with a stored image in products with fewer than `below` references and no augmented views
+        yet (id > `after`, id order)."""
+        self._check_open()
+        below, limit = v.positive_int(below, "below", 1_000_000), v.positive_int(limit, "limit", 65536)
+        with self._store._lock:
+            return store_head.augmentation_pending(self._store.conn, self._view.fingerprint, below,
+                                                   v.reference_id(after) if after else 0, limit)
+
+    def augmentation_counts(self, below: int) -> tuple[int, int]:
+        """(references waiting for augmented views, references that have them)."""
+        self._check_open()
+        with self._store._lock:
+            return store_head.augmentation_counts(self._store.conn, self._view.fingerprint,
+                                                  v.positive_int(below, "below", 1_000_000))
+
+    def put_augmentations(self, reference_id: int, vectors: np.ndarray) -> int:
+        """Store augmented views (unit rows of this model) of a reference; skipped when it is gone or has them
+        already. How many were written."""
+        self._check_open()
+        _, vecs = v.space_rows([reference_id] * len(np.atleast_2d(vectors)), vectors, self._view.dim,
+                               self.settings.norm_tolerance)
+        blobs = [row.astype("<f4").tobytes() for row in vecs]
+        return self._meta_write(lambda tx: store_head.put_augmentations(tx, self._view.fingerprint,
+                                                                        int(reference_id), blobs))
+
+    def prune_augmentations(self, below: int) -> int:
+        """Drop augmented views of products that reached `below` references; how many went."""
+        self._check_open()
+        below = v.positive_int(below, "below", 1_000_000)
+        return self._meta_write(lambda tx: store_head.prune_augmentations(tx, below))
+
+    def _meta_write(self, write: Callable[[sqlite3.Connection], int]) -> int:
+        """Run `write` in a store transaction that bumps the generation when it changed something (it answers
+        how many rows); the view follows the generation."""
+        with self._write_lock:
+            with self._store.transaction() as tx:
+                n = write(tx)
+                if not n:
+                    return 0
+                gen = self._store._bump(tx)
+            with self._view.rw.write():
+                ok = self._view.advance(gen)
+            self._after_write(not ok)
+        return n
+
+    def head_statistics(self) -> HeadStats:
+        """The catalog-adapted matching statistics of the serving model (`skulens.catalog.head`), as committed."""
+        self._check_open()
+        return self._store.head_stats(self._view.fingerprint, self._view.dim)
 
     def export_references(self, after: int = 0, limit: int = 256) -> list[ExportedReference]:
         """Up to `limit` references with id > `after`, in id order (embedding, image, hash, source, product)."""
@@ -616,8 +697,8 @@ def _reference_rows(refs: Sequence[NewReference], dim: int, settings: CatalogSet
     checked = v.references(refs, dim, max_items=settings.max_references_per_call, tolerance=settings.norm_tolerance,
                            max_image_bytes=settings.max_image_bytes, keep_images=keep_images)
     vecs = np.stack([c.embedding for c in checked]).astype(np.float32, copy=False)
-    rows = [RefRow(vec.astype("<f4").tobytes(), c.source, c.content_sha256, c.image, region=c.region)
-            for vec, c in zip(vecs, checked, strict=True)]
+    rows = [RefRow(vec.astype("<f4").tobytes(), c.source, c.content_sha256, c.image, region=c.region,
+                   request_id=c.request_id) for vec, c in zip(vecs, checked, strict=True)]
     return rows, vecs
 
 

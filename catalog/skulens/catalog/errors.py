@@ -6,7 +6,12 @@ and the value; the gRPC layer maps the class to a status code (see docs/ARCHITEC
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from skulens.errors import SkulensError
+
+if TYPE_CHECKING:
+    from skulens.catalog.models import RequestedReference
 
 
 class CatalogError(SkulensError):
@@ -23,6 +28,19 @@ class NotFound(CatalogError):
 
 class AlreadyExists(CatalogError):
     """The object the request would create exists already."""
+
+
+class RequestIdReused(AlreadyExists):
+    """An enrolment's request id (AIP-155) was used before for another product, content or region: that reference
+    stays as it is and nothing was written."""
+
+    @classmethod
+    def naming(cls, before: RequestedReference, field: str) -> RequestIdReused:
+        """The error for a request id that added `before`, sent again for something else (`field`: its path)."""
+        region = "" if before.region is None else f", region {before.region}"
+        return cls(f"request id {before.request_id} added reference {before.reference_id} (product "
+                   f"{before.product_id!r}, content sha256 {before.content_sha256[:12]}…{region}); a retry must "
+                   "send the same product, content and region, and new work a new request id", field=field)
 
 
 class FingerprintMismatch(CatalogError):

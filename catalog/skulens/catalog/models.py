@@ -130,6 +130,10 @@ class NewReference:
     #: The same image embedded by the other model of a migration (candidate, or previous after a switch):
     #: {fingerprint: unit-norm vector}; spaces the catalog does not hold are ignored (back-fill covers the rest).
     space_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The client's request id (AIP-155, a UUID) for a safe retry: stored with the reference while it exists; an
+    #: enrolment naming it again answers that reference (`AddedReference.replayed`) when product, content hash and
+    #: region are the same, and fails with RequestIdReused when they are not.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,11 +151,25 @@ class ExportedReference:
 
 @dataclass(frozen=True)
 class AddedReference:
-    """Result of enrolling one reference; `duplicate` when an identical one existed (nothing written)."""
+    """Result of enrolling one reference; `duplicate` when an identical one existed (nothing written);
+    `replayed` when its request id had added this reference before (the original outcome: duplicate False,
+    nothing written)."""
 
     reference_id: int
     product_id: str
     duplicate: bool
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class RequestedReference:
+    """The live reference an enrolment request id (AIP-155) added, and what it was added as."""
+
+    request_id: str
+    reference_id: int
+    product_id: str
+    content_sha256: str
+    region: Region | None = None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from psycopg.types.json import Jsonb
 
+from skulens.catalog import postgres_head, thresholds
 from skulens.catalog import postgres_spaces as spaces
 from skulens.catalog import validation as v
 from skulens.catalog.backend import BackendState
@@ -48,7 +49,9 @@ from skulens.catalog.errors import (
     InvalidArgument,
     MigrationError,
     NotFound,
+    RequestIdReused,
 )
+from skulens.catalog.head import HeadStats
 from skulens.catalog.migration_state import (
     MigrationState,
     ModelSpace,
@@ -64,6 +67,7 @@ from skulens.catalog.models import (
     Product,
     ProductDetail,
     ReferenceInfo,
+    RequestedReference,
     SearchResult,
     product_etag,
     region_of,
@@ -72,6 +76,8 @@ from skulens.catalog.postgres_pool import Conn, ConnectionPool, Database, one_ro
 from skulens.catalog.postgres_schema import CatalogSchema, RefRow, current_schema, parse_vec, vec_text
 from skulens.catalog.postgres_search import HnswTuning, RoundSearch
 from skulens.catalog.settings import CatalogSettings
+from skulens.catalog.thresholds import VerdictThresholds
+from skulens.errors import field_path
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +265,9 @@ class PostgresCatalog(BackendState):
         """Enrol references of an existing product in one transaction (all or nothing).
 
         A reference with the same content_sha256 as one the product already has (or an earlier one of the same
-        call) is not written: its existing id comes back with duplicate=True. `store_images` overrides
+        call) is not written: its existing id comes back with duplicate=True. A reference whose request_id added a
+        live reference (this product, content and region) is not written either: that id comes back with
+        replayed=True; the same request id for anything else raises RequestIdReused. `store_images` overrides
         `settings.store_images`.
         """
         self._check_open(searchable=True)
@@ -280,13 +288,15 @@ class PostgresCatalog(BackendState):
                     "SELECT content_sha256, region_x, region_y, region_w, region_h, reference_id FROM {refs} "
                     "WHERE product_pk = %s AND deleted_at IS NULL AND content_sha256 = ANY(%s)"),
                     (pk, shas)).fetchall()}
-            plan, new = _plan_references(rows, known)
+            requested = schema.requested(conn, [r.request_id for r in rows if r.request_id is not None], lock=True)
+            plan, new = _plan_references(rows, known, requested, pid)
             ids: list[int] = []
             covered = {schema.fingerprint}
             if new:
                 ids = schema.insert_references(conn, pk, new)
                 if other is not None and extra is not None:
-                    by_pos = [extra[i] for i, (_, pos, dup) in enumerate(plan) if not dup and pos is not None]
+                    by_pos = [extra[i] for i, (_, pos, dup, again) in enumerate(plan)
+                              if not dup and not again and pos is not None]
                     given = [(rid, vec) for rid, vec in zip(ids, by_pos, strict=True) if vec is not None]
                     spaces.put(conn, schema, other.fingerprint, [rid for rid, _ in given],
                                [vec_text(vec.tolist()) for _, vec in given])
@@ -297,16 +307,26 @@ class PostgresCatalog(BackendState):
                 if serving not in covered:  # a switch committed while this ran: its vectors are of the old model
                     raise CatalogUnavailable(f"the catalog switched to model {serving!r} during this enrolment; "
                                              "nothing was written; retry")
-            return [AddedReference(ids[pos] if rid is None and pos is not None else int(rid or 0), pid, dup)
-                    for rid, pos, dup in plan]
+            return [AddedReference(ids[pos] if rid is None and pos is not None else int(rid or 0), pid, dup, again)
+                    for rid, pos, dup, again in plan]
 
         return self._db.run(tx)
+
+    def requested_references(self, request_ids: Sequence[str]) -> dict[str, RequestedReference]:
+        """The live references that enrolment request ids (AIP-155) added: {request_id: what it added}; ids
+        that added nothing (or whose reference was deleted) are absent."""
+        self._check_open()
+        ids = v.request_ids(request_ids)
+        if not ids:
+            return {}
+        return self._db.run(lambda conn: self._schema.requested(conn, ids), tx=False)
 
     def existing_hashes(self, product_id: str, content_sha256s: Sequence[str]) -> dict[str, int]:
         """{content_sha256: reference_id} of the given image hashes the product already has a reference for."""
         self._check_open()
         pid = v.product_id(product_id)
-        shas = list(dict.fromkeys(v.sha256_hex(s, f"content_sha256s[{i}]") for i, s in enumerate(content_sha256s)))
+        shas = list(dict.fromkeys(v.sha256_hex(s, field_path("content_sha256s", i))
+                                  for i, s in enumerate(content_sha256s)))
 
         def tx(conn: Conn) -> dict[str, int]:
             rows = conn.execute(self._schema.q(
@@ -463,6 +483,82 @@ class PostgresCatalog(BackendState):
         if (str(fp), int(dim)) != (self._fingerprint, self._dim):
             self.migration_state()
         return int(version)
+
+    def verdict_thresholds(self) -> list[VerdictThresholds]:
+        """The verdict thresholds stored for this catalog (per matching mode and model; `skulens calibrate`)."""
+        self._check_open()
+        row = self._db.run(lambda conn: one_row(conn.execute(self._schema.q(
+            "SELECT verdict_thresholds FROM {meta}"))), tx=False)
+        return thresholds.decode(row[0])
+
+    def set_verdict_thresholds(self, entry: VerdictThresholds) -> list[VerdictThresholds]:
+        """Store `entry` (replacing the one of the same matching mode and model); every entry now."""
+        self._check_open()
+
+        def tx(conn: Conn) -> list[VerdictThresholds]:
+            row = one_row(conn.execute(self._schema.q("SELECT verdict_thresholds FROM {meta} FOR UPDATE")))
+            entries = thresholds.replace(thresholds.decode(row[0]), entry)
+            conn.execute(self._schema.q("UPDATE {meta} SET verdict_thresholds = %s"), (thresholds.encode(entries),))
+            self._schema.bump(conn)
+            return entries
+
+        return self._db.run(tx)
+
+    # ---------------------------------------------------------------- augmented views (catalog-adapted matching)
+    def augmentation_pending(self, below: int, after: int = 0, limit: int = 16) -> list[PendingReference]:
+        """References with a stored image in products with fewer than `below` references and no augmented views
+        yet (id > `after`, id order)."""
+        self._check_open()
+        below, limit = v.positive_int(below, "below", 1_000_000), v.positive_int(limit, "limit", 65536)
+        start = v.reference_id(after) if after else 0
+        return self._db.run(lambda conn: postgres_head.augmentation_pending(
+            conn, self._schema, self._fingerprint, below, start, limit), tx=False)
+
+    def augmentation_counts(self, below: int) -> tuple[int, int]:
+        """(references waiting for augmented views, references that have them)."""
+        self._check_open()
+        below = v.positive_int(below, "below", 1_000_000)
+        return self._db.run(lambda conn: postgres_head.augmentation_counts(
+            conn, self._schema, self._fingerprint, below), tx=False)
+
+    def put_augmentations(self, reference_id: int, vectors: np.ndarray) -> int:
+        """Store augmented views (unit rows of this model) of a reference; skipped when it is gone or has them
+        already. How many were written."""
+        self._check_open()
+        _, vecs = v.space_rows([reference_id] * len(np.atleast_2d(vectors)), vectors, self._dim,
+                               self.settings.norm_tolerance)
+        texts = [vec_text(row.tolist()) for row in vecs]
+
+        def tx(conn: Conn) -> int:
+            n = postgres_head.put_augmentations(conn, self._schema, self._fingerprint, int(reference_id), texts)
+            if n:
+                self._schema.bump(conn)
+            return n
+
+        return self._db.run(tx)
+
+    def prune_augmentations(self, below: int) -> int:
+        """Drop augmented views of products that reached `below` references; how many went."""
+        self._check_open()
+        below = v.positive_int(below, "below", 1_000_000)
+
+        def tx(conn: Conn) -> int:
+            n = postgres_head.prune_augmentations(conn, self._schema, below)
+            if n:
+                self._schema.bump(conn)
+            return n
+
+        return self._db.run(tx)
+
+    def head_statistics(self) -> HeadStats:
+        """The catalog-adapted matching statistics of the serving model, read in one transaction with the version."""
+        self._check_open()
+
+        def tx(conn: Conn) -> HeadStats:
+            version, fp, dim = one_row(conn.execute(self._schema.q("SELECT version, fingerprint, dim FROM {meta}")))
+            return postgres_head.read(conn, self._schema, str(fp), int(dim), int(version))
+
+        return self._db.run(tx)
 
     # ================================================================ model migration
     def migration_state(self) -> MigrationState:
@@ -686,27 +782,47 @@ def _reference_rows(refs: Sequence[NewReference], dim: int, settings: CatalogSet
     """Validate references to enrol (the same checks as every backend: `validation.references`)."""
     checked = v.references(refs, dim, max_items=settings.max_references_per_call, tolerance=settings.norm_tolerance,
                            max_image_bytes=settings.max_image_bytes, keep_images=keep_images)
-    return [RefRow(vec_text(c.embedding.tolist()), c.source, c.content_sha256, c.image, c.region) for c in checked]
+    return [RefRow(vec_text(c.embedding.tolist()), c.source, c.content_sha256, c.image, c.region, c.request_id)
+            for c in checked]
 
 
-def _plan_references(rows: list[RefRow], known: dict[tuple[str, tuple[int, int, int, int] | None], int]
-                     ) -> tuple[list[tuple[int | None, int | None, bool]], list[RefRow]]:
-    """(per input: (existing reference id, None) or (None, position among the new rows), and duplicate; the new
-    rows): an input whose (content_sha256, region) the product has (`known`: key -> id), or an earlier input has,
-    is a duplicate and not written."""
+_Plan = tuple[int | None, int | None, bool, bool]  # existing id or None, position among new rows or None, dup, replayed
+
+
+def _plan_references(rows: list[RefRow], known: dict[tuple[str, tuple[int, int, int, int] | None], int],
+                     requested: dict[str, RequestedReference], product_id: str
+                     ) -> tuple[list[_Plan], list[RefRow]]:
+    """(per input: (existing reference id, None) or (None, position among the new rows), duplicate, replayed; the
+    new rows). An input whose request id added a live reference (`requested`), or an earlier input of the call,
+    replays it (RequestIdReused when product, content or region differ); an input whose (content_sha256, region)
+    the product has (`known`: key -> id), or an earlier input has, is a duplicate; neither is written."""
     fresh: dict[tuple[str, tuple[int, int, int, int] | None], int] = {}  # key -> position among the new rows
-    plan: list[tuple[int | None, int | None, bool]] = []
+    fresh_requests: dict[str, tuple[tuple[str, tuple[int, int, int, int] | None], int]] = {}  # id -> (key, position)
+    plan: list[_Plan] = []
     new: list[RefRow] = []
-    for r in rows:
+    for k, r in enumerate(rows):
         key = (r.sha or "", r.region)
-        if r.sha is not None and key in known:
-            plan.append((known[key], None, True))
+        before = requested.get(r.request_id) if r.request_id is not None else None
+        if before is not None:
+            if (before.product_id, before.content_sha256, before.region) != (product_id, r.sha, r.region):
+                raise RequestIdReused.naming(before, field_path("references", k, "request_id"))
+            plan.append((before.reference_id, None, False, True))
+        elif r.request_id is not None and r.request_id in fresh_requests:
+            first_key, pos = fresh_requests[r.request_id]
+            if first_key != key:
+                raise RequestIdReused(f"request id {r.request_id} names another image earlier in this call",
+                                      field=field_path("references", k, "request_id"))
+            plan.append((None, pos, False, True))
+        elif r.sha is not None and key in known:
+            plan.append((known[key], None, True, False))
         elif r.sha is not None and key in fresh:  # a repeat within this call
-            plan.append((None, fresh[key], True))
+            plan.append((None, fresh[key], True, False))
         else:
             if r.sha is not None:
                 fresh[key] = len(new)
-            plan.append((None, len(new), False))
+            if r.request_id is not None:
+                fresh_requests[r.request_id] = (key, len(new))
+            plan.append((None, len(new), False, False))
             new.append(r)
     return plan, new
 

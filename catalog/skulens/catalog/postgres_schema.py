@@ -14,7 +14,8 @@ Schema (created idempotently at open, under a database-wide advisory lock; every
   created again as a new product whose old references do not come back).
 - `refs`: reference id (from the `reference_ids` sequence: never reused), product, source, content sha256, the
   image (`bytea`, when kept), an optional region box (x, y, w, h in pixels: the crop the reference is of; NULL: the
-  whole image; (sha, region) is unique per live product) and `deleted_at` (tombstone).
+  whole image; (sha, region) is unique per live product), the client's enrolment `request_id` (AIP-155; unique
+  among live references: a deleted reference forgets it) and `deleted_at` (tombstone).
 - `meta.migration`: the model migration's state (`skulens.catalog.migration_state`, JSON; NULL: none).
 - `embeddings`: (fingerprint, reference id) → `vector` (untyped, so several models fit one table; written in
   pgvector's text form, `vec_text`), with one partial HNSW index per fingerprint:
@@ -40,11 +41,13 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from skulens.catalog import postgres_head
 from skulens.catalog.errors import CatalogError, InvalidArgument
+from skulens.catalog.models import RequestedReference, region_of
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, first_line, lost, one_row
 from skulens.catalog.settings import CatalogSettings
 
-SCHEMA_VERSION = 2  # 2: meta.migration (model migration state)
+SCHEMA_VERSION = 4  # 2: meta.migration (model migration state); 3: refs.request_id; 4: head statistics
 PGVECTOR_MIN = (0, 8, 0)  # iterative index scans
 NOTIFY_CHANNEL = "skulens_catalog"
 _DDL_LOCK = "skulens.catalog schema"  # advisory lock key (hashed): one installer at a time per database
@@ -110,6 +113,12 @@ _DDL = (
         embedding vector NOT NULL,
         PRIMARY KEY (fingerprint, reference_id))""",
     "ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS migration text",
+    *postgres_head.DDL,
+    "ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS verdict_thresholds text",  # schema 4: `skulens.catalog.thresholds`
+    # schema 3: the enrolment request id (AIP-155) that added a reference, remembered while the reference lives
+    "ALTER TABLE {refs} ADD COLUMN IF NOT EXISTS request_id text",
+    "CREATE UNIQUE INDEX IF NOT EXISTS refs_live_request_id ON {refs} (request_id) "
+    "WHERE deleted_at IS NULL AND request_id IS NOT NULL",
 )
 
 
@@ -122,6 +131,7 @@ class RefRow:
     sha: str | None
     image: bytes | None
     region: tuple[int, int, int, int] | None = None
+    request_id: str | None = None
 
 
 def vec_text(row: list[float]) -> str:
@@ -178,6 +188,11 @@ class CatalogSchema:
             "products": sql.Identifier(schema, "products"),
             "refs": sql.Identifier(schema, "refs"),
             "embeddings": sql.Identifier(schema, "embeddings"),
+            "head_journal": sql.Identifier(schema, "head_journal"),
+            "head_stats": sql.Identifier(schema, "head_stats"),
+            "head_gram": sql.Identifier(schema, "head_gram"),
+            "head_products": sql.Identifier(schema, "head_products"),
+            "aug_embeddings": sql.Identifier(schema, "aug_embeddings"),
             "version_seq": lit(f"{qualified}.catalog_version"),
             "ref_seq": lit(f"{qualified}.reference_ids"),
             "fp": lit(fingerprint),
@@ -225,6 +240,9 @@ class CatalogSchema:
             raise CatalogError(f"the shared catalog in schema {self.schema!r} has schema version {meta[0]}; this "
                                f"skulens supports up to {SCHEMA_VERSION} (upgrade skulens)")
         if int(meta[0]) < SCHEMA_VERSION:  # the DDL above added what the newer schema has
+            if int(meta[0]) < 4:  # the head statistics of the embeddings stored before schema 4
+                conn.execute(self.q(postgres_head.SEED))
+                postgres_head.fold(conn, self)
             conn.execute(self.q("UPDATE {meta} SET schema_version = %s"), (SCHEMA_VERSION,))
         return str(meta[1]), int(meta[2]), versions
 
@@ -251,6 +269,7 @@ class CatalogSchema:
             "SELECT version, pg_notify({channel}, {schema_lit} || ':' || version) FROM b"),
             {"p": products, "r": refs, "i": indexed}).fetchone()
         assert row is not None
+        postgres_head.fold(conn, self)  # the head statistics follow the write, under the meta row lock
         return int(row[0])
 
     def insert_references(self, conn: Conn, pk: int, new: Sequence[RefRow]) -> list[int]:
@@ -261,8 +280,8 @@ class CatalogSchema:
         with conn.cursor() as cur:
             cur.executemany(self.q(
                 "INSERT INTO {refs} (reference_id, product_pk, source, content_sha256, image, created_at, region_x, "
-                "region_y, region_w, region_h) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"),
-                [(rid, pk, r.source, r.sha, r.image, now, *(r.region or (None,) * 4))
+                "region_y, region_w, region_h, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"),
+                [(rid, pk, r.source, r.sha, r.image, now, *(r.region or (None,) * 4), r.request_id)
                  for rid, r in zip(ids, new, strict=True)])
             cur.executemany(self.q(
                 "INSERT INTO {embeddings} (reference_id, fingerprint, embedding) VALUES (%s, {fp}, %s)"),
@@ -270,6 +289,23 @@ class CatalogSchema:
         conn.execute(self.q(
             "UPDATE {products} SET reference_count = reference_count + %s WHERE pk = %s"), (len(new), pk))
         return ids
+
+    def requested(self, conn: Conn, request_ids: Sequence[str], *, lock: bool = False
+                  ) -> dict[str, RequestedReference]:
+        """The live references these enrolment request ids added, by request id. `lock`: first take a transaction
+        lock on each id (writers naming one id take turns; the product row lock already orders one product's)."""
+        if not request_ids:
+            return {}
+        ids = sorted(set(request_ids))
+        if lock:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('skulens.request_id:' || x, 0)) "
+                         "FROM unnest(%s::text[]) AS x ORDER BY x", (ids,))
+        rows = conn.execute(self.q(
+            "SELECT r.request_id, r.reference_id, p.product_id, r.content_sha256, r.region_x, r.region_y, r.region_w, "
+            "r.region_h FROM {refs} r JOIN {products} p ON p.pk = r.product_pk "
+            "WHERE r.deleted_at IS NULL AND r.request_id = ANY(%s)"), (ids,)).fetchall()
+        return {str(r[0]): RequestedReference(str(r[0]), int(r[1]), str(r[2]), str(r[3]), region_of(r[4:8]))
+                for r in rows}
 
     def counts(self, conn: Conn) -> tuple[Any, ...]:
         """(version, live references, indexed vectors, and counted: live products, live references, those with an

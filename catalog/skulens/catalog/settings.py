@@ -40,6 +40,10 @@ class CatalogSettings:
     recall_target: after building an approximate index, its search width (HNSW efSearch / IVF nprobe, starting
         at `hnsw_ef_search` / `ivf_nprobe`) is doubled until the measured recall@10 reaches this target or the
         width reaches `hnsw_max_ef_search` / `ivf_max_nprobe`; 0 keeps the starting width.
+    near_duplicate_threshold, unusable_min_side, unusable_min_luminance_std: when an enrolled reference is
+        flagged as a near-duplicate of another product's reference (cosine), or unusable (shortest side in
+        pixels, luminance standard deviation 0..255); `skulens.catalog.confusability`, measured in
+        docs/BENCHMARKS.md ("Enrolment warnings and catalog doctor").
     """
 
     synchronous: Synchronous = "FULL"
@@ -60,6 +64,9 @@ class CatalogSettings:
     max_top_k: int = 100
     unknown_threshold: float = 0.70
     ambiguity_margin: float = 0.02
+    near_duplicate_threshold: float = 0.93
+    unusable_min_side: int = 64
+    unusable_min_luminance_std: float = 8.0
     use_gpu: UseGpu = "auto"
     snapshot: bool = True
     store_images: bool = True
@@ -98,6 +105,10 @@ class CatalogSettings:
             raise bad("unknown_threshold", "in [-1, 1]")
         if not 0.0 <= self.ambiguity_margin <= 2.0:
             raise bad("ambiguity_margin", "in [0, 2]")
+        if not -1.0 <= self.near_duplicate_threshold <= 1.0:
+            raise bad("near_duplicate_threshold", "in [-1, 1]")
+        if self.unusable_min_side < 0 or self.unusable_min_luminance_std < 0:
+            raise bad("unusable_min_side" if self.unusable_min_side < 0 else "unusable_min_luminance_std", ">= 0")
         if not 0.0 < self.hnsw_max_tombstone_fraction <= 1.0:
             raise bad("hnsw_max_tombstone_fraction", "in (0, 1]")
         if not 0.0 <= self.recall_target <= 1.0:

@@ -28,10 +28,21 @@ from typing import Any
 
 import numpy as np
 
-from skulens.catalog.errors import AlreadyExists, CatalogClosed, CatalogCorrupt, CatalogError, EtagMismatch, NotFound
-from skulens.catalog.models import ExportedReference, Product, ReferenceInfo, region_of
+from skulens.catalog import store_head
+from skulens.catalog.errors import (
+    AlreadyExists,
+    CatalogClosed,
+    CatalogCorrupt,
+    CatalogError,
+    EtagMismatch,
+    NotFound,
+    RequestIdReused,
+)
+from skulens.catalog.head import HeadStats
+from skulens.catalog.models import ExportedReference, Product, ReferenceInfo, RequestedReference, region_of
+from skulens.errors import field_path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 # MIGRATIONS[v] upgrades a store at schema v-1 to v; each runs in one transaction with the version bump.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -90,6 +101,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE UNIQUE INDEX refs_product_sha_region ON refs(product_pk, content_sha256, ifnull(region_x, -1), "
         "ifnull(region_y, -1), ifnull(region_w, -1), ifnull(region_h, -1)) WHERE content_sha256 IS NOT NULL",
     ),
+    # Enrolment request ids (AIP-155): the client's id of the message that added a reference, kept with it (and
+    # gone with it), so that a retry answers the original outcome.
+    3: (
+        "ALTER TABLE refs ADD COLUMN request_id TEXT",
+        "CREATE UNIQUE INDEX refs_request_id ON refs(request_id) WHERE request_id IS NOT NULL",
+    ),
+    # Catalog-adapted matching: normal-equation statistics kept by triggers + a journal (`store_head`).
+    4: store_head.MIGRATION,
 }
 
 
@@ -120,6 +139,7 @@ class RefRow:
     image: bytes | None
     space_embedding: bytes | None = None  # the other space's vector (model migration), if known
     region: tuple[int, int, int, int] | None = None  # the crop (x, y, width, height); None: the whole image
+    request_id: str | None = None  # the client's request id (AIP-155); needs content_sha256
 
 
 @dataclass(frozen=True)
@@ -292,6 +312,8 @@ class Store:
                 with self.transaction() as tx:
                     for stmt in MIGRATIONS[version]:
                         tx.execute(stmt)
+                    if version == 4:
+                        store_head.fold(tx)  # the statistics of the references stored before schema 4
                     if version == 1:
                         now = repr(time.time())
                         tx.executemany("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", [
@@ -314,6 +336,7 @@ class Store:
 
     @staticmethod
     def _bump(tx: sqlite3.Connection) -> int:
+        store_head.fold(tx)  # the head statistics follow the references in the same transaction
         tx.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
         return int(tx.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
 
@@ -327,6 +350,25 @@ class Store:
     def generation(self) -> int:
         with self._lock:
             return int(self.conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+
+    def meta_value(self, key: str) -> str | None:
+        """One `meta` value (None when unset)."""
+        with self._lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta_value(self, key: str, value: str) -> int:
+        """Set one `meta` value in a write transaction; the new generation."""
+        with self.transaction() as tx:
+            tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            return self._bump(tx)
+
+    def head_stats(self, fingerprint: str, dim: int) -> HeadStats:
+        """The catalog-adapted matching statistics of a model space, with the generation they belong to."""
+        with self._lock:
+            conn = self.conn
+            gen = int(conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+            return store_head.read(conn, fingerprint, dim, gen)
 
     def claim_identity(self, fingerprint: str, dim: int) -> Meta:
         """Record the model fingerprint and dimension unless the store has them; return the stored ones."""
@@ -430,39 +472,51 @@ class Store:
 
     # ---------------------------------------------------------------- references
     def add_references(self, product_id: str, items: Sequence[RefRow], fingerprint: str,
-                       space: str | None = None) -> tuple[int, list[tuple[int, bool]], int]:
+                       space: str | None = None) -> tuple[int, list[tuple[int, bool, bool]], int]:
         """Insert references for one product in one transaction (with their `space_embedding` in the
         non-serving space `space` of a migration, when given).
 
-        Returns (product pk, [(reference_id, duplicate)] in input order, generation). A reference whose
+        Returns (product pk, [(reference_id, duplicate, replayed)] in input order, generation). A reference whose
+        request_id added a live reference before (this product, content and region) is not written and returns
+        that id with replayed=True (duplicate False: the original outcome); the same request id with another
+        product, content or region raises RequestIdReused naming ``references[k].request_id``. A reference whose
         content_sha256 matches an existing one of the same product (or an earlier one of the same call) is
         not written and returns the existing id with duplicate=True. NotFound if the product does not exist.
         """
         now = time.time()
-        out: list[tuple[int, bool]] = []
+        out: list[tuple[int, bool, bool]] = []
         with self.transaction() as tx:
             pk = self._product_pk(tx, product_id)
             seen: dict[tuple[str, tuple[int, int, int, int] | None], int] = {}
             wrote = False
-            for it in items:
+            for k, it in enumerate(items):
                 key = (it.content_sha256 or "", it.region)
                 box = it.region or (None, None, None, None)
+                if it.request_id is not None:
+                    before = self._requested(tx, [it.request_id]).get(it.request_id)
+                    if before is not None:
+                        if (before.product_id, before.content_sha256, before.region) != (
+                                product_id, it.content_sha256, it.region):
+                            raise RequestIdReused.naming(before, field_path("references", k, "request_id"))
+                        out.append((before.reference_id, False, True))
+                        continue
                 if it.content_sha256 is not None:
                     if key in seen:
-                        out.append((seen[key], True))
+                        out.append((seen[key], True, False))
                         continue
                     row = tx.execute("SELECT reference_id FROM refs WHERE product_pk = ? AND content_sha256 = ? "
                                      "AND region_x IS ? AND region_y IS ? AND region_w IS ? AND region_h IS ?",
                                      (pk, it.content_sha256, *box)).fetchone()
                     if row is not None:
                         seen[key] = int(row[0])
-                        out.append((int(row[0]), True))
+                        out.append((int(row[0]), True, False))
                         continue
                 cur = tx.execute(
                     "INSERT INTO refs(product_pk, embedding, fingerprint, source, content_sha256, has_image, "
-                    "created_at, region_x, region_y, region_w, region_h) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "created_at, region_x, region_y, region_w, region_h, request_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (pk, it.embedding, fingerprint, it.source, it.content_sha256, int(it.image is not None),
-                     now, *box))
+                     now, *box, it.request_id))
                 rid = int(cur.lastrowid or 0)
                 if it.image is not None:
                     tx.execute("INSERT INTO ref_images(reference_id, image) VALUES (?, ?)", (rid, it.image))
@@ -471,11 +525,30 @@ class Store:
                                (space, rid, it.space_embedding))
                 if it.content_sha256 is not None:
                     seen[key] = rid
-                out.append((rid, False))
+                out.append((rid, False, False))
                 wrote = True
             gen = self._bump(tx) if wrote else int(
                 tx.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
         return pk, out, gen
+
+    def requested_references(self, request_ids: Sequence[str]) -> dict[str, RequestedReference]:
+        """The live references that the given enrolment request ids added: {request_id: what it added}."""
+        with self._lock:
+            return self._requested(self.conn, request_ids)
+
+    @staticmethod
+    def _requested(conn: sqlite3.Connection, request_ids: Sequence[str]) -> dict[str, RequestedReference]:
+        wanted = list(dict.fromkeys(request_ids))
+        out: dict[str, RequestedReference] = {}
+        for at in range(0, len(wanted), 500):  # stay under SQLite's bound-parameter limit
+            part = wanted[at:at + 500]
+            rows = conn.execute(
+                "SELECT r.request_id, r.reference_id, p.product_id, r.content_sha256, r.region_x, r.region_y, "
+                "r.region_w, r.region_h FROM refs r JOIN products p ON p.pk = r.product_pk "
+                f"WHERE r.request_id IN ({','.join('?' * len(part))})", part).fetchall()
+            out.update((str(r[0]), RequestedReference(str(r[0]), int(r[1]), str(r[2]), str(r[3]), region_of(r[4:8])))
+                       for r in rows)
+        return out
 
     def existing_hashes(self, product_id: str, shas: Sequence[str]) -> dict[str, int]:
         """{content_sha256: reference_id} of the given hashes that the product holds already.

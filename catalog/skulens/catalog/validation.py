@@ -16,6 +16,7 @@ import numpy as np
 
 from skulens.catalog.errors import InvalidArgument
 from skulens.catalog.models import HashedImage, NewReference
+from skulens.errors import Key, field_path
 
 PRODUCT_ID_MAX = 128
 DISPLAY_NAME_MAX = 512
@@ -27,21 +28,24 @@ SOURCE_MAX = 1024
 FINGERPRINT_MAX = 256
 DIM_MAX = 65536
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+REQUEST_ID_LENGTH = 36
 
 
-def _text(value: object, field: str, lo: int, hi: int) -> str:
+def _text(value: object, field: str, lo: int, hi: int, name: str | None = None) -> str:
+    name = name or field
     if not isinstance(value, str):
-        raise InvalidArgument(f"{field} must be a string, got {type(value).__name__}", field=field)
+        raise InvalidArgument(f"{name} must be a string, got {type(value).__name__}", field=field)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidArgument(f"{field} must be valid UTF-8 (unpaired surrogate at {exc.start})",
+        raise InvalidArgument(f"{name} must be valid UTF-8 (unpaired surrogate at {exc.start})",
                               field=field) from None
     if not lo <= len(value) <= hi:
-        raise InvalidArgument(f"{field} must be {lo}-{hi} UTF-8 characters, got {len(value)}", field=field)
+        raise InvalidArgument(f"{name} must be {lo}-{hi} UTF-8 characters, got {len(value)}", field=field)
     for i, ch in enumerate(value):
         if unicodedata.category(ch) == "Cc":
-            raise InvalidArgument(f"{field} must not contain control characters (U+{ord(ch):04X} at {i})",
+            raise InvalidArgument(f"{name} must not contain control characters (U+{ord(ch):04X} at {i})",
                                   field=field)
     return value
 
@@ -63,28 +67,30 @@ def _code_point(ch: str) -> str:
     return f"U+{ord(ch):04X}" + (f" {name}" if name else "")
 
 
-def identifier(value: object, field: str, lo: int, hi: int) -> str:
+def identifier(value: object, field: str, lo: int, hi: int, name: str | None = None) -> str:
     """An identifier in NFC: printable code points only (see `_ID_FORBIDDEN`), no leading/trailing whitespace.
 
     Code points are checked as sent (positions refer to the client's string); the length limit applies to the
-    NFC form, which is what is stored and compared, so NFC and NFD spellings name the same object.
+    NFC form, which is what is stored and compared, so NFC and NFD spellings name the same object. Errors name
+    `field` (a field path); their message calls the value `name` (default: the field).
     """
+    name = name or field
     if not isinstance(value, str):
-        raise InvalidArgument(f"{field} must be a string, got {type(value).__name__}", field=field)
+        raise InvalidArgument(f"{name} must be a string, got {type(value).__name__}", field=field)
     for i, ch in enumerate(value):
         kind = unicodedata.category(ch)
         if kind in _ID_FORBIDDEN:
-            raise InvalidArgument(f"{field} must not contain {_ID_FORBIDDEN[kind]} ({kind}): {_code_point(ch)} "
+            raise InvalidArgument(f"{name} must not contain {_ID_FORBIDDEN[kind]} ({kind}): {_code_point(ch)} "
                                   f"at position {i}", field=field)
     value = unicodedata.normalize("NFC", value)
     if value and value.isspace():
-        raise InvalidArgument(f"{field} must not be whitespace only ({len(value)} characters)", field=field)
+        raise InvalidArgument(f"{name} must not be whitespace only ({len(value)} characters)", field=field)
     for i in (0, len(value) - 1) if value else ():
         if value[i].isspace():
             where = "leading" if i == 0 else "trailing"
-            raise InvalidArgument(f"{field} must not have {where} whitespace: {_code_point(value[i])} at "
+            raise InvalidArgument(f"{name} must not have {where} whitespace: {_code_point(value[i])} at "
                                   f"position {i}", field=field)
-    return _text(value, field, lo, hi)
+    return _text(value, field, lo, hi, name)
 
 
 def product_id(value: object, field: str = "product_id") -> str:
@@ -116,6 +122,8 @@ def dim(value: object, field: str = "dim") -> int:
 
 
 def labels(value: Mapping[str, str] | None, field: str = "labels") -> dict[str, str]:
+    """Labels in NFC. Errors name a value by its map entry (``labels.brand``, ``labels.`brand name```); a key that is
+    itself invalid cannot be addressed, so its error names the map (``labels``) and quotes the key."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -126,12 +134,12 @@ def labels(value: Mapping[str, str] | None, field: str = "labels") -> dict[str, 
                               field=field)
     out: dict[str, str] = {}
     for k, v in value.items():
-        key = identifier(k, f"{field} key", 1, LABEL_KEY_MAX)
+        key = identifier(k, field, 1, LABEL_KEY_MAX, name=f"{field} key {k!r}")
         if key in out:
             raise InvalidArgument(f"{field} has the key {key!r} twice (its spellings are equal in NFC)",
-                                  field=f"{field} key")
+                                  field=field)
         value_ = v if not isinstance(v, str) else unicodedata.normalize("NFC", v)
-        out[key] = _text(value_, f"{field}[{key!r}]", 0, LABEL_VALUE_MAX)
+        out[key] = _text(value_, field_path(field, Key(key)), 0, LABEL_VALUE_MAX)
     return out
 
 
@@ -152,6 +160,24 @@ def score(value: float | None, field: str) -> float | None:
     if not number or not math.isfinite(value) or not -1.0 <= float(value) <= 1.0:
         raise InvalidArgument(f"{field} must be a number in [-1, 1], got {value!r}", field=field)
     return float(value)
+
+
+def request_id(value: object, field: str = "request_id") -> str | None:
+    """An enrolment request id (AIP-155): None for "" or None, else a UUID in its 36-character text form
+    (8-4-4-4-12 hexadecimal digits, any case), returned in lower case."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _UUID_RE.match(value):
+        shown = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+        raise InvalidArgument(f"{field} must be a UUID ({REQUEST_ID_LENGTH} characters: 8-4-4-4-12 hexadecimal "
+                              f"digits), got {shown}", field=field)
+    return value.lower()
+
+
+def request_ids(values: Sequence[object], field: str = "request_ids") -> list[str]:
+    """Request ids to look up (`requested_references`): each checked by `request_id`, empty ones left out."""
+    out = [request_id(x, field_path(field, i)) for i, x in enumerate(values)]
+    return [x for x in out if x is not None]
 
 
 def sha256_hex(value: object, field: str) -> str:
@@ -254,6 +280,7 @@ class CheckedReference:
     content_sha256: str | None
     image: bytes | None
     region: tuple[int, int, int, int] | None = None
+    request_id: str | None = None
 
 
 def region(value: object, field: str) -> tuple[int, int, int, int] | None:
@@ -272,19 +299,24 @@ def region(value: object, field: str) -> tuple[int, int, int, int] | None:
 def references(refs: object, dim_: int, *, max_items: int, tolerance: float, max_image_bytes: int,
                keep_images: bool) -> list[CheckedReference]:
     """Validate the references of one enrolment (every backend's `add_references`); InvalidArgument names the
-    item (``references[i].embedding`` / ``.image`` / ``.content_sha256`` / ``.source``)."""
+    item (``references[i].embedding`` / ``.image`` / ``.content_sha256`` / ``.source`` / ``.region`` /
+    ``.request_id``). A request id needs a content hash (it is remembered with the content it was used for)."""
     if not isinstance(refs, Sequence) or not 1 <= len(refs) <= max_items:
         got = len(refs) if isinstance(refs, Sequence) else type(refs).__name__
         raise InvalidArgument(f"references must hold 1-{max_items} items, got {got}", field="references")
     out: list[CheckedReference] = []
     for i, ref in enumerate(refs):
-        f = f"references[{i}]"
+        f = field_path("references", i)
         if not isinstance(ref, NewReference):
             raise InvalidArgument(f"{f} must be a NewReference, got {type(ref).__name__}", field=f)
         vec = vectors(ref.embedding, dim_, tolerance, f"{f}.embedding", single=True)[0]
         image, sha = image_and_sha(ref.image, ref.content_sha256, f, max_image_bytes)
+        rid = request_id(ref.request_id, f"{f}.request_id")
+        if rid is not None and sha is None:
+            raise InvalidArgument(f"{f}.request_id needs the reference's image or content_sha256",
+                                  field=f"{f}.request_id")
         out.append(CheckedReference(vec, source(ref.source, f"{f}.source"), sha, image if keep_images else None,
-                                    region(ref.region, f"{f}.region")))
+                                    region(ref.region, f"{f}.region"), rid))
     return out
 
 
@@ -295,8 +327,8 @@ def space_vectors(refs: Sequence[NewReference], fingerprint: str, dim_: int,
     out: list[np.ndarray | None] = []
     for i, ref in enumerate(refs):
         vec = ref.space_embeddings.get(fingerprint) if ref.space_embeddings else None
-        out.append(None if vec is None else vectors(vec, dim_, tolerance, f"references[{i}].space_embeddings",
-                                                    single=True)[0])
+        field = field_path("references", i, "space_embeddings")
+        out.append(None if vec is None else vectors(vec, dim_, tolerance, field, single=True)[0])
     return out
 
 

@@ -3,7 +3,10 @@
 
 Resumable: before streaming, the content sha256 of every local file is compared with those the server
 reports for the product (GetProduct), and images already enrolled are skipped; a re-run after an interruption
-sends only what is missing.
+sends only what is missing. Safe to retry: every image is sent with its own request id (AIP-155), and a call that
+fails with a transient status (the server unavailable, overloaded, the connection lost after the server committed
+part or all of it) is sent again with the same ids; what the server had committed is answered as it was the
+first time, never embedded or added twice.
 """
 
 from __future__ import annotations
@@ -11,15 +14,23 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import grpc
 
 from skulens.client.client import SkulensClient
 from skulens.errors import code_name
 from skulens.v1 import catalog_pb2
 
 log = logging.getLogger("skulens.enroll")
+
+#: Call statuses after which a batch is sent again (with the same request ids): nothing is lost or doubled.
+RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED})
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -53,7 +64,11 @@ class EnrollReport:
     added: int = 0
     duplicates: int = 0
     failed: int = 0
+    retries: int = 0  # calls sent again after a transient failure (same request ids)
     errors: list[str] = field(default_factory=list)
+    #: Enrolment warnings (AddedReference.warnings) by kind (CLOSER_TO_OTHER_PRODUCT, ...), and each one in words.
+    warning_counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -158,14 +173,19 @@ def enroll(
     progress: Callable[[int], object] | None = None,
     on_total: Callable[[int], object] | None = None,
     checked: Callable[[int], object] | None = None,
+    retries: int = 3,
+    retry_wait_s: float = 0.5,
 ) -> EnrollReport:
     """Upsert products, skip images the server has (by sha256), stream the rest in calls of `batch` images.
 
-    `checked(1)` after each image file is hashed (the check before sending); `on_total(n)` is then told how many
-    images will be sent, and `progress(k)` after each k images are handed to gRPC.
+    Each image carries a request id of its own (a UUID); a call that fails with a status in `RETRY_CODES` is sent
+    again, with the same ids, up to `retries` times (waiting `retry_wait_s`, doubling, or as long as the server's
+    `grpc-retry-pushback-ms` says). `checked(1)` after each image file is hashed (the check before sending);
+    `on_total(n)` is then told how many images will be sent, and `progress(k)` after each k images are handed to
+    gRPC (the first time).
     """
     report = EnrollReport(products=len(plans))
-    todo: list[tuple[str, Path, str]] = []
+    todo: list[tuple[str, Path, str, str]] = []  # product id, file, sha256, request id
     for plan in plans:
         existing = client.get_product(plan.product_id) if resume or not plan.has_metadata else None
         if existing is None or plan.has_metadata:
@@ -188,23 +208,69 @@ def enroll(
                 report.skipped += 1
                 continue
             known.add(sha)
-            todo.append((plan.product_id, p, sha))
+            todo.append((plan.product_id, p, sha, str(uuid.uuid4())))
     if on_total is not None:
         on_total(len(todo))
 
-    def requests(items: Sequence[tuple[str, Path, str]]) -> Iterator[catalog_pb2.AddReferenceImagesRequest]:
-        for pid, p, _ in items:
-            yield catalog_pb2.AddReferenceImagesRequest(product_id=pid, content=p.read_bytes(), source=str(p))
-            if progress is not None:
+    def requests(items: Sequence[tuple[str, Path, str, str]], first: bool
+                 ) -> Iterator[catalog_pb2.AddReferenceImagesRequest]:
+        for pid, p, _, request_id in items:
+            yield catalog_pb2.AddReferenceImagesRequest(product_id=pid, content=p.read_bytes(), source=str(p),
+                                                        request_id=request_id)
+            if progress is not None and first:
                 progress(1)
 
     for start in range(0, len(todo), batch):
         items = todo[start : start + batch]
-        resp = client.add_references(requests(items), timeout=None)
+        attempt = 0
+        while True:
+            try:
+                resp = client.add_references(requests(items, attempt == 0), timeout=None)
+                break
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code not in RETRY_CODES or attempt >= retries:
+                    raise
+                wait = _pushback_s(exc) or retry_wait_s * 2**attempt
+                log.warning("enrolment call failed (%s); sending its %d images again in %.2f s (same request "
+                            "ids: nothing is added twice)", code.name if code else code, len(items), wait)
+                time.sleep(wait)
+                attempt += 1
+                report.retries += 1
         report.added += resp.added
         report.duplicates += resp.duplicates
         report.failed += resp.failed
         for r in resp.results:
             if r.status.code != 0:
                 report.errors.append(f"{items[r.index][1]}: {code_name(r.status.code)}: {r.status.message}")
+            for w in r.warnings:
+                kind = warning_kind(w.kind)
+                report.warning_counts[kind] = report.warning_counts.get(kind, 0) + 1
+                report.warnings.append(f"{items[r.index][1]} (product {r.product_id}): {kind}: {w.message}")
     return report
+
+
+def _pushback_s(exc: grpc.RpcError) -> float | None:
+    """The server's retry hint (`grpc-retry-pushback-ms` trailer) in seconds, if it sent one."""
+    trailing = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+    for key, value in trailing or ():
+        if key == "grpc-retry-pushback-ms" and str(value).isdigit():
+            return int(value) / 1000.0
+    return None
+
+
+def warning_kind(kind: int) -> str:
+    """An `EnrolmentWarningKind` value as a short name (CLOSER_TO_OTHER_PRODUCT, ...)."""
+    return catalog_pb2.EnrolmentWarningKind.Name(kind).removeprefix("ENROLMENT_WARNING_KIND_")
+
+
+def format_warnings(report: EnrollReport, first: int = 10) -> list[str]:
+    """The warnings for people: a summary line, then the first `first` of them (empty when there are none)."""
+    if not report.warnings:
+        return []
+    kinds = ", ".join(f"{k}: {n}" for k, n in sorted(report.warning_counts.items()))
+    lines = [f"warnings: {len(report.warnings)} ({kinds}); the references were added all the same"]
+    lines += [f"  warning: {w}" for w in report.warnings[:first]]
+    if len(report.warnings) > first:
+        lines.append(f"  ... and {len(report.warnings) - first} more (--json lists them all)")
+    return lines

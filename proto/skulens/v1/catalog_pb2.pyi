@@ -1,12 +1,24 @@
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from skulens.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class EnrolmentWarningKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENROLMENT_WARNING_KIND_UNSPECIFIED: _ClassVar[EnrolmentWarningKind]
+    ENROLMENT_WARNING_KIND_CLOSER_TO_OTHER_PRODUCT: _ClassVar[EnrolmentWarningKind]
+    ENROLMENT_WARNING_KIND_NEAR_DUPLICATE_OF_OTHER_PRODUCT: _ClassVar[EnrolmentWarningKind]
+    ENROLMENT_WARNING_KIND_UNUSABLE_IMAGE: _ClassVar[EnrolmentWarningKind]
+ENROLMENT_WARNING_KIND_UNSPECIFIED: EnrolmentWarningKind
+ENROLMENT_WARNING_KIND_CLOSER_TO_OTHER_PRODUCT: EnrolmentWarningKind
+ENROLMENT_WARNING_KIND_NEAR_DUPLICATE_OF_OTHER_PRODUCT: EnrolmentWarningKind
+ENROLMENT_WARNING_KIND_UNUSABLE_IMAGE: EnrolmentWarningKind
 
 class UpsertProductRequest(_message.Message):
     __slots__ = ("product_id", "display_name", "category", "labels", "create_only", "update_mask", "etag")
@@ -44,44 +56,66 @@ class UpsertProductResponse(_message.Message):
     def __init__(self, product: _Optional[_Union[_common_pb2.Product, _Mapping]] = ..., created: _Optional[bool] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class AddReferenceImagesRequest(_message.Message):
-    __slots__ = ("product_id", "content", "source", "region")
+    __slots__ = ("product_id", "content", "source", "region", "request_id")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     content: bytes
     source: str
     region: _common_pb2.Box
-    def __init__(self, product_id: _Optional[str] = ..., content: _Optional[bytes] = ..., source: _Optional[str] = ..., region: _Optional[_Union[_common_pb2.Box, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, product_id: _Optional[str] = ..., content: _Optional[bytes] = ..., source: _Optional[str] = ..., region: _Optional[_Union[_common_pb2.Box, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class AddedReference(_message.Message):
-    __slots__ = ("index", "product_id", "status", "reference_id", "duplicate", "content_sha256")
+    __slots__ = ("index", "product_id", "status", "reference_id", "duplicate", "content_sha256", "warnings")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     index: int
     product_id: str
     status: _common_pb2.ItemStatus
     reference_id: int
     duplicate: bool
     content_sha256: str
-    def __init__(self, index: _Optional[int] = ..., product_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.ItemStatus, _Mapping]] = ..., reference_id: _Optional[int] = ..., duplicate: _Optional[bool] = ..., content_sha256: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedCompositeFieldContainer[EnrolmentWarning]
+    def __init__(self, index: _Optional[int] = ..., product_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.ItemStatus, _Mapping]] = ..., reference_id: _Optional[int] = ..., duplicate: _Optional[bool] = ..., content_sha256: _Optional[str] = ..., warnings: _Optional[_Iterable[_Union[EnrolmentWarning, _Mapping]]] = ...) -> None: ...
+
+class EnrolmentWarning(_message.Message):
+    __slots__ = ("kind", "other_product_id", "other_reference_id", "other_score", "own_score", "message")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OTHER_PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    OTHER_REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    OTHER_SCORE_FIELD_NUMBER: _ClassVar[int]
+    OWN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    kind: EnrolmentWarningKind
+    other_product_id: str
+    other_reference_id: int
+    other_score: float
+    own_score: float
+    message: str
+    def __init__(self, kind: _Optional[_Union[EnrolmentWarningKind, str]] = ..., other_product_id: _Optional[str] = ..., other_reference_id: _Optional[int] = ..., other_score: _Optional[float] = ..., own_score: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class EnrollReferenceImagesRequest(_message.Message):
-    __slots__ = ("product_id", "content", "source", "region")
+    __slots__ = ("product_id", "content", "source", "region", "request_id")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     content: bytes
     source: str
     region: _common_pb2.Box
-    def __init__(self, product_id: _Optional[str] = ..., content: _Optional[bytes] = ..., source: _Optional[str] = ..., region: _Optional[_Union[_common_pb2.Box, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, product_id: _Optional[str] = ..., content: _Optional[bytes] = ..., source: _Optional[str] = ..., region: _Optional[_Union[_common_pb2.Box, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class EnrollReferenceImagesResponse(_message.Message):
     __slots__ = ("results", "catalog_version")
@@ -196,7 +230,7 @@ class GetCatalogStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCatalogStatsResponse(_message.Message):
-    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress", "index_recall_at_10", "index_search_width", "catalog_version", "backend", "migration_phase", "migration_model_fingerprint", "migration_embedded")
+    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress", "index_recall_at_10", "index_search_width", "catalog_version", "backend", "migration_phase", "migration_model_fingerprint", "migration_embedded", "matching", "head_fitted_version", "head_products", "augmentation_pending", "augmented_references")
     PRODUCT_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCES_WITH_IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +247,11 @@ class GetCatalogStatsResponse(_message.Message):
     MIGRATION_PHASE_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    MATCHING_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FITTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEAD_PRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    AUGMENTATION_PENDING_FIELD_NUMBER: _ClassVar[int]
+    AUGMENTED_REFERENCES_FIELD_NUMBER: _ClassVar[int]
     product_count: int
     reference_count: int
     references_with_image: int
@@ -229,4 +268,9 @@ class GetCatalogStatsResponse(_message.Message):
     migration_phase: str
     migration_model_fingerprint: str
     migration_embedded: int
-    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ..., index_recall_at_10: _Optional[float] = ..., index_search_width: _Optional[int] = ..., catalog_version: _Optional[int] = ..., backend: _Optional[str] = ..., migration_phase: _Optional[str] = ..., migration_model_fingerprint: _Optional[str] = ..., migration_embedded: _Optional[int] = ...) -> None: ...
+    matching: str
+    head_fitted_version: int
+    head_products: int
+    augmentation_pending: int
+    augmented_references: int
+    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ..., index_recall_at_10: _Optional[float] = ..., index_search_width: _Optional[int] = ..., catalog_version: _Optional[int] = ..., backend: _Optional[str] = ..., migration_phase: _Optional[str] = ..., migration_model_fingerprint: _Optional[str] = ..., migration_embedded: _Optional[int] = ..., matching: _Optional[str] = ..., head_fitted_version: _Optional[int] = ..., head_products: _Optional[int] = ..., augmentation_pending: _Optional[int] = ..., augmented_references: _Optional[int] = ...) -> None: ...

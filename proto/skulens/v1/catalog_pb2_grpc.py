@@ -97,8 +97,9 @@ class CatalogServiceServicer:
         in use and adds them to their products; an image identical (same content sha256) to one of its product's
         references, or to an earlier image of the same product in the stream, is reported as a duplicate with the
         existing reference id and is neither decoded nor embedded again. Each image gets its own status: a bad
-        message (id, source, content, region) fails alone, its status.field naming it as `requests[i].<field>` with i
-        its position in the stream; the other images are still added.
+        message (id, source, content, region, request id) fails alone, its status.field naming the field within the
+        message (`content`, `region`, ...: paths are relative to the stream message) and AddedReference.index (and the
+        ErrorInfo metadata "stream_index") its position in the stream; the other images are still added.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -218,14 +218,18 @@ class ServerLimits(_message.Message):
     def __init__(self, max_images_per_request: _Optional[int] = ..., max_regions_per_image: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_top_k: _Optional[int] = ..., default_top_k: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., min_image_side: _Optional[int] = ..., max_evaluation_images: _Optional[int] = ...) -> None: ...
 
 class MatchThresholds(_message.Message):
-    __slots__ = ("unknown_threshold", "text_unknown_threshold", "ambiguity_margin")
+    __slots__ = ("unknown_threshold", "text_unknown_threshold", "ambiguity_margin", "source", "matching")
     UNKNOWN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     TEXT_UNKNOWN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     AMBIGUITY_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MATCHING_FIELD_NUMBER: _ClassVar[int]
     unknown_threshold: float
     text_unknown_threshold: float
     ambiguity_margin: float
-    def __init__(self, unknown_threshold: _Optional[float] = ..., text_unknown_threshold: _Optional[float] = ..., ambiguity_margin: _Optional[float] = ...) -> None: ...
+    source: str
+    matching: str
+    def __init__(self, unknown_threshold: _Optional[float] = ..., text_unknown_threshold: _Optional[float] = ..., ambiguity_margin: _Optional[float] = ..., source: _Optional[str] = ..., matching: _Optional[str] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
     __slots__ = ("model", "limits", "thresholds", "catalog_backend", "catalog_version", "server_version")

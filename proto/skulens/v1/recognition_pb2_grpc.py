@@ -125,8 +125,9 @@ class RecognitionServiceServicer:
         Each message is held to the Recognize limits (images per message, bytes per image, message size) and
         admitted like a RecognizeStream message (the stream counts as one call for its whole life; an overloaded
         server makes a message wait, within the call's deadline, instead of refusing it). At most
-        max_evaluation_images photos per call (GetServerInfo limits); more is RESOURCE_EXHAUSTED. Needs the
-        `recognize` scope.
+        max_evaluation_images photos per call (GetServerInfo limits); more is RESOURCE_EXHAUSTED. An error that ends
+        the call names its field relative to the stream message (e.g. "options", "images[1].image.regions") and the
+        message's position in the google.rpc.ErrorInfo metadata "stream_index". Needs the `recognize` scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

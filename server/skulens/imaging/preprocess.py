@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from skulens.errors import SkulensError
+from skulens.errors import SkulensError, field_path
 from skulens.imaging.decode import DRAFT_SCALES, DecodedImage, decode_image, peek_size
 from skulens.imaging.errors import ImageTooSmall, InvalidRegion
 from skulens.imaging.limits import DecodeLimits
+from skulens.imaging.quality import ImageQuality, measure_quality
 from skulens.model.preprocess_config import PreprocessConfig
 
 _RESAMPLE = {
@@ -30,6 +31,7 @@ _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
+_UNMEASURED = ImageQuality(0, 0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,27 @@ class Preprocessor:
         """Bytes → one float32 [3, H, W] per box (a bad box is an error in its slot, not for the others).
 
         Raises for the image itself (undecodable, over limits; naming `field`). Boxes are in
-        full-resolution oriented pixels; `field_prefix` names them in errors as ``{field_prefix}[j]``.
+        full-resolution oriented pixels; `field_prefix` (a repeated field's path) names them in errors as
+        ``{field_prefix}[j]``.
         """
+        return [r if isinstance(r, SkulensError) else r[0]
+                for r in self._region_inputs(data, boxes, field, field_prefix, measured=False)]
+
+    def measured_inputs(
+        self, data: bytes, boxes: Sequence[Box] | None, *, field: str | None = None, field_prefix: str = "regions"
+    ) -> list[tuple[np.ndarray, ImageQuality] | SkulensError]:
+        """Like `image_tensor` (`boxes` None: one result) or `region_tensors`, each tensor with the
+        `ImageQuality` of the pixels it was made from (measured on them: no second decode)."""
+        if boxes is None:
+            decoded = self.decode(data, field=field)
+            shown = self.resize_crop(decoded.image)
+            return [(self.normalise(shown), measure_quality(shown, decoded.original_size))]
+        return self._region_inputs(data, boxes, field, field_prefix, measured=True)
+
+    def _region_inputs(
+        self, data: bytes, boxes: Sequence[Box], field: str | None, field_prefix: str, measured: bool
+    ) -> list[tuple[np.ndarray, ImageQuality] | SkulensError]:
+        """One (tensor, quality) or error per box; the quality is `_UNMEASURED` unless `measured`."""
         if not boxes:
             return []
         draft_max_scale = 8
@@ -194,15 +215,20 @@ class Preprocessor:
             shortest_box = min(max(1, min(b.width, b.height)) for b in boxes)
             draft_max_scale = max(1, shortest_box // min_side)
         decoded = self.decode(data, field=field, draft_max_scale=draft_max_scale)
-        out: list[np.ndarray | SkulensError] = []
+        out: list[tuple[np.ndarray, ImageQuality] | SkulensError] = []
         for j, box in enumerate(boxes):
-            name = f"{field_prefix}[{j}]"
+            name = field_path(field_prefix, j)
             try:
-                crop = self._crop(decoded, box, name)
-                out.append(self.transform(crop))
+                shown = self.resize_crop(self._crop(decoded, box, name))
+                out.append((self.normalise(shown),
+                            measure_quality(shown, (box.width, box.height)) if measured else _UNMEASURED))
             except SkulensError as exc:
                 out.append(exc)
         return out
+
+    def crop(self, decoded: DecodedImage, box: Box, field: str) -> Image.Image:
+        """The box of a decoded image (full-resolution oriented pixels; `InvalidRegion` naming `field`)."""
+        return self._crop(decoded, box, field)
 
     def _crop(self, decoded: DecodedImage, box: Box, field: str) -> Image.Image:
         w, h = decoded.original_size

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from skulens.errors import SkulensError
+from skulens.errors import SkulensError, field_path
 from skulens.imaging.errors import InvalidRegion
 from skulens.imaging.preprocess import Box, Preprocessor
+from skulens.imaging.quality import ImageQuality
 from skulens.inference.batcher import BatcherStats, MicroBatcher
 from skulens.inference.cost_model import CostModel
 from skulens.inference.encoder import OnnxEncoder, ProviderReport
@@ -33,6 +34,8 @@ from skulens.model.manifest import Manifest
 from skulens.model.preprocess_config import PreprocessConfig
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from skulens.inference.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
@@ -212,18 +215,26 @@ class Engine:
             )
 
     def _prepare(
-        self, data: bytes, boxes: Sequence[Box] | None, i: int, pixels: int
+        self, data: bytes, boxes: Sequence[Box] | None, i: int, pixels: int,
+        qualities: list[ImageQuality | None] | None = None,
     ) -> list[np.ndarray | SkulensError]:
-        """Decode + preprocess one image (runs in the decode pool)."""
-        field = f"images[{i}]"
+        """Decode + preprocess one image (runs in the decode pool); errors name ``images[i].content`` (the image)
+        or ``images[i].regions[j]`` (a box), as in `ImageInput`."""
+        field = field_path("images", i, "content")
         if boxes is not None and not boxes:
             return []  # no region asked for: no result, nothing to decode
         t0 = time.perf_counter()
         try:
-            if boxes is None:
-                out: list[np.ndarray | SkulensError] = [self.preprocessor.image_tensor(data, field=field)]
+            if qualities is not None:  # the same pixels, measured too (`embed_images(qualities=...)`)
+                measured = self.preprocessor.measured_inputs(data, boxes, field=field,
+                                                             field_prefix=field_path("images", i, "regions"))
+                qualities.extend(None if isinstance(r, SkulensError) else r[1] for r in measured)
+                out: list[np.ndarray | SkulensError] = [r if isinstance(r, SkulensError) else r[0] for r in measured]
+            elif boxes is None:
+                out = [self.preprocessor.image_tensor(data, field=field)]
             else:
-                out = self.preprocessor.region_tensors(data, boxes, field=field, field_prefix=f"regions[{i}]")
+                out = self.preprocessor.region_tensors(data, boxes, field=field,
+                                                       field_prefix=field_path("images", i, "regions"))
         except SkulensError as exc:
             return [exc] * (1 if boxes is None else len(boxes))
         self._costs.observe_decode(pixels, time.perf_counter() - t0)
@@ -237,6 +248,8 @@ class Engine:
         deadline: float | None = None,
         caller: object | None = None,
         pixels: Sequence[int] | None = None,
+        qualities: list[ImageQuality | None] | None = None,
+        mirror: bool = False,
     ) -> list[np.ndarray | SkulensError]:
         """Embed each image, or each box of an image that has regions: one [D] float32 unit vector or one
         `SkulensError` per image (or per box, in order), so one bad image never fails the others.
@@ -246,7 +259,10 @@ class Engine:
         threads round-robin between callers: calls with the same `caller` (default: this call alone) take
         turns with every other caller, so a request of many large images cannot starve a small one. `pixels`:
         each image's decoded pixel count when the caller already read it from the headers (admission did);
-        otherwise the headers are read here. Raises `Overloaded`
+        otherwise the headers are read here. `qualities`: when a list is given, it is extended with one
+        `ImageQuality` per result (None where decoding failed), measured on the decoded pixels. `mirror`: each
+        result is the normalised mean of the image's and its mirror image's embedding (two model inputs per image;
+        test-time augmentation of queries). Raises `Overloaded`
         when the queue cannot take this request's items, `DeadlineExceeded` when the deadline passed before
         queueing.
         """
@@ -262,23 +278,31 @@ class Engine:
             pixels = [self.preprocessor.decode_pixels(data) for data in images]  # header only
         elif len(pixels) != len(images):
             raise ValueError(f"{len(pixels)} pixel counts for {len(images)} images")
+        measured: list[list[ImageQuality | None]] | None = None if qualities is None else [[] for _ in images]
         prepared = await asyncio.gather(
             *(
                 self._fair_decode.run(
                     key,
-                    functools.partial(self._prepare, data, per_image[i], i, pixels[i]),
+                    functools.partial(self._prepare, data, per_image[i], i, pixels[i],
+                                      None if measured is None else measured[i]),
                     heavy=pixels[i] >= HEAVY_DECODE_PIXELS,
                 )
                 for i, data in enumerate(images)
             )
         )
         flat: list[np.ndarray | SkulensError] = [r for rs in prepared for r in rs]
+        if qualities is not None and measured is not None:
+            for rs, qs in zip(prepared, measured, strict=True):
+                qualities.extend(qs + [None] * (len(rs) - len(qs)))
         ok = [k for k, r in enumerate(flat) if isinstance(r, np.ndarray)]
         tensors = [r for r in flat if isinstance(r, np.ndarray)]
         self._decode_errors += len(flat) - len(ok)
         if ok:
-            futures = self._image_batcher.submit_many(tensors, deadline=deadline)
-            rows = await asyncio.gather(*futures, return_exceptions=True)
+            batch = tensors + [np.ascontiguousarray(t[..., ::-1]) for t in tensors] if mirror else tensors
+            futures = self._image_batcher.submit_many(batch, deadline=deadline)
+            rows: list[object] = list(await asyncio.gather(*futures, return_exceptions=True))
+            if mirror:  # test-time augmentation: the mean of each image's and its mirror image's embedding
+                rows = [_mean_unit(a, b) for a, b in zip(rows[: len(tensors)], rows[len(tensors):], strict=True)]
             for k, row in zip(ok, rows, strict=True):
                 if isinstance(row, np.ndarray):
                     flat[k] = row
@@ -288,7 +312,7 @@ class Engine:
                 elif isinstance(row, asyncio.CancelledError):
                     flat[k] = Cancelled("inference was cancelled")
                 else:
-                    raise row
+                    raise row  # type: ignore[misc]  # anything else gather caught is a bug: re-raise it
         return flat
 
     async def embed_texts(self, texts: Sequence[str], *, deadline: float | None = None) -> np.ndarray:
@@ -310,6 +334,30 @@ class Engine:
         self._texts_embedded += len(rows)
         return np.stack(rows).astype(np.float32, copy=False)
 
+    async def embed_views(
+        self,
+        data: bytes,
+        views: Callable[[Image.Image], list[Image.Image]],
+        *,
+        region: Box | None = None,
+        deadline: float | None = None,
+    ) -> np.ndarray:
+        """Embed the views `views` makes of one image (or of its `region`): float32 [V, D] unit rows, e.g. the
+        augmented views of a reference (`skulens.imaging.augment`). Raises the image's `SkulensError`."""
+        self._check_open()
+
+        def prepare() -> list[np.ndarray]:
+            decoded = self.preprocessor.decode(data, field="image")
+            img = decoded.image if region is None else self.preprocessor.crop(decoded, region, "region")
+            return [self.preprocessor.transform(v) for v in views(img)]
+
+        tensors = await asyncio.get_running_loop().run_in_executor(self._decode_pool, prepare)
+        if not tensors:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rows = await asyncio.gather(*self._image_batcher.submit_many(tensors, deadline=deadline))
+        self._images_embedded += len(rows)
+        return np.stack(rows).astype(np.float32, copy=False)
+
     def _check_open(self) -> None:
         if self._closed:
             raise Cancelled("the inference engine is shut down")
@@ -324,3 +372,13 @@ class Engine:
             await self._text_batcher.close(drain=drain)
         self._infer_pool.shutdown(wait=True)
         self._decode_pool.shutdown(wait=True, cancel_futures=not drain)
+
+
+def _mean_unit(a: object, b: object) -> object:
+    """The normalised mean of two embeddings; the first error when either is one."""
+    if not isinstance(a, np.ndarray):
+        return a
+    if not isinstance(b, np.ndarray):
+        return b
+    m = a + b
+    return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32)

@@ -8,13 +8,15 @@ named by `fingerprint`: the one fact a catalog checks (once, at the door) before
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from PIL import Image
 
 from skulens.errors import SkulensError
 from skulens.imaging.preprocess import Box
+from skulens.imaging.quality import ImageQuality
 from skulens.inference.cost_model import CostModel
 
 
@@ -64,8 +66,23 @@ class Encoder(Protocol):
         deadline: float | None = None,
         caller: object | None = None,
         pixels: Sequence[int] | None = None,
+        qualities: list[ImageQuality | None] | None = None,
+        mirror: bool = False,
     ) -> list[np.ndarray | SkulensError]:
-        """One unit vector or one `SkulensError` per image (or per box of an image with regions), in order."""
+        """One unit vector or one `SkulensError` per image (or per box of an image with regions), in order;
+        `qualities`, when given, is extended with each result's `ImageQuality` (None where decoding failed);
+        `mirror`: each vector is the normalised mean of the image's and its mirror image's embedding."""
+        ...
+
+    async def embed_views(
+        self,
+        data: bytes,
+        views: Callable[[Image.Image], list[Image.Image]],
+        *,
+        region: Box | None = None,
+        deadline: float | None = None,
+    ) -> np.ndarray:
+        """float32 [V, dim] unit-norm rows of the views `views` makes of one image (or of its `region`)."""
         ...
 
     async def embed_texts(self, texts: Sequence[str], *, deadline: float | None = None) -> np.ndarray:

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from skulens.catalog.location import open_catalog
+from skulens.service.augmenter import Augmenter
 from skulens.service.auth import AuthInterceptor
 from skulens.service.calllog import CallInterceptor
 from skulens.service.drift_metrics import DriftCollector
@@ -273,6 +274,11 @@ class ServerApp:
         if self.runtime.drift is not None:
             self.runtime.drift.start()
         await self._start_migration_manager()
+        settings = self.settings
+        if settings.augment_references and settings.matching == "adapted" and settings.store_images:
+            self.runtime.augmenter = Augmenter(self.runtime, below=settings.head_min_references,
+                                               quiet_seconds=settings.augment_quiet_seconds)
+            self.runtime.augmenter.start()
         engine = self.runtime.engine
         mismatch = (catalog.fingerprint, catalog.dim) != (engine.fingerprint, engine.dim) and (
             catalog.migration_state().space(engine.fingerprint) is None
@@ -325,6 +331,8 @@ class ServerApp:
         if self.server is not None:
             await self.server.stop(grace)
         engine, catalog = self.runtime.engine, self.runtime.catalog
+        if self.runtime.augmenter is not None:  # it embeds with the engine and writes the catalog: stop it first
+            await self.runtime.augmenter.stop()
         if self.runtime.migration is not None:  # closes the models it loaded; the initial one is ours
             engine = self.runtime.migration.initial_engine or engine
             await self.runtime.migration.stop()

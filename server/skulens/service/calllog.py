@@ -119,7 +119,6 @@ class _DecodedRequests:
             raise DeadlineExceeded(
                 f"no request message for {self._idle:g} s after message {self._index - 1} (the server's stream idle "
                 "limit); send messages sooner, or end the stream",
-                "requests",
             ) from None
         index, self._index = self._index, self._index + 1
         return parse_request(self._deserializer, raw, f"request message {index}")

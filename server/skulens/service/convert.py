@@ -6,7 +6,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from skulens.catalog import validation
 from skulens.catalog.models import Match, Product, SearchResult, Verdict
+from skulens.errors import field_path
 from skulens.imaging.preprocess import Box
 from skulens.service.errors_grpc import BadRequest, TooMany, item_status
 from skulens.service.settings import Settings
@@ -35,35 +37,31 @@ class SearchParams:
 def search_params(
     options: common_pb2.SearchOptions, settings: Settings, prefix: str = "options"
 ) -> SearchParams:
-    """Validate SearchOptions against the server limits (BadRequest names the field and the limit)."""
+    """Validate SearchOptions against the server limits (BadRequest / InvalidArgument names the field, as a path
+    under `prefix`, and the limit); the category and label filters come back in NFC."""
     top_k = options.top_k or settings.default_top_k
     if top_k > settings.max_top_k:
-        raise BadRequest(
-            f"{prefix}.top_k must be <= {settings.max_top_k}, got {options.top_k}", field=f"{prefix}.top_k"
-        )
+        field = field_path(prefix, "top_k")
+        raise BadRequest(f"{field} must be <= {settings.max_top_k}, got {options.top_k}", field=field)
     min_score = float(options.min_score)
     if not math.isfinite(min_score) or not -1.0 <= min_score <= 1.0:
-        raise BadRequest(
-            f"{prefix}.min_score must be in [-1, 1], got {options.min_score}", field=f"{prefix}.min_score"
-        )
+        field = field_path(prefix, "min_score")
+        raise BadRequest(f"{field} must be in [-1, 1], got {options.min_score}", field=field)
     threshold = margin = None
     if options.HasField("unknown_threshold"):
         threshold = float(options.unknown_threshold)
         if not math.isfinite(threshold) or not -1.0 <= threshold <= 1.0:
-            raise BadRequest(
-                f"{prefix}.unknown_threshold must be in [-1, 1], got {options.unknown_threshold}",
-                field=f"{prefix}.unknown_threshold",
-            )
+            field = field_path(prefix, "unknown_threshold")
+            raise BadRequest(f"{field} must be in [-1, 1], got {options.unknown_threshold}", field=field)
     if options.HasField("ambiguity_margin"):
         margin = float(options.ambiguity_margin)
         if not math.isfinite(margin) or not 0.0 <= margin <= 2.0:
-            raise BadRequest(
-                f"{prefix}.ambiguity_margin must be in [0, 2], got {options.ambiguity_margin}",
-                field=f"{prefix}.ambiguity_margin",
-            )
+            field = field_path(prefix, "ambiguity_margin")
+            raise BadRequest(f"{field} must be in [0, 2], got {options.ambiguity_margin}", field=field)
+    category = validation.category(options.category, field_path(prefix, "category"))
+    labels = validation.labels(dict(options.labels), field_path(prefix, "labels"))
     return SearchParams(
-        top_k, min_score or None, options.category, dict(options.labels), int(options.min_catalog_version),
-        threshold, margin,
+        top_k, min_score or None, category, labels, int(options.min_catalog_version), threshold, margin,
     )
 
 
@@ -72,10 +70,10 @@ def boxes_of(image: recognition_pb2.ImageInput, index: int, settings: Settings) 
     if not image.regions:
         return None
     if len(image.regions) > settings.max_regions_per_image:
+        field = field_path("images", index, "regions")
         raise TooMany(
-            f"images[{index}].regions holds {len(image.regions)} boxes; the limit is "
-            f"{settings.max_regions_per_image} per image",
-            field=f"images[{index}].regions",
+            f"{field} holds {len(image.regions)} boxes; the limit is {settings.max_regions_per_image} per image",
+            field=field,
         )
     return [Box(r.x, r.y, r.width, r.height) for r in image.regions]
 
@@ -108,13 +106,11 @@ def check_texts(texts: object, settings: Settings, field: str = "texts", *, requ
             field=field,
         )
     for i, t in enumerate(seq):
+        item = field_path(field, i)
         if not t.strip():
-            raise BadRequest(f"{field}[{i}] is empty", field=f"{field}[{i}]")
+            raise BadRequest(f"{item} is empty", field=item)
         if len(t) > settings.max_text_chars:
-            raise BadRequest(
-                f"{field}[{i}] has {len(t)} characters; the limit is {settings.max_text_chars}",
-                field=f"{field}[{i}]",
-            )
+            raise BadRequest(f"{item} has {len(t)} characters; the limit is {settings.max_text_chars}", field=item)
 
 
 def recognition_pb(result: SearchResult) -> recognition_pb2.Recognition:

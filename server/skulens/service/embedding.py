@@ -4,17 +4,27 @@ photo. Works on bytes; the servicers own the protobuf shapes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from skulens.errors import SkulensError
+from skulens.errors import SkulensError, field_path
 from skulens.imaging.errors import ImageTooLarge
 from skulens.imaging.preprocess import Box
+from skulens.imaging.quality import ImageQuality
 from skulens.inference.protocol import Encoder
 from skulens.service.admission import Ticket
 from skulens.service.state import Runtime
+
+#: How a request names image `i` (region None) or its region `j`: the field path an error of it carries.
+FieldOf = Callable[[int, int | None], str]
+
+
+def image_fields(i: int, j: int | None) -> str:
+    """The fields of `ImageInput` number `i` of a request's `images` (the encoder's own names):
+    ``images[i].content``, or ``images[i].regions[j]`` for its region `j`."""
+    return field_path("images", i, "content") if j is None else field_path("images", i, "regions", j)
 
 
 @dataclass
@@ -23,6 +33,21 @@ class Embedded:
 
     boxes: list[Box] | None
     outputs: list[np.ndarray | SkulensError]
+    #: With `embed_batch(measure=True)`: what decoding measured of each output's pixels (None where it failed).
+    qualities: list[ImageQuality | None] = field(default_factory=list)
+
+
+def _addressed(
+    out: np.ndarray | SkulensError, i: int, j: int | None, field_of: FieldOf, stream_index: int | None
+) -> np.ndarray | SkulensError:
+    """An encoder error of image `i` (region `j`) re-addressed to the request's own field (`field_of`) and, in a
+    stream, to its message (`stream_index`)."""
+    if not isinstance(out, SkulensError):
+        return out
+    if out.field and field_of is not image_fields:
+        whole = out.field == image_fields(i, None)  # the image itself failed (every box of it says so)
+        out = out.with_field(field_of(i, None if whole else j))
+    return out if stream_index is None else out.in_stream(stream_index)
 
 
 async def embed_batch(
@@ -33,14 +58,21 @@ async def embed_batch(
     max_bytes: int | None = None,
     caller: object | None = None,
     pixels: Sequence[int] | None = None,
+    field_of: FieldOf = image_fields,
+    stream_indexes: Sequence[int] | None = None,
+    measure: bool = False,
+    mirror: bool = False,
 ) -> list[Embedded]:
     """Embed images (each whole, or each of its boxes); regroup the encoder's flat results per image.
 
     Images over `max_bytes` (the server's limit; the encoder may be shared with other limits) are not handed
     to the encoder at all: they fail with ImageTooLarge naming the limit. Calls with the same `caller` share
     one turn of the decode threads (a stream's images). `pixels`: per image, as `admit_images` read them from
-    the headers (so the encoder does not read them again). Errors name the encoder's fields (``images[i]``,
-    ``regions[i][j]``); a servicer with other field names renames them.
+    the headers (so the encoder does not read them again). Errors name the request's fields as `field_of` says
+    (default: a request's `images`, ``images[i].content`` / ``images[i].regions[j]``) and, in a stream, the
+    message of each image (`stream_indexes[i]`). `measure`: also return what decoding measured of each image
+    (`Embedded.qualities`, for the enrolment warnings). `mirror`: test-time augmentation of queries (each embedding
+    the normalised mean of the image's and its mirror image's; `--query-mirror`).
     """
     sizes = [len(data) for data in contents]
     too_big = {i for i, size in enumerate(sizes) if max_bytes is not None and size > max_bytes}
@@ -48,17 +80,25 @@ async def embed_batch(
         contents = [b"" if i in too_big else data for i, data in enumerate(contents)]
         if pixels is not None:
             pixels = [0 if i in too_big else p for i, p in enumerate(pixels)]
-    flat = await encoder.embed_images(
-        contents, regions=list(boxes), deadline=deadline, caller=caller, pixels=pixels
-    )
+    qualities: list[ImageQuality | None] | None = [] if measure else None
+    if mirror:  # only asked of the encoder when wanted (wrappers in tests pass keywords through)
+        flat = await encoder.embed_images(contents, regions=list(boxes), deadline=deadline, caller=caller,
+                                          pixels=pixels, qualities=qualities, mirror=True)
+    elif qualities is not None:
+        flat = await encoder.embed_images(contents, regions=list(boxes), deadline=deadline, caller=caller,
+                                          pixels=pixels, qualities=qualities)
+    else:
+        flat = await encoder.embed_images(contents, regions=list(boxes), deadline=deadline, caller=caller,
+                                          pixels=pixels)
     out, k = [], 0
     for i, b in enumerate(boxes):
         n = len(b) if b is not None else 1
-        outputs = flat[k : k + n]
+        at = None if stream_indexes is None else stream_indexes[i]
+        outputs = [_addressed(o, i, None if b is None else j, field_of, at) for j, o in enumerate(flat[k : k + n])]
         if i in too_big:
-            err = ImageTooLarge(f"image is {sizes[i]} bytes; the limit is {max_bytes} bytes", f"images[{i}]")
-            outputs = [err] * n
-        out.append(Embedded(b, outputs))
+            err = ImageTooLarge(f"image is {sizes[i]} bytes; the limit is {max_bytes} bytes", field_of(i, None))
+            outputs = [err if at is None else err.in_stream(at)] * n
+        out.append(Embedded(b, outputs, [] if qualities is None else qualities[k : k + n]))
         k += n
     return out
 

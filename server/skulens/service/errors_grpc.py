@@ -9,7 +9,7 @@ it becomes INTERNAL with a generic text and its traceback goes to the log only.
 | InvalidImage, InvalidRegion, ImageTooLarge, ImageTooSmall | INVALID_ARGUMENT    |
 | catalog InvalidArgument, BadRequest                       | INVALID_ARGUMENT    |
 | catalog NotFound                                          | NOT_FOUND           |
-| catalog AlreadyExists                                     | ALREADY_EXISTS      |
+| catalog AlreadyExists (incl. RequestIdReused)             | ALREADY_EXISTS      |
 | FingerprintMismatch, ModelLoadError, ManifestError        | FAILED_PRECONDITION |
 | catalog MigrationError (step does not fit the migration)  | FAILED_PRECONDITION |
 | catalog EtagMismatch (the product changed since read)     | ABORTED             |
@@ -140,6 +140,8 @@ def describe(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     message = exc.message or type(exc).__name__
     if field and not message.startswith(field):
         message = f"{field}: {message}"
+    if exc.stream_index is not None:  # the field is relative to that stream message
+        message = f"message {exc.stream_index}: {message}"
     return code, message, field
 
 
@@ -150,6 +152,30 @@ def item_status(exc: BaseException | None = None) -> common_pb2.ItemStatus:
     code, message, field = describe(exc)
     details = status_proto(exc, (code, message, field)).details
     return common_pb2.ItemStatus(code=code.value[0], message=message, field=field, details=details)
+
+
+def for_stream_message(status: common_pb2.ItemStatus, index: int) -> common_pb2.ItemStatus:
+    """A copy of one stream message's item status for the message at `index` (the same outcome, e.g. for the same
+    image sent again): its position in the text ("message N: ") and in ErrorInfo metadata "stream_index"."""
+    out = common_pb2.ItemStatus()
+    out.CopyFrom(status)
+    if not status.code:
+        return out
+    prefix = re.compile(r"^message \d+: ")
+    out.message = prefix.sub(f"message {index}: ", status.message)
+    for detail in out.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            info.metadata["stream_index"] = str(index)
+            detail.Pack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            for v in bad.field_violations:
+                v.description = prefix.sub(f"message {index}: ", v.description)
+            detail.Pack(bad)
+    return out
 
 
 def reason_of(exc: BaseException) -> str:
@@ -167,8 +193,11 @@ def status_proto(exc: BaseException, described: tuple[grpc.StatusCode, str, str]
     BadRequest with a field violation for INVALID_ARGUMENT naming a field; RetryInfo when a retry delay is known.
     `described`: `describe(exc)` when the caller has it already (an unmapped error is logged once)."""
     code, message, field = described or describe(exc)
-    details = [error_details_pb2.ErrorInfo(reason=reason_of(exc), domain=ERROR_DOMAIN,
-                                           metadata={"field": field} if field else {})]
+    metadata = {"field": field} if field else {}
+    stream_index = getattr(exc, "stream_index", None)
+    if stream_index is not None:
+        metadata["stream_index"] = str(stream_index)
+    details = [error_details_pb2.ErrorInfo(reason=reason_of(exc), domain=ERROR_DOMAIN, metadata=metadata)]
     if code is C.INVALID_ARGUMENT and field:
         details.append(error_details_pb2.BadRequest(
             field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
@@ -186,14 +215,22 @@ def status_proto(exc: BaseException, described: tuple[grpc.StatusCode, str, str]
     return status_pb2.Status(code=code.value[0], message=message, details=packed)
 
 
+def trailer_text(text: str) -> str:
+    """`text` as an ASCII metadata value: UTF-8 bytes outside printable ASCII (and "%") percent-encoded, as gRPC
+    encodes grpc-message (a field path with a non-ASCII map key stays readable and decodable)."""
+    if all(0x20 <= ord(c) <= 0x7E and c != "%" for c in text):
+        return text
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in text.encode("utf-8"))
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
-    """End the call with the status for `exc` (field in trailing metadata `skulens-error-field`; a retry hint
-    of an overload refusal in `grpc-retry-pushback-ms`)."""
+    """End the call with the status for `exc` (field in trailing metadata `skulens-error-field`, percent-encoded
+    where it is not ASCII; a retry hint of an overload refusal in `grpc-retry-pushback-ms`)."""
     code, message, field = describe(exc)
     trailing = tuple(context.trailing_metadata() or ())
     trailing += ((STATUS_DETAILS_KEY, status_proto(exc, (code, message, field)).SerializeToString()),)
     if field:
-        trailing += ((FIELD_METADATA_KEY, field),)
+        trailing += ((FIELD_METADATA_KEY, trailer_text(field)),)
     retry_after = getattr(exc, "retry_after_s", None)
     if code in (C.RESOURCE_EXHAUSTED, C.UNAVAILABLE) and isinstance(retry_after, (int, float)):
         trailing += ((RETRY_PUSHBACK_KEY, str(max(1, round(retry_after * 1000)))),)

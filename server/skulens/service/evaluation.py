@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from skulens.catalog.adapted import AdaptedMatcher
 from skulens.catalog.backend import CatalogBackend
 from skulens.catalog.errors import MigrationError
 from skulens.catalog.evaluation import (
@@ -31,7 +32,7 @@ from skulens.catalog.evaluation import (
     query_from_result,
 )
 from skulens.catalog.models import SearchResult
-from skulens.errors import SkulensError, code_name
+from skulens.errors import SkulensError, code_name, field_path
 from skulens.inference.protocol import Encoder
 from skulens.service.calllog import call_fields
 from skulens.service.consistency import reach_version
@@ -57,24 +58,23 @@ class EvaluateParams:
     curve_points: int = 101
 
 
-def evaluate_params(
-    options: pb.EvaluateOptions, settings: Settings, prefix: str = "requests[0].options"
-) -> EvaluateParams:
-    """EvaluateOptions checked against the server's limits (BadRequest names the field); top_k at least 5."""
-    search = search_params(options.search, settings, f"{prefix}.search")
+def evaluate_params(options: pb.EvaluateOptions, settings: Settings, prefix: str = "options") -> EvaluateParams:
+    """EvaluateOptions checked against the server's limits (BadRequest names the field, a path under `prefix`);
+    top_k at least 5."""
+    search = search_params(options.search, settings, field_path(prefix, "search"))
     search = dataclasses.replace(search, top_k=max(search.top_k, min(5, settings.max_top_k)))
     target = float(options.target_false_accept) or 0.05
     if not (math.isfinite(target) and 0.0 < target < 1.0):
-        raise BadRequest(
-            f"{prefix}.target_false_accept must be in (0, 1), got {options.target_false_accept}",
-            field=f"{prefix}.target_false_accept",
-        )
+        field = field_path(prefix, "target_false_accept")
+        raise BadRequest(f"{field} must be in (0, 1), got {options.target_false_accept}", field=field)
     pairs = options.confused_pairs or 10
     if pairs > 100:
-        raise BadRequest(f"{prefix}.confused_pairs must be <= 100, got {pairs}", field=f"{prefix}.confused_pairs")
+        field = field_path(prefix, "confused_pairs")
+        raise BadRequest(f"{field} must be <= 100, got {pairs}", field=field)
     points = options.curve_points or 101
     if not 2 <= points <= 1001:
-        raise BadRequest(f"{prefix}.curve_points must be in [2, 1001], got {points}", field=f"{prefix}.curve_points")
+        field = field_path(prefix, "curve_points")
+        raise BadRequest(f"{field} must be in [2, 1001], got {points}", field=field)
     return EvaluateParams(search, target, pairs, bool(options.include_queries), points)
 
 
@@ -98,7 +98,8 @@ class _Run:
 async def evaluate_stream(
     rt: Runtime, requests: AsyncIterator[pb.EvaluateRequest], context: grpc.aio.ServicerContext
 ) -> pb.EvaluateResponse:
-    """Serve one Evaluate call (see recognition.proto)."""
+    """Serve one Evaluate call (see recognition.proto). An error that ends the call names its field relative to the
+    stream message and the message's position (`stream_index`)."""
     engine, catalog = rt.searchable()
     settings = rt.settings
     deadline = deadline_of(context)
@@ -107,16 +108,13 @@ async def evaluate_stream(
     fields = call_fields()
     fields["images"] = 0
     stream_ticket = rt.admission.open_call()
+    index = -1
     try:
-        index = -1
         async for msg in requests:
             index += 1
             if msg.HasField("options"):
                 if index:
-                    raise BadRequest(
-                        f"requests[{index}].options: only the first message may set options",
-                        field=f"requests[{index}].options",
-                    )
+                    raise BadRequest("only the first message may set options", field="options")
                 params = evaluate_params(msg.options, settings)
                 if msg.options.model_fingerprint:
                     engine = _model(rt, catalog, msg.options.model_fingerprint)
@@ -126,26 +124,30 @@ async def evaluate_stream(
                         params.search.min_catalog_version,
                         deadline,
                         settings.catalog_wait_ms / 1000.0,
-                        "requests[0].options.search.min_catalog_version",
+                        "options.search.min_catalog_version",
                     )
-            check_images(msg.images, settings, field=f"requests[{index}].images")
+            check_images(msg.images, settings)
             for k, li in enumerate(msg.images):
                 if li.image.regions:
                     raise BadRequest(
                         "Evaluate takes whole photos: regions are not allowed",
-                        field=f"requests[{index}].images[{k}].image.regions",
+                        field=field_path("images", k, "image", "regions"),
                     )
             fields["images"] += len(msg.images)
             if fields["images"] > settings.max_evaluation_images:
                 raise TooMany(
                     f"the stream holds more than {settings.max_evaluation_images} photos, the limit per "
                     "Evaluate call (split the set)",
-                    field=f"requests[{index}].images",
+                    field="images",
                 )
             if msg.images:
                 rt.searchable()  # refused once draining began
                 await _recognize(rt, engine, catalog, msg, params.search, deadline, run, index)
-        report, outcomes = await asyncio.to_thread(_report, catalog, run, params)
+        report, outcomes = await asyncio.to_thread(_report, rt.matcher, catalog, run, params)
+    except SkulensError as exc:  # the message it concerns: the one being read (none before the first)
+        if index >= 0 and exc.stream_index is None:
+            raise exc.in_stream(index) from exc.__cause__
+        raise
     finally:
         rt.admission.release(stream_ticket)
     return pb.EvaluateResponse(
@@ -166,7 +168,7 @@ def _model(rt: Runtime, catalog: CatalogBackend, fingerprint: str) -> Encoder:
         raise MigrationError(
             f"model {fingerprint!r} is neither the serving model nor a model migration's candidate or previous "
             "model loaded on this server",
-            field="requests[0].options.model_fingerprint",
+            field="options.model_fingerprint",
         )
     return engine
 
@@ -192,11 +194,13 @@ async def _recognize(
         nbytes=sum(len(c) for c in contents if len(c) <= max_bytes),
         pixels=sum(pixels),
         new_call=False,
-        field=f"requests[{index}].images",
+        field="images",
     )
     with ticket:
         embedded = await embed_batch(
-            engine, contents, [None] * len(contents), deadline, max_bytes, caller=run, pixels=pixels
+            engine, contents, [None] * len(contents), deadline, max_bytes, caller=run, pixels=pixels,
+            field_of=lambda k, _: field_path("images", k, "image", "content"), stream_indexes=[index] * len(contents),
+            mirror=rt.settings.query_mirror,
         )
     outputs = [e.outputs[0] for e in embedded]
     good = [o for o in outputs if isinstance(o, np.ndarray)]
@@ -205,7 +209,8 @@ async def _recognize(
         version = catalog.version()
         if not good:
             return [], version
-        return catalog.search(
+        return rt.matcher.search(
+            catalog,
             np.stack(good),
             top_k=params.top_k,
             min_score=params.min_score,
@@ -219,11 +224,11 @@ async def _recognize(
 
     found, run.version = await asyncio.to_thread(search)
     answers = iter(found)
-    for k, (li, out) in enumerate(zip(msg.images, outputs, strict=True)):
+    for li, out in zip(msg.images, outputs, strict=True):
         if isinstance(out, np.ndarray):
             answer: SearchResult | SkulensError = next(answers)
         else:
-            answer = out.with_field(f"requests[{index}].images[{k}].image.content")
+            answer = out  # named by embed_batch: images[k].image.content of message `index`
             run.failed += 1
         run.photos.append(_Photo(li.image.id, li.product_id, li.group, answer))
     if rt.metrics is not None:
@@ -233,7 +238,7 @@ async def _recognize(
 
 
 def _report(
-    catalog: CatalogBackend, run: _Run, params: EvaluateParams
+    matcher: AdaptedMatcher, catalog: CatalogBackend, run: _Run, params: EvaluateParams
 ) -> tuple[pb.EvaluationReport, list[pb.QueryOutcome]]:
     """The figures of the recognised photos (runs in a worker thread: it reads the catalog's products)."""
     categories = catalog_categories(catalog)
@@ -270,10 +275,10 @@ def _report(
                     correct=q.correct,
                 )
             )
-    settings = catalog.settings
-    search = params.search  # thresholds in force: the request's, else the catalog's
-    threshold = search.unknown_threshold if search.unknown_threshold is not None else settings.unknown_threshold
-    margin = search.ambiguity_margin if search.ambiguity_margin is not None else settings.ambiguity_margin
+    in_force = matcher.thresholds(catalog)
+    search = params.search  # thresholds in force: the request's, else the catalog's stored ones, else the settings'
+    threshold = search.unknown_threshold if search.unknown_threshold is not None else in_force.unknown_threshold
+    margin = search.ambiguity_margin if search.ambiguity_margin is not None else in_force.ambiguity_margin
     report = evaluate(
         queries,
         target_false_accept=params.target_false_accept,
@@ -292,7 +297,9 @@ def _report(
     out = report_pb(report)
     out.unlisted_products, out.failed = unlisted, run.failed
     out.thresholds.CopyFrom(
-        pb.MatchThresholds(unknown_threshold=threshold, ambiguity_margin=margin)
+        pb.MatchThresholds(unknown_threshold=threshold, ambiguity_margin=margin,
+                           source="request" if search.unknown_threshold is not None else in_force.source,
+                           matching=matcher.matching)
     )
     del out.notes[:]
     out.notes.extend(notes)

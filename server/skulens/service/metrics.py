@@ -17,6 +17,7 @@
 | skulens_admission_calls       | gauge     |              | embedding calls admitted and running     |
 | skulens_admission_inflight_bytes | gauge  |              | image bytes held by admitted work        |
 | skulens_admission_refused_total | counter | reason     | refused before decoding, by check |
+| skulens_enrolment_warnings_total | counter | kind      | warnings about enrolled references (catalog.proto) |
 
 The drift monitor registers its own `skulens_drift_*` metrics on the same registry
 (`skulens.service.drift_metrics`, docs/MONITORING.md).
@@ -112,6 +113,10 @@ class Metrics:
         )
         self.texts = Counter("skulens_texts", "Text queries embedded", ["method"], registry=registry)
         self.ready = Gauge("skulens_ready", "1 when serving, 0 while loading or draining", registry=registry)
+        self.enrolment_warnings = Counter(
+            "skulens_enrolment_warnings", "Warnings given about enrolled references, by kind", ["kind"],
+            registry=registry,
+        )
         self._live = _LiveCollector()
         registry.register(self._live)
 
@@ -129,6 +134,10 @@ class Metrics:
     def observe_items(self, method: str, n: int) -> None:
         """Record the size of one request (images or texts)."""
         self.request_items.labels(method).observe(n)
+
+    def count_enrolment_warning(self, kind: str) -> None:
+        """Count one enrolment warning of `kind` (CLOSER_TO_OTHER_PRODUCT, NEAR_DUPLICATE_OF_OTHER_PRODUCT, ...)."""
+        self.enrolment_warnings.labels(kind).inc()
 
     def count_images(self, method: str, code: str, n: int = 1) -> None:
         """Count `n` images with outcome `code` (OK, INVALID_ARGUMENT, ...)."""

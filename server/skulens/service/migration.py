@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from skulens.catalog.errors import InvalidArgument, MigrationError
 from skulens.catalog.migration_state import MigrationState, ModelSpace, SpaceProgress
+from skulens.errors import SkulensError
 from skulens.imaging.preprocess import Box
 
 if TYPE_CHECKING:
@@ -259,9 +260,11 @@ class MigrationManager:
         try:
             await asyncio.to_thread(catalog.start_migration, ModelSpace(fp, engine.dim, model_dir), shadow_share,
                                     self.model_dir)
-        except BaseException:
+        except BaseException as exc:
             if self.engines.get(fp) is not engine:
                 await engine.close()
+            if isinstance(exc, SkulensError) and exc.field == "model":  # the catalog's name for the request's model
+                raise exc.with_field("model_dir") from None
             raise
         self.engines[fp] = engine
         self.load_errors.pop(fp, None)

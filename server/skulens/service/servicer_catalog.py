@@ -20,16 +20,18 @@ import grpc
 import numpy as np
 
 from skulens.catalog import validation
-from skulens.catalog.errors import CatalogError, NotFound
-from skulens.catalog.models import HashedImage, NewReference
-from skulens.errors import SkulensError, code_name
+from skulens.catalog.confusability import EnrolmentWarning
+from skulens.catalog.errors import CatalogError, NotFound, RequestIdReused
+from skulens.catalog.models import HashedImage, NewReference, Region
+from skulens.errors import SkulensError, code_name, field_path
 from skulens.imaging.errors import ImageTooLarge, InvalidImage, InvalidRegion
 from skulens.imaging.preprocess import Box
 from skulens.service.calllog import call_fields
 from skulens.service.consistency import reach_version
 from skulens.service.convert import product_pb
 from skulens.service.embedding import embed_batch
-from skulens.service.errors_grpc import BadRequest, item_status
+from skulens.service.enrolment_warnings import NewRow, attach, check_batch
+from skulens.service.errors_grpc import BadRequest, for_stream_message, item_status
 from skulens.service.state import Runtime, deadline_of
 from skulens.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 
@@ -49,7 +51,8 @@ _Key = tuple[str, str, Box | None]  # product id, content sha256, region
 
 @dataclass(frozen=True)
 class _Item:
-    """One enrolment message that passed its own checks: normalised product id, source, hash and box."""
+    """One enrolment message that passed its own checks: normalised product id, source, hash, box and request
+    id."""
 
     index: int
     msg: _EnrolMessage
@@ -57,6 +60,12 @@ class _Item:
     source: str
     image: HashedImage
     box: Box | None
+    request_id: str | None = None
+
+    @property
+    def region(self) -> Region | None:
+        """The box as the catalog stores it."""
+        return None if self.box is None else (self.box.x, self.box.y, self.box.width, self.box.height)
 
     @property
     def sha(self) -> str:
@@ -82,40 +91,58 @@ def _reference_position(field: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _renamed(exc: Exception, index: int) -> Exception:
-    """A catalog error re-addressed to the request field ``requests[index].<field>`` the client sent.
+#: The enrolment message's field for a catalog reference field (``references[k].<name>``).
+_MESSAGE_FIELD = {"image": "content", "embedding": "content", "": "content", "content_sha256": "content",
+                  "space_embeddings": "content"}
 
-    ``references[k].source`` becomes ``requests[index].source`` (``.image`` / ``.embedding`` become
-    ``.content``), ``product_id`` becomes ``requests[index].product_id``; other errors are returned as they are.
-    """
-    if not isinstance(exc, CatalogError) or not exc.field:
+
+def _for_message(exc: Exception, index: int) -> Exception:
+    """An error of stream message `index`, its field relative to the message (``content``, ``source``,
+    ``region``, ``request_id``, ``product_id``): a catalog's ``references[k].image`` / ``.embedding`` become
+    ``content``; exceptions that are not domain errors are returned as they are."""
+    if not isinstance(exc, SkulensError):
         return exc
-    old = exc.field
-    m = _REFERENCE_FIELD.match(old)
+    old = exc.field or ""
+    m = _REFERENCE_FIELD.match(old) if isinstance(exc, CatalogError) else None
     if m:
         rest = old[m.end() :].lstrip(".")
-        rest = {"image": "content", "embedding": "content", "": "content"}.get(rest, rest)
-    elif old == "product_id":
-        rest = old
-    else:
-        return exc
-    new = f"requests[{index}].{rest}"
-    message = new + exc.message[len(old) :] if exc.message.startswith(old) else exc.message
-    clone = copy.copy(exc)
-    clone.field, clone.message, clone.args = new, message, (message,)
-    return clone
+        new = _MESSAGE_FIELD.get(rest, rest)
+        message = new + exc.message[len(old) :] if exc.message.startswith(old) else exc.message
+        exc = copy.copy(exc)
+        exc.field, exc.message, exc.args = new, message, (message,)
+    return exc.in_stream(index)
 
 
-def _status_for(status: common_pb2.ItemStatus, index: int) -> common_pb2.ItemStatus:
-    """A copy of another item's failure status for item `index` (its field re-indexed)."""
-    out = common_pb2.ItemStatus()
-    out.CopyFrom(status)
-    m = re.match(r"^requests\[\d+\]", status.field)
-    if m:
-        new = f"requests[{index}]"
-        out.field = new + status.field[m.end():]
-        out.message = status.message.replace(m.group(0), new, 1)
-    return out
+@dataclass
+class _Claim:
+    """The first message of a call that named a request id: its duplicate identity and its result (filled in
+    place as the call goes on)."""
+
+    key: _Key
+    result: pb.AddedReference
+
+
+def _claim_requests(
+    items: list[_Item], claimed: dict[str, _Claim], results: dict[int, pb.AddedReference]
+) -> tuple[list[_Item], list[tuple[_Item, pb.AddedReference]]]:
+    """Record the request ids of this call's messages; a message naming one an earlier message of the call named
+    gets that message's outcome (returned as an echo, answered once the chunk is done) or, for another product,
+    content or region, RequestIdReused. Returns (the items to enrol, the echoes)."""
+    rest, echoes = [], []
+    for it in items:
+        first = claimed.get(it.request_id) if it.request_id is not None else None
+        if it.request_id is None:
+            rest.append(it)
+        elif first is None:
+            claimed[it.request_id] = _Claim(it.key, results[it.index])
+            rest.append(it)
+        elif first.key == it.key:
+            echoes.append((it, first.result))
+        else:
+            error = RequestIdReused(f"request id {it.request_id} was named by message {first.result.index} of this "
+                                    "call for another product, content or region", field="request_id")
+            results[it.index].status.CopyFrom(item_status(error.in_stream(it.index)))
+    return rest, echoes
 
 
 async def _then_version(catalog: CatalogBackend, write: Callable[[], _T]) -> tuple[_T, int]:
@@ -140,10 +167,10 @@ def _update_fields(request: pb.UpsertProductRequest) -> frozenset[str]:
         return frozenset(validation.PRODUCT_FIELDS)
     for i, path in enumerate(paths):
         if path not in validation.PRODUCT_FIELDS:
+            field = field_path("update_mask", "paths", i)
             raise BadRequest(
-                f"update_mask.paths[{i}] is {path!r}; a product update may name "
-                f"{', '.join(validation.PRODUCT_FIELDS)} (or \"*\")",
-                field=f"update_mask.paths[{i}]",
+                f"{field} is {path!r}; a product update may name {', '.join(validation.PRODUCT_FIELDS)} (or \"*\")",
+                field=field,
             )
     return frozenset(paths)
 
@@ -238,6 +265,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             self.rt.metrics.observe_items(method, len(results))
             for r in results:
                 self.rt.metrics.count_images(method, code_name(r.status.code))
+                for w in r.warnings:
+                    self.rt.metrics.count_enrolment_warning(
+                        catalog_pb2.EnrolmentWarningKind.Name(w.kind).removeprefix("ENROLMENT_WARNING_KIND_"))
         return added, duplicates, failed
 
     async def _batches(
@@ -251,16 +281,17 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         results (one per message, `index` = its stream position) and the catalog version after it."""
         chunk: list[tuple[int, _EnrolMessage]] = []
         known: dict[_Key, int] = {}  # (product id, sha256) -> reference id, seen in this call
+        claimed: dict[str, _Claim] = {}  # request id -> the first message of this call that named it
         index = 0
         async for msg in request_iterator:
             chunk.append((index, msg))
             index += 1
             if len(chunk) >= self.settings.enroll_chunk:
-                results = await self._enroll(engine, catalog, chunk, deadline, known)
+                results = await self._enroll(engine, catalog, chunk, deadline, known, claimed)
                 yield results, await asyncio.to_thread(catalog.version)
                 chunk = []
         if chunk:
-            results = await self._enroll(engine, catalog, chunk, deadline, known)
+            results = await self._enroll(engine, catalog, chunk, deadline, known, claimed)
             yield results, await asyncio.to_thread(catalog.version)
 
     async def _enroll(
@@ -270,12 +301,14 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         chunk: Sequence[tuple[int, _EnrolMessage]],
         deadline: float | None,
         known: dict[_Key, int],
+        claimed: dict[str, _Claim],
     ) -> list[pb.AddedReference]:
-        """Enrol one chunk: check each item alone, answer duplicates by hash, embed the rest together, then add
-        each product's new references in one transaction.
+        """Enrol one chunk: check each item alone, answer request-id retries and duplicates by hash, embed the
+        rest together, then add each product's new references in one transaction.
 
-        `known` maps (product id, content sha256) to the reference id for pairs this call has enrolled or found
-        already, so repeats within the stream are never decoded or embedded either.
+        `known` maps (product id, content sha256, region) to the reference id for keys this call has enrolled or
+        found already, so repeats within the stream are never decoded or embedded either; `claimed` the request
+        ids this call has seen (a repeat within the call gets the first message's outcome).
         """
         hashed = await asyncio.to_thread(lambda: [HashedImage(m.content) for _, m in chunk])
         results: dict[int, pb.AddedReference] = {}
@@ -285,7 +318,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             try:
                 items.append(self._check_item(i, msg, image, catalog))
             except SkulensError as exc:
-                results[i].status.CopyFrom(item_status(exc))
+                results[i].status.CopyFrom(item_status(exc.in_stream(i)))
+        items, echoes = _claim_requests(items, claimed, results)
+        items = await self._replay_requests(catalog, items, known, results)
         items = await self._drop_known(catalog, items, known, results)
         while items:  # one round per region variant of a photo whose first copy failed (almost always one)
             leaders: dict[_Key, _Item] = {}
@@ -299,22 +334,27 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 if it.key in known:
                     _duplicate(results[it.index], known[it.key])
                 elif it.box == leader.box:  # same bytes, same crop: the same outcome
-                    results[it.index].status.CopyFrom(_status_for(results[leader.index].status, it.index))
+                    results[it.index].status.CopyFrom(for_stream_message(results[leader.index].status, it.index))
                 else:
                     items.append(it)
+        for it, first in echoes:  # a request id named again in this call: the first message's outcome
+            out = results[it.index]
+            out.status.CopyFrom(for_stream_message(first.status, it.index))
+            out.reference_id, out.duplicate = first.reference_id, first.duplicate
         return [results[i] for i, _ in chunk]
 
     def _check_item(
         self, i: int, msg: _EnrolMessage, image: HashedImage, catalog: CatalogBackend
     ) -> _Item:
-        """Validate one request message on its own (id, source, content size, region); errors name
-        `requests[i].<field>`."""
-        pid = validation.product_id(msg.product_id, f"requests[{i}].product_id")
-        source = validation.source(msg.source, f"requests[{i}].source")
+        """Validate one request message on its own (id, source, request id, content size, region); errors name
+        the message's field (paths relative to the message)."""
+        pid = validation.product_id(msg.product_id, "product_id")
+        source = validation.source(msg.source, "source")
+        request_id = validation.request_id(msg.request_id, "request_id")
         max_bytes = int(self.settings.max_image_mb * 1024 * 1024)
         if catalog.settings.store_images:
             max_bytes = min(max_bytes, catalog.settings.max_image_bytes)
-        field = f"requests[{i}].content"
+        field = "content"
         if not msg.content:
             raise InvalidImage("image is empty (0 bytes)", field)
         if len(msg.content) > max_bytes:
@@ -327,9 +367,43 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 raise InvalidRegion(
                     f"region (x={r.x}, y={r.y}, width={r.width}, height={r.height}) must have x, y >= 0 and "
                     "width, height > 0",
-                    f"requests[{i}].region",
+                    "region",
                 )
-        return _Item(i, msg, pid, source, image, box)
+        return _Item(i, msg, pid, source, image, box, request_id)
+
+    async def _replay_requests(
+        self,
+        catalog: CatalogBackend,
+        items: list[_Item],
+        known: dict[_Key, int],
+        results: dict[int, pb.AddedReference],
+    ) -> list[_Item]:
+        """Answer items whose request id added a live reference before (AIP-155): the original outcome (that
+        reference, duplicate false) when product, content and region are the same, RequestIdReused when not;
+        nothing of them is decoded or embedded. Returns the other items."""
+        asks = [it.request_id for it in items if it.request_id is not None]
+        if not asks:
+            return items
+        try:
+            found = await asyncio.to_thread(catalog.requested_references, asks)
+        except Exception as exc:  # closed, unavailable, ...: every asking item says so
+            for it in items:
+                if it.request_id is not None:
+                    results[it.index].status.CopyFrom(item_status(_for_message(exc, it.index)))
+            return [it for it in items if it.request_id is None]
+        rest = []
+        for it in items:
+            before = found.get(it.request_id) if it.request_id is not None else None
+            if before is None:
+                rest.append(it)
+            elif (before.product_id, before.content_sha256, before.region) != (it.pid, it.sha, it.region):
+                error = RequestIdReused.naming(before, "request_id").in_stream(it.index)
+                results[it.index].status.CopyFrom(item_status(error))
+            else:
+                known[it.key] = before.reference_id
+                results[it.index].status.CopyFrom(item_status(None))
+                results[it.index].reference_id = before.reference_id
+        return rest
 
     async def _drop_known(
         self,
@@ -361,7 +435,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         for it in items:
             got = found.get(it.pid)
             if isinstance(got, Exception):
-                results[it.index].status.CopyFrom(item_status(_renamed(got, it.index)))
+                results[it.index].status.CopyFrom(item_status(_for_message(got, it.index)))
                 continue
             if got and it.box is None and it.sha in got:  # whole-image references only: a crop is another one
                 known[it.key] = got[it.sha]
@@ -393,13 +467,16 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             pixels=sum(pixels),
             new_call=False,
             check_pixels=False,
-            field="requests",
+            field="content",
         )
         with ticket:
             # every enrolment call shares one turn of the decode threads (caller=self): bulk enrolment, however
             # many streams, never holds the decoders against recognition calls
+            check = self.settings.enrolment_warnings  # (the decode step measures what the warnings need)
             embedded = await embed_batch(
-                engine, contents, boxes, deadline, caller=self, pixels=pixels
+                engine, contents, boxes, deadline, caller=self, pixels=pixels, measure=check,
+                field_of=lambda _, j: "content" if j is None else "region",
+                stream_indexes=[it.index for it in items],
             )
             # during a model migration the other model embeds them too (both spaces stay complete)
             other = self.rt.other_engine
@@ -411,10 +488,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         groups: dict[str, list[tuple[_Item, NewReference]]] = defaultdict(list)
         for n, (it, e) in enumerate(zip(items, embedded, strict=True)):
             out = e.outputs[0]
-            if isinstance(out, SkulensError):
-                part = "region" if it.box is not None and (out.field or "").startswith("regions") else "content"
-                field = f"requests[{it.index}].{part}" if out.field else None
-                results[it.index].status.CopyFrom(item_status(out.with_field(field)))
+            if isinstance(out, SkulensError):  # named by embed_batch: `content` or `region` of its message
+                results[it.index].status.CopyFrom(item_status(out))
                 continue
             spaces: dict[str, np.ndarray] = {}
             if also is not None and other is not None and isinstance(also[n].outputs[0], np.ndarray):
@@ -424,7 +499,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 source=it.source,
                 image=it.image,
                 space_embeddings=spaces,
-                region=None if it.box is None else (it.box.x, it.box.y, it.box.width, it.box.height),
+                region=it.region,
+                request_id=it.request_id,
             )
             groups[it.pid].append((it, ref))
 
@@ -437,10 +513,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                         k = _reference_position(exc.field)
                         if k is None or k >= len(refs):
                             for it, _ in refs:  # the product's group failed as a whole (e.g. NOT_FOUND)
-                                results[it.index].status.CopyFrom(item_status(_renamed(exc, it.index)))
+                                results[it.index].status.CopyFrom(item_status(_for_message(exc, it.index)))
                             break
                         it = refs.pop(k)[0]  # one item's own fault: it fails alone, the others are retried
-                        results[it.index].status.CopyFrom(item_status(_renamed(exc, it.index)))
+                        results[it.index].status.CopyFrom(item_status(_for_message(exc, it.index)))
                         continue
                     except Exception as exc:  # a bug: INTERNAL for the group, traceback logged once
                         status = item_status(exc)
@@ -454,8 +530,15 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                         results[it.index].duplicate = bool(a.duplicate)
                     break
 
+        warned: dict[int, list[EnrolmentWarning]] = {}
+        if groups and check:  # searched before the commit: a new reference never finds itself
+            quality = {it.index: e.qualities[0] if e.qualities else None for it, e in zip(items, embedded, strict=True)}
+            rows = [NewRow(it.index, pid, ref.embedding, quality[it.index]) for pid, refs in groups.items()
+                    for it, ref in refs]
+            warned = await asyncio.to_thread(check_batch, catalog, engine.fingerprint, rows)
         if groups:
             await asyncio.to_thread(commit)
+        attach(results, warned)
 
     async def DeleteProduct(
         self, request: pb.DeleteProductRequest, context: grpc.aio.ServicerContext
@@ -545,4 +628,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             resp.migration_phase = m.state.phase
             resp.migration_model_fingerprint = other.fingerprint if other is not None else ""
             resp.migration_embedded = m.progress.embedded if m.progress is not None and other is not None else 0
+        head = self.rt.matcher.info()
+        resp.matching = self.rt.matcher.matching
+        resp.head_fitted_version = max(0, head.fitted_version)
+        resp.head_products = head.products
+        if self.rt.augmenter is not None:
+            pending, augmented = await asyncio.to_thread(catalog.augmentation_counts,
+                                                         self.rt.matcher.settings.min_references)
+            resp.augmentation_pending = max(0, pending - self.rt.augmenter.unusable)
+            resp.augmented_references = augmented
         return resp

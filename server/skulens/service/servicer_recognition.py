@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from skulens.errors import SkulensError, code_name
+from skulens.errors import SkulensError, code_name, field_path
 from skulens.imaging.preprocess import Box
 from skulens.service.calllog import call_fields
 from skulens.service.consistency import reach_version
@@ -32,7 +32,7 @@ from skulens.service.convert import (
 )
 from skulens.service.drift_monitor import DEFAULT_SOURCE, check_source
 from skulens.service.drift_report import drift_report
-from skulens.service.embedding import admit_images, embed_batch
+from skulens.service.embedding import FieldOf, admit_images, embed_batch, image_fields
 from skulens.service.errors_grpc import BadRequest, item_status
 from skulens.service.evaluation import evaluate_stream
 from skulens.service.migration import top1
@@ -40,6 +40,7 @@ from skulens.service.state import Runtime, deadline_of
 from skulens.v1 import common_pb2, recognition_pb2, recognition_pb2_grpc
 
 if TYPE_CHECKING:
+    from skulens.catalog.adapted import AdaptedMatcher
     from skulens.catalog.backend import CatalogBackend
     from skulens.catalog.models import SearchResult
     from skulens.inference.protocol import Encoder
@@ -61,22 +62,27 @@ def _ms(t0: float, t1: float) -> float:
 
 
 async def _search(
+    matcher: AdaptedMatcher,
     catalog: CatalogBackend,
     queries: np.ndarray,
     params: SearchParams,
     unknown_threshold: float | None = None,
     space: str = "",
+    adapt: bool = True,
 ) -> tuple[list[pb.Recognition], int]:
     """Search float32 [N, D] query rows (stacked once, by the caller or the encoder) in a worker thread; also
     the catalog version read just before the search (the answer reflects at least that version). `space`: the
-    fingerprint of the model that embedded them (during a migration the catalog holds two models' spaces)."""
+    fingerprint of the model that embedded them (during a migration the catalog holds two models' spaces);
+    `adapt`: image queries, re-scored by the catalog-adapted head when it is on (text queries are not)."""
 
     def run() -> tuple[list[SearchResult], int]:
         version = catalog.version()
         if not len(queries):
             return [], version
-        results = catalog.search(
+        results = matcher.search(
+            catalog,
             queries,
+            adapt=adapt,
             top_k=params.top_k,
             min_score=params.min_score,
             category=params.category,
@@ -122,9 +128,12 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         caller: object | None = None,
         pixels: Sequence[int] | None = None,
         source: str | None = None,
+        field_of: FieldOf = image_fields,
+        stream_index: int | None = None,
     ) -> tuple[list[pb.ImageResult], int, Encoder]:
         """Embed and search `images`; (one result per image, the catalog version the searches reflected, the
         model that answered). `source`: the checked request source, for drift monitoring (None: not monitored).
+        `field_of` / `stream_index`: how the request names the images (in a stream: within message `stream_index`).
 
         A model switch (this replica's or another's) seen by the version read that comes with the search makes
         the images run again with the model now serving, so that every answer at or past the switch's catalog
@@ -132,18 +141,20 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         t0 = time.perf_counter()
         embedded = await embed_batch(
             engine, [im.content for im in images], boxes, deadline, self.max_image_bytes, caller=caller,
-            pixels=pixels,
+            pixels=pixels, field_of=field_of,
+            stream_indexes=None if stream_index is None else [stream_index] * len(images),
+            mirror=self.settings.query_mirror,
         )
         t1 = time.perf_counter()
         good = [o for e in embedded for o in e.outputs if isinstance(o, np.ndarray)]
         queries = np.stack(good) if good else np.zeros((0, engine.dim), dtype=np.float32)
-        found_list, version = await _search(catalog, queries, params, space=engine.fingerprint)
+        found_list, version = await _search(self.rt.matcher, catalog, queries, params, space=engine.fingerprint)
         serving = catalog.fingerprint
         if serving != engine.fingerprint and self.rt.migration is not None:
             newer = self.rt.migration.engine_for(serving)
             if newer is not None and newer is not engine:
                 return await self._recognize(newer, catalog, images, params, deadline, t_start, boxes, caller,
-                                             None, source)
+                                             None, source, field_of, stream_index)
         if source is not None and self.rt.drift is not None:  # O(1): queued for the monitor's own thread
             self.rt.drift.observe(source, engine.fingerprint, queries, found_list)
         found = iter(found_list)
@@ -204,7 +215,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         if self.rt.migration is not None:  # a share of calls is answered by a migration's candidate too
             self.rt.migration.maybe_shadow(
                 [im.content for im in request.images], boxes, [top1(r.recognition) for r in results],
-                catalog.settings.unknown_threshold,
+                self.rt.matcher.thresholds(catalog).unknown_threshold,
             )
         self._count("Recognize", results)
         return pb.RecognizeResponse(
@@ -239,6 +250,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             source: str,
         ) -> None:
             version = 0
+            message, k = at  # paths are relative to the stream message: its image k
             try:
                 # an image read after draining began is refused on its own; each image takes the model serving
                 # when it is read (a long stream follows a model switch)
@@ -246,16 +258,19 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                 reached[0] = max(reached[0], await self._reach(catalog, params, deadline, reached[0]))
                 ticket, pixels = admit_images(
                     self.rt, current, [image.content], [boxes], deadline, self.max_image_bytes, new_call=False,
-                    field="image",
+                    field=field_path("images", k),
                 )
                 with ticket:
                     results, version, _ = await self._recognize(
-                        current, catalog, [image], params, deadline, t_in, [boxes], stream_key, pixels, source
+                        current, catalog, [image], params, deadline, t_in, [boxes], stream_key, pixels, source,
+                        lambda _, j: image_fields(k, j), message,
                     )
                 res = results[0]
                 reached[0] = max(reached[0], version)
             except Exception as exc:  # per-image failure (overload, draining, catalog behind...): its own status
-                res = pb.ImageResult(id=image.id, status=item_status(exc))
+                res = pb.ImageResult(
+                    id=image.id, status=item_status(exc.in_stream(message) if isinstance(exc, SkulensError) else exc)
+                )
             finally:
                 window.release()
             self._count("RecognizeStream", [res])
@@ -265,7 +280,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
 
         async def refuse(msg: pb.RecognizeStreamRequest, index: int, exc: SkulensError) -> None:
             """A message the server refuses: its error, in the stream, once per image (once if it has none)."""
-            status = item_status(exc)
+            status = item_status(exc.in_stream(index))
             images = [(k, im.id) for k, im in enumerate(msg.images)] or [(0, "")]
             fields["refused_messages"] = fields.get("refused_messages", 0) + 1
             for k, image_id in images:
@@ -340,7 +355,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             self.rt.metrics.observe_items("SearchByText", len(request.texts))
             self.rt.metrics.texts.labels("SearchByText").inc(len(request.texts))
         recs, version = await _search(
-            catalog, vectors, params, self.settings.text_unknown_threshold, space=engine.fingerprint
+            self.rt.matcher, catalog, vectors, params, self.settings.text_unknown_threshold,
+            space=engine.fingerprint, adapt=False,
         )
         return pb.SearchByTextResponse(
             results=[pb.TextResult(text=t, recognition=r) for t, r in zip(request.texts, recs, strict=True)],
@@ -367,6 +383,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         engine, catalog = self.rt.ready()
         s = self.settings
         decode = s.engine_options().decode
+        in_force = await asyncio.to_thread(self.rt.matcher.thresholds, catalog)
         return pb.GetServerInfoResponse(
             model=pb.ModelInfo(
                 name=engine.model_name,
@@ -389,9 +406,11 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                 max_evaluation_images=s.max_evaluation_images,
             ),
             thresholds=pb.MatchThresholds(
-                unknown_threshold=catalog.settings.unknown_threshold,
+                unknown_threshold=in_force.unknown_threshold,
                 text_unknown_threshold=s.text_unknown_threshold,
-                ambiguity_margin=catalog.settings.ambiguity_margin,
+                ambiguity_margin=in_force.ambiguity_margin,
+                source=in_force.source,
+                matching=self.rt.matcher.matching,
             ),
             catalog_backend=catalog.backend,
             catalog_version=await asyncio.to_thread(catalog.version),

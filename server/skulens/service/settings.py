@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from skulens.catalog.errors import InvalidArgument
+from skulens.catalog.head import HeadSettings
 from skulens.catalog.location import CatalogLocation, parse_location
 from skulens.catalog.settings import CatalogSettings
 from skulens.errors import ConfigError
@@ -288,6 +289,60 @@ class Settings:
     ambiguity_margin: float = _opt(
         0.02, "best-minus-second score under which the verdict is AMBIGUOUS", float, group="catalog"
     )
+    matching: str = _opt(
+        "adapted",
+        "adapted: products re-scored by a linear head learned from the catalog's references (kept up to date by "
+        "every write); nearest: plain nearest-neighbour scores (docs/BENCHMARKS.md compares them)",
+        group="catalog",
+    )
+    head_ridge: float = _opt(
+        0.5, "adapted matching: ridge strength, as a fraction of the mean embedding variance", float, group="catalog"
+    )
+    head_weight: float = _opt(
+        0.5, "adapted matching: weight of the ridge score next to the product-centroid cosine", float, group="catalog"
+    )
+    head_min_references: int = _opt(
+        3, "adapted matching: products with fewer references keep their nearest-neighbour score", int,
+        group="catalog",
+    )
+    head_candidates: int = _opt(
+        16, "adapted matching: products proposed per query by the nearest-neighbour search, then re-scored", int,
+        group="catalog",
+    )
+    augment_references: bool = _opt(
+        True,
+        "adapted matching: embed 21 augmented views (mirror, corner and centre crops) of each reference of products "
+        "with fewer than --head-min-references references, in the background from the stored image once the catalog "
+        "is quiet; they join the product's centroid (never the nearest-neighbour index)",
+        parse_bool,
+        group="catalog",
+    )
+    query_mirror: bool = _opt(
+        False,
+        "test-time augmentation: recognise each photo (Recognize, streams, Evaluate) by the mean of its and its mirror "
+        "image's embedding (two model inputs per photo: about half the throughput; measured gain in "
+        "docs/BENCHMARKS.md)",
+        parse_bool,
+        group="catalog",
+    )
+    augment_quiet_seconds: float = _opt(
+        2.0, "augmented views wait for this many seconds without catalog writes (enrolments go first)", float,
+        group="catalog",
+    )
+    enrolment_warnings: bool = _opt(
+        True,
+        "flag enrolled references closer to another product than to their own, near-duplicates of another "
+        "product's reference, and unusable images (AddedReference.warnings); off: no warnings, no extra search",
+        parse_bool,
+        group="catalog",
+    )
+    near_duplicate_threshold: float = _opt(
+        0.93,
+        "enrolment warnings: cosine to another product's reference from which a new reference is its near-duplicate "
+        "(measured for EfficientNet-Lite0 in docs/BENCHMARKS.md; model-dependent)",
+        float,
+        group="catalog",
+    )
     allow_model_mismatch: bool = _opt(
         False,
         "start even when the catalog was built by another model: catalog reads and deletes work, recognition "
@@ -431,8 +486,22 @@ class Settings:
             raise bad("index_recall_target", "in [0, 1]")
         if not 0.0 <= self.ambiguity_margin <= 2.0:
             raise bad("ambiguity_margin", "in [0, 2]")
+        if not -1.0 <= self.near_duplicate_threshold <= 1.0:
+            raise bad("near_duplicate_threshold", "in [-1, 1]")
         if not -1.0 <= self.text_unknown_threshold <= 1.0:
             raise bad("text_unknown_threshold", "in [-1, 1]")
+        if self.matching not in ("adapted", "nearest"):
+            raise bad("matching", "adapted or nearest")
+        if not 0.0 < self.head_ridge <= 1000.0:
+            raise bad("head_ridge", "in (0, 1000]")
+        if not 0.0 <= self.head_weight <= 100.0:
+            raise bad("head_weight", "in [0, 100]")
+        if not 1 <= self.head_min_references <= 1_000_000:
+            raise bad("head_min_references", "in 1..1000000")
+        if not 0.0 <= self.augment_quiet_seconds <= 3600.0:
+            raise bad("augment_quiet_seconds", "in [0, 3600]")
+        if not 1 <= self.head_candidates <= 1000:
+            raise bad("head_candidates", "in 1..1000 (searches take at most --max-top-k)")
         self._check_drift(bad)
 
     def _check_drift(self, bad: Callable[[str, str], SettingsError]) -> None:
@@ -580,11 +649,17 @@ class Settings:
             max_top_k=self.max_top_k,
             unknown_threshold=self.unknown_threshold,
             ambiguity_margin=self.ambiguity_margin,
+            near_duplicate_threshold=self.near_duplicate_threshold,
             store_images=self.store_images,
             approximate_threshold=self.index_approximate_threshold,
             approximate_kind="ivf" if self.index_kind == "ivf" else "hnsw",
             recall_target=self.index_recall_target,
         )
+
+    def head_settings(self) -> HeadSettings:
+        """How adapted matching is fitted and applied, from these settings."""
+        return HeadSettings(enabled=self.matching == "adapted", ridge=self.head_ridge, weight=self.head_weight,
+                            min_references=self.head_min_references, candidates=self.head_candidates)
 
     def describe(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict for the start-up log (secrets left out)."""

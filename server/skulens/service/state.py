@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from skulens.catalog.adapted import AdaptedMatcher
 from skulens.catalog.errors import FingerprintMismatch
 from skulens.service.admission import Admission
 from skulens.service.errors_grpc import Draining, NotReady
@@ -18,6 +19,7 @@ from skulens.service.settings import Settings
 if TYPE_CHECKING:
     from skulens.catalog.backend import CatalogBackend
     from skulens.inference.protocol import Encoder
+    from skulens.service.augmenter import Augmenter
     from skulens.service.drift_monitor import DriftMonitor
     from skulens.service.migration import MigrationManager
 
@@ -46,6 +48,10 @@ class Runtime:
     #: also embed with, and the manager that keeps both (None: no migration support wired).
     other_engine: Encoder | None = None
     migration: MigrationManager | None = None
+    #: Embeds augmented views of small products' references in the background (None: off).
+    augmenter: Augmenter | None = None
+    #: Ranks products with the catalog-adapted head (`--matching adapted`) or plain nearest neighbour.
+    matcher: AdaptedMatcher = None  # type: ignore[assignment]  # built from settings when not given
     _paired: tuple[Encoder, CatalogBackend, str, bool] | None = field(
         default=None, init=False, repr=False
     )
@@ -53,6 +59,8 @@ class Runtime:
     def __post_init__(self) -> None:
         if self.admission is None:
             self.admission = Admission(self.settings.admission_options())
+        if self.matcher is None:
+            self.matcher = AdaptedMatcher(self.settings.head_settings())
 
     def ready(self) -> tuple[Encoder, CatalogBackend]:
         """(engine, catalog) when serving; raises NotReady while loading, Draining when shutting down."""
