@@ -81,14 +81,14 @@ def aggregate(scores: np.ndarray, ref_ids: np.ndarray, pks: np.ndarray) -> list[
 
     Entries whose pk is -1 (padding, deleted or filtered references) are skipped.
     """
-    seen: set[int] = set()
-    out: list[ProductHit] = []
-    for s, rid, pk in zip(scores.tolist(), ref_ids.tolist(), pks.tolist(), strict=True):
-        if pk < 0 or pk in seen:
-            continue
-        seen.add(pk)
-        out.append(ProductHit(int(pk), float(s), int(rid)))
-    return out
+    pks = np.asarray(pks)
+    keep = pks >= 0
+    if not keep.all():
+        scores, ref_ids, pks = np.asarray(scores)[keep], np.asarray(ref_ids)[keep], pks[keep]
+    _, first = np.unique(pks, return_index=True)  # each product's first (= best) hit
+    first.sort()  # back in best-first order
+    return [ProductHit(pk, s, rid) for pk, s, rid in zip(pks[first].tolist(), np.asarray(scores)[first].tolist(),
+                                                         np.asarray(ref_ids)[first].tolist(), strict=True)]
 
 
 def search_products(search: Searcher, lookup: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, *,
