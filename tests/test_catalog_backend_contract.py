@@ -1209,3 +1209,101 @@ def test_augmented_views_of_small_products_count_in_the_statistics(backend: Cata
     backend.delete_reference(t0.reference_id)
     assert_head_stats_equal_scratch(backend, vectors)
     assert backend.put_augmentations(t0.reference_id, views) == 0  # gone
+
+
+def test_purge_deleted_keeps_deleted_invisible_and_live_untouched(backend: CatalogBackend) -> None:
+    _, refs, ids = populate(backend, 4, 3, seed=5)
+    backend.delete_reference(ids["sku-000"][1])
+    assert backend.delete_product("sku-001") == 3
+    backend.upsert_product("sku-001")  # the id again: a new, empty product
+    before = (backend.version(), backend.stats(), [backend.get_product(p) for p in ("sku-000", "sku-002", "sku-003")],
+              backend.search(refs[1, 0], top_k=10), backend.list_products())
+    report = backend.purge_deleted(0.0, 1)  # no grace period, one row per transaction
+    assert not report.skipped and report.rows >= 0
+    after = (backend.version(), backend.stats(), [backend.get_product(p) for p in ("sku-000", "sku-002", "sku-003")],
+             backend.search(refs[1, 0], top_k=10), backend.list_products())
+    assert after[0] == before[0]  # not a write: the version stays
+    assert (after[1].products, after[1].references, after[1].version) == (before[1].products, before[1].references,
+                                                                          before[1].version)
+    assert after[2:] == before[2:]
+    assert backend.get_product("sku-001").references == []
+    assert ids["sku-000"][1] not in [r.reference_id for r in backend.get_product("sku-000").references]
+    with pytest.raises(NotFound):
+        backend.delete_reference(ids["sku-000"][1])
+    raises_invalid("older_than_seconds", lambda: backend.purge_deleted(-1.0))
+    raises_invalid("limit", lambda: backend.purge_deleted(0.0, 0))
+
+
+# ================================================================ keyword search (text_search)
+def test_descriptions_are_stored_updated_by_mask_and_validated(backend: CatalogBackend) -> None:
+    text = "Oat drink from Sweden.\nVegan, 1 l.\t" + "x" * 4000
+    p, _ = backend.upsert_product("oat", "Oat drink", "drinks", {"brand": "oatly"}, description=text)
+    assert p.description == text and backend.get_product("oat").product.description == text
+    assert backend.list_products()[0][0].description == text
+    q, _ = backend.upsert_product("oat", "Oat drink 1 l", update_fields=["display_name"])
+    assert (q.display_name, q.description) == ("Oat drink 1 l", text)  # not in the fields: kept
+    q, _ = backend.upsert_product("oat", description="Short", update_fields=["description"])
+    assert (q.display_name, q.description, q.labels) == ("Oat drink 1 l", "Short", {"brand": "oatly"})
+    q, _ = backend.upsert_product("oat", "Oat drink")  # every field: the description is cleared
+    assert q.description == "" == backend.get_product("oat").product.description
+    v0 = backend.version()
+    raises_invalid("description", lambda: backend.upsert_product("oat", description="x" * 4097))
+    raises_invalid("description", lambda: backend.upsert_product("oat", description="bell \x07"))
+    raises_invalid("update_mask", lambda: backend.upsert_product("oat", update_fields=["descr"]))
+    assert backend.version() == v0
+
+
+def keyword(b: CatalogBackend, text: str, **kw: Any) -> list[str]:
+    return [m.product_id for m in b.search_text(text, **kw)]
+
+
+def test_keyword_search_ranks_by_name_category_labels_and_description(backend: CatalogBackend) -> None:
+    backend.upsert_product("oatly", "Oatly Oat Milk", "milk", {"brand": "Oatly"}, description="Oat drink, Sweden")
+    backend.upsert_product("arla", "Arla Standard Milk", "milk", {"brand": "Arla"})
+    backend.upsert_product("grape", "Red Grapefruit", "fruit", {"colour": "pink"},
+                           description="Juicy citrus with a bitter note")
+    backend.upsert_product("juice", "Tropicana Juice", "juice", {}, description="Pressed from red grapefruit")
+    backend.upsert_product("apple", "Pink Lady", "fruit", {})
+    hits = backend.search_text("Oatly oat milk", top_k=5)
+    assert hits[0].product_id == "oatly" and hits[0].display_name == "Oatly Oat Milk"
+    assert [h.product_id for h in hits] == ["oatly", "arla"]  # arla shares one word ("milk")
+    assert all(h.relevance > 0 for h in hits) and hits[0].relevance > hits[1].relevance
+    assert keyword(backend, "red grapefruit")[:2] == ["grape", "juice"]  # the name outranks the description
+    assert keyword(backend, "SWEDEN") == ["oatly"]  # description, case-insensitive
+    assert keyword(backend, "fruit") == ["apple", "grape"]  # category; equal ranks ordered by product id
+    assert set(keyword(backend, "pink")) == {"apple", "grape"}  # a name and a label value
+    assert keyword(backend, "citrus", top_k=1) == ["grape"]
+    assert keyword(backend, "nothing here") == [] and keyword(backend, "?!") == []
+
+
+def test_keyword_search_filters_and_follows_every_write(backend: CatalogBackend) -> None:
+    for i in range(12):
+        backend.upsert_product(f"m{i:02d}", f"Milk {i}", "dairy" if i % 3 == 0 else "drinks",
+                               {"brand": "a" if i % 2 else "b"})
+    assert len(keyword(backend, "milk", top_k=20)) == 12
+    assert keyword(backend, "milk", top_k=20, category="dairy") == ["m00", "m03", "m06", "m09"]
+    assert keyword(backend, "milk", top_k=20, category="dairy", labels={"brand": "a"}) == ["m03", "m09"]
+    assert keyword(backend, "milk", top_k=3, labels={"brand": "b"}) == ["m00", "m02", "m04"]
+    assert keyword(backend, "milk", top_k=5, category="none") == []
+    v0 = backend.version()
+    keyword(backend, "milk")
+    assert backend.version() == v0  # a read
+    backend.upsert_product("m03", "Cocoa", update_fields=["display_name"])
+    assert "m03" not in keyword(backend, "milk", top_k=20) and keyword(backend, "cocoa") == ["m03"]
+    backend.delete_product("m00")
+    assert keyword(backend, "milk", top_k=20, category="dairy") == ["m06", "m09"]
+    backend.upsert_product("m00", "Milk again", "dairy")  # a new product under a deleted one's id
+    assert keyword(backend, "again") == ["m00"]
+
+
+def test_keyword_search_argument_checks(backend_factory: Make) -> None:
+    b = backend_factory(max_top_k=7)
+    b.upsert_product("p", "Milk")
+    assert keyword(b, "milk", top_k=7) == ["p"]
+    raises_invalid("top_k", lambda: b.search_text("milk", top_k=8))
+    raises_invalid("top_k", lambda: b.search_text("milk", top_k=0))
+    raises_invalid("query", lambda: b.search_text("  "))
+    raises_invalid("category", lambda: b.search_text("milk", category=" x"))
+    b.close()
+    with pytest.raises(CatalogClosed):
+        b.search_text("milk")

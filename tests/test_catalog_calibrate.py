@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from catalog_helpers import product_refs, unit
 
-from skulens.catalog import Catalog, CatalogSettings, NewReference, calibrate
-from skulens.catalog.calibrate import calibrate_held_out
+from skulens.catalog import Catalog, CatalogSettings, NewReference
+from skulens.catalog.calibrate import calibrate, calibrate_held_out  # the function, whatever was imported before
 from skulens.catalog.evaluation import held_out_scores, query_from_result
 
 DIM = 32

@@ -26,7 +26,8 @@ def _filled(path: Path, dim: int = DIM, fp: str = FP) -> Catalog:
     cat = Catalog.open(path, fingerprint=fp, dim=dim, settings=SETTINGS)
     _, refs = product_refs(6, 3, dim, seed=4)
     for p in range(6):
-        cat.upsert_product(f"sku-{p}", f"Product {p}", f"cat-{p % 2}", {"brand": f"b{p % 3}"})
+        cat.upsert_product(f"sku-{p}", f"Product {p}", f"cat-{p % 2}", {"brand": f"b{p % 3}"},
+                           description=f"Text of product {p}\nline two")
         new = [NewReference(embedding=refs[p, j], image=f"img-{p}-{j}".encode(), source=f"s{j}") for j in range(2)]
         new.append(NewReference(embedding=refs[p, 2]))  # no image, no hash
         cat.add_references(f"sku-{p}", new)
@@ -38,7 +39,8 @@ def _snapshot(cat: Any) -> tuple[list[Any], list[tuple[Any, ...]], list[list[str
     products, token = [], ""
     while True:
         page, token = cat.list_products(100, token)
-        products += [(p.product_id, p.display_name, p.category, p.labels, p.reference_count) for p in page]
+        products += [(p.product_id, p.display_name, p.category, p.labels, p.reference_count, p.description)
+                     for p in page]
         if not token:
             break
     refs = sorted((r.product_id, r.source, r.image, r.content_sha256 or embedding_hash(r.embedding),

@@ -345,3 +345,66 @@ def test_a_catalog_from_before_schema_4_gets_its_head_statistics_at_upgrade(open
     assert got.count == 6 and sorted(got.products) == ["p0", "p1"]
     np.testing.assert_allclose(got.gram, want.gram, atol=1e-9)
     np.testing.assert_allclose(got.products["p1"].total, want.products["p1"].total, atol=1e-9)
+
+
+def test_the_gram_matrix_is_folded_in_batches_and_read_with_the_pending_rows(open_catalog: Open) -> None:
+    from skulens.catalog import postgres_head
+    from skulens.catalog.head import HeadStats
+
+    rng = np.random.default_rng(5)
+    vecs = rng.standard_normal((9, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    cat = open_catalog()
+    cat.upsert_product("a")
+    cat.add_references("a", [NewReference(v) for v in vecs[:5]])
+    count = cat._db.run(lambda conn: one(conn, cat, "SELECT count(*) FROM {head_journal}"))
+    assert count == 5  # summed, still owed to the Gram matrix (fewer than GRAM_BATCH)
+    cat._db.run(lambda conn: postgres_head.fold(conn, cat._schema, gram_batch=4))  # now folded into head_gram
+    assert cat._db.run(lambda conn: one(conn, cat, "SELECT count(*) FROM {head_journal}")) == 0
+    assert cat._db.run(lambda conn: one(conn, cat, "SELECT count(*) FROM {head_gram}")) == 1
+    cat.upsert_product("b")
+    cat.add_references("b", [NewReference(v) for v in vecs[5:]])
+    cat.delete_reference(cat.get_product("a").references[0].reference_id)
+    got = cat.head_statistics()
+    want = HeadStats.from_embeddings(FP, ["a"] * 4 + ["b"] * 4, vecs[1:])
+    np.testing.assert_allclose(got.gram, want.gram, atol=1e-9)
+    np.testing.assert_allclose(got.total, want.total, atol=1e-9)
+    assert (got.count, got.products["a"].references) == (8, 4)
+
+
+def one(conn: Any, cat: PostgresCatalog, query: str) -> int:
+    return int(conn.execute(cat._schema.q(query)).fetchone()[0])
+
+
+def test_head_statistics_stay_exact_when_two_replicas_write_at_once(open_catalog: Open) -> None:
+    from skulens.catalog.head import HeadStats
+
+    a, b = open_catalog(), open_catalog()
+    rng = np.random.default_rng(12)
+    vecs = rng.standard_normal((2, 6, 8, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=-1, keepdims=True)
+    errors: list[BaseException] = []
+
+    def writer(cat: PostgresCatalog, r: int) -> None:
+        try:
+            for p in range(6):
+                pid = f"r{r}-p{p}"
+                cat.upsert_product(pid)
+                for k in range(0, 8, 2):
+                    cat.add_references(pid, [NewReference(v) for v in vecs[r, p, k:k + 2]])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(cat, r)) for r, cat in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    labels = [f"r{r}-p{p}" for r in range(2) for p in range(6) for _ in range(8)]
+    want = HeadStats.from_embeddings(FP, labels, vecs.reshape(-1, DIM))
+    for cat in (a, b):
+        got = cat.head_statistics()
+        assert got.count == 96 and sorted(got.products) == sorted(set(labels))
+        np.testing.assert_allclose(got.gram, want.gram, atol=1e-8)
+        np.testing.assert_allclose(got.total, want.total, atol=1e-9)

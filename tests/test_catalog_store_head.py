@@ -34,6 +34,10 @@ def test_a_store_from_before_schema_4_gets_its_statistics_at_upgrade(tmp_path: P
         db.execute(f"DROP TRIGGER {trig}")
     for table in ("head_journal", "head_stats", "head_gram", "head_products", "aug_embeddings"):
         db.execute(f"DROP TABLE {table}")
+    for trig in ("products_fts_insert", "products_fts_update", "products_fts_delete"):  # and without schema 5
+        db.execute(f"DROP TRIGGER {trig}")
+    db.execute("DROP TABLE products_fts")
+    db.execute("ALTER TABLE products DROP COLUMN description")
     db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     db.commit()
     db.close()
@@ -44,7 +48,7 @@ def test_a_store_from_before_schema_4_gets_its_statistics_at_upgrade(tmp_path: P
         assert got.count == 12
         np.testing.assert_allclose(got.gram, want.gram, atol=1e-9)
         np.testing.assert_allclose(got.products["p1"].total, want.products["p1"].total, atol=1e-9)
-        assert c._store.meta_value("schema_version") == "4"
+        assert c._store.meta_value("schema_version") == "5"  # the upgrade goes on to the latest schema
         with c._store._lock:  # every row summed; fewer than GRAM_BATCH rows still owe the Gram matrix
             assert c._store.conn.execute("SELECT count(*), sum(summed) FROM head_journal").fetchone() == (12, 12)
         c.delete_product("p0")  # the cascade to refs fires the journal trigger

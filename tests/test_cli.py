@@ -126,6 +126,21 @@ def test_search(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> No
     assert len(json.loads(out)["results"][0]["recognition"]["matches"]) == 2
 
 
+def test_search_modes(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    with server.client() as c:
+        c.upsert_product("kw-1", "Zebra crackers", description="Crunchy, salted")
+    try:
+        code, out, _ = run(capsys, "search", "zebra crunchy", "--mode", "keyword", "--json", "--addr", server.addr)
+        got = json.loads(out)
+        assert code == EXIT_OK and got["mode"] == "TEXT_SEARCH_MODE_KEYWORD"
+        assert [m["product_id"] for m in got["results"][0]["recognition"]["matches"]] == ["kw-1"]
+        code, out, _ = run(capsys, "search", "zebra", "--mode", "vector", "--json", "--addr", server.addr)
+        assert code == EXIT_OK and json.loads(out)["mode"] == "TEXT_SEARCH_MODE_VECTOR"
+    finally:
+        with server.client() as c:
+            c.delete_product("kw-1")
+
+
 def test_catalog_commands(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "catalog", "stats", "--json", "--addr", server.addr)
     stats = json.loads(out)

@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -154,3 +155,43 @@ def test_calibrate_leave_one_out_then_held_out(
                          str(labelled), "--no-progress")
     assert code == EXIT_OK, err  # a second run finds them in force (stored in the catalog)
     assert f"thresholds in force: unknown {suggested:.3f}" in out and "(from the catalog)" in out
+
+
+def test_calibrate_a_shared_catalog(
+    server: RunningServer, effnet_model_dir: Path, labelled: Path, postgres_server: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same catalog copied into PostgreSQL: `calibrate --catalog URL` leave-one-out, `--labelled` and `--apply`
+    through the CatalogBackend protocol (the thresholds land in the shared catalog)."""
+    from skulens.catalog.postgres import PostgresCatalog
+    from skulens.model.manifest import load_manifest
+
+    server.stop()  # the embedded catalog is the server's: copied offline
+    assert server.settings.data_dir is not None
+    url = postgres_server.new_database()
+    try:
+        code, _, err = run(capsys, "catalog", "copy", "--from", str(server.settings.data_dir), "--to", url,
+                           "--model", str(effnet_model_dir), "--no-progress")
+        assert code == EXIT_OK, err
+        code, out, err = run(capsys, "calibrate", "--model", str(effnet_model_dir), "--catalog", url)
+        assert code == EXIT_OK, err
+        assert "false reject NOT MEASURED" in out and "0 genuine queries" in out  # one reference a product
+        with pytest.raises(SystemExit) as exit_:  # one catalog: --data or --catalog
+            main(["calibrate", "--model", str(effnet_model_dir), "--catalog", url, "--data", str(tmp_path)])
+        assert exit_.value.code == EXIT_USAGE and "not allowed with argument" in capsys.readouterr().err
+        code, out, err = run(capsys, "calibrate", "--model", str(effnet_model_dir), "--catalog", url, "--labelled",
+                             str(labelled), "--no-progress", "--apply", "--target-false-accept", "0.34")
+        assert code == EXIT_OK, err
+        assert "Calibration: 11 held-out labelled photos (8 of 4 catalog products" in out
+        suggested = float(re.search(r"suggested unknown_threshold = (-?[0-9.]+)", out).group(1))  # type: ignore[union-attr]
+        m = load_manifest(effnet_model_dir)
+        with PostgresCatalog.open(url, fingerprint=m.fingerprint, dim=m.embedding_dim) as cat:
+            (entry,) = cat.verdict_thresholds()
+            assert (entry.matching, entry.fingerprint) == ("adapted", m.fingerprint)
+            assert entry.unknown_threshold == pytest.approx(suggested, abs=5e-4)
+        code, out, err = run(capsys, "calibrate", "--model", str(effnet_model_dir), "--catalog", url, "--labelled",
+                             str(labelled), "--no-progress")
+        assert code == EXIT_OK, err
+        assert f"thresholds in force: unknown {suggested:.3f}" in out and "(from the catalog)" in out
+    finally:
+        postgres_server.drop_database(url)

@@ -440,7 +440,7 @@ def test_an_idle_stream_is_ended_and_frees_its_slot(idle_server: RunningServer, 
 
 # --------------------------------------------------------------------------- raw HTTP/2 (frames by hand)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x7
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 
 
@@ -558,6 +558,39 @@ def test_connection_options_follow_settings() -> None:
         )
     )
     assert opts["grpc.keepalive_time_ms"] == 30_000 and opts["grpc.keepalive_timeout_ms"] == 5_000
+    assert opts["grpc.http2.ping_timeout_ms"] == 5_000
     assert opts["grpc.http2.max_pings_without_data"] == 0
     assert "grpc.max_connection_idle_ms" not in opts  # 0 = off
     assert dict(connection_options(Settings()))["grpc.max_connection_idle_ms"] == 300_000
+
+
+def test_a_peer_that_stops_answering_pings_is_disconnected_and_its_call_freed(
+    clip_model_dir: Path, tmp_path: Path
+) -> None:
+    """A black-holed peer (TCP still open, nothing answered at the HTTP/2 level: no PING ACK) holding a streaming call
+    open: the keepalive ping goes unanswered, the server closes the connection after `keepalive_timeout_seconds`,
+    and the call's slot is free again — long before the stream idle limit would have ended the call."""
+    srv = RunningServer(
+        _settings(tmp_path / "data", keepalive_time_seconds=1.0, keepalive_timeout_seconds=1.0,
+                  stream_idle_seconds=60.0, max_connection_idle_seconds=0.0),
+        SHARED.engine(clip_model_dir),
+    )
+    try:
+        h2 = RawH2(srv.port)
+        t0 = time.monotonic()
+        kinds: list[int] = []
+        try:
+            h2.send(h2_frame(HEADERS, END_HEADERS, 1, h2_headers(REC + "RecognizeStream", srv.addr)))
+            wait_for(lambda: in_flight(srv, "RecognizeStream") == 1, 10, "the stream to be in flight")
+            for kind, *_ in h2.frames(20):  # never answers a PING (RawH2 only acknowledges SETTINGS)
+                kinds.append(kind)
+                if kind in (GOAWAY, -1):
+                    break
+        finally:
+            h2.close()
+        elapsed = time.monotonic() - t0
+        assert PING in kinds, kinds  # the server probed the peer ...
+        assert kinds[-1] in (GOAWAY, -1) and elapsed < 10, (kinds, elapsed)  # ... and hung up on it
+        wait_for(lambda: in_flight(srv, "RecognizeStream") == 0, 10, "the call's slot to be free")
+    finally:
+        srv.stop()

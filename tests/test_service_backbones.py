@@ -12,7 +12,7 @@ from service_harness import RunningServer, make_settings, pattern_image, rpc_err
 
 from skulens.client.client import image_input, search_options
 from skulens.model.manifest import Manifest, load_manifest
-from skulens.v1 import catalog_pb2
+from skulens.v1 import catalog_pb2, recognition_pb2
 
 pytestmark = pytest.mark.slow
 N = 4
@@ -72,6 +72,7 @@ def test_text_search_only_with_a_text_tower(served: tuple[RunningServer, Manifes
             matches = resp.results[0].recognition.matches
             assert len(matches) == 2 and {m.product_id for m in matches} <= {f"p{i}" for i in range(N)}
             return
-        err = rpc_error(c.search_text, ["a carton of oat milk"], search_options(top_k=2))
+        err = rpc_error(c.search_text, ["a carton of oat milk"], search_options(top_k=2),
+                        mode=recognition_pb2.TEXT_SEARCH_MODE_VECTOR)  # the default, KEYWORD, works here
     assert err.code() == grpc.StatusCode.UNIMPLEMENTED
     assert f"model {manifest.model_name} has no text tower" in (err.details() or "")

@@ -63,6 +63,8 @@ NEEDS_RUNTIME_EXTRA = {
     "skulens.catalog.postgres_search": "psycopg",
     "skulens.catalog.postgres_spaces": "psycopg",
     "skulens.catalog.postgres_head": "psycopg",
+    "skulens.catalog.postgres_purge": "psycopg",
+    "skulens.catalog.postgres_text": "psycopg",
     "skulens.inference.encoder": "onnxruntime",
     "skulens.inference.engine": "onnxruntime",
 }

@@ -248,8 +248,11 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from skulens.v1 import recognition_pb2
+
     with _client(args) as c:
-        resp = c.search_text(args.texts, _options(args))
+        mode = f"TEXT_SEARCH_MODE_{(args.mode or 'unspecified').upper()}"
+        resp = c.search_text(args.texts, _options(args), mode=recognition_pb2.TextSearchMode.Value(mode))
     if args.json:
         print(json.dumps(_to_json(resp), indent=2))
     else:
@@ -337,6 +340,8 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         return _cmd_catalog_copy(args)
     if args.catalog_cmd == "doctor":
         return _cmd_catalog_doctor(args)
+    if args.catalog_cmd == "purge":
+        return _cmd_catalog_purge(args)
     with _client(args) as c:
         if args.catalog_cmd == "stats":
             st = c.stats()
@@ -534,6 +539,27 @@ def _cmd_catalog_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if report.clean else EXIT_FAIL
 
 
+def _cmd_catalog_purge(args: argparse.Namespace) -> int:
+    """Purge deletions older than --older-than seconds for good (`skulens.catalog.purge.purge_location`)."""
+    from skulens.catalog.location import parse_location
+    from skulens.catalog.purge import purge_location
+
+    identity = None
+    if args.model is not None:
+        from skulens.model.manifest import load_manifest
+
+        manifest = load_manifest(args.model)
+        identity = (manifest.fingerprint, manifest.embedding_dim)
+    location = parse_location(args.catalog, "--catalog")
+    report = purge_location(location, older_than_seconds=args.older_than, limit=args.batch, vacuum=args.vacuum,
+                            identity=identity)
+    if args.json:
+        print(json.dumps({**report.__dict__, "catalog": location.redacted()}))
+    else:
+        print(f"{location.redacted()}: {report.format()}")
+    return EXIT_FAIL if report.skipped else EXIT_OK
+
+
 def _open_catalog(model_dir: Path, data_dir: Path, allow_mismatch: bool = False) -> Any:
     from skulens.catalog.catalog import Catalog
     from skulens.model.manifest import load_manifest
@@ -550,6 +576,29 @@ def _open_catalog(model_dir: Path, data_dir: Path, allow_mismatch: bool = False)
     )
 
 
+def _calibration_settings(args: argparse.Namespace) -> Any:
+    """The server settings `calibrate` uses (model, catalog, thresholds; environment included)."""
+    from skulens.service.settings import Settings
+
+    return Settings.from_sources(None, model_dir=args.model, data_dir=args.data, catalog=args.catalog or "")
+
+
+def _open_calibration_catalog(args: argparse.Namespace) -> Any:
+    """The catalog of `calibrate --data DIR` or `--catalog URL`, through the `CatalogBackend` protocol."""
+    import importlib
+
+    from skulens.catalog.location import open_catalog, parse_location
+    from skulens.model.manifest import load_manifest
+
+    settings = _calibration_settings(args)
+    location = parse_location(args.catalog, "--catalog") if args.catalog else settings.catalog_location()
+    # the backend first: a missing extra (faiss, psycopg) is named before anything else is checked
+    importlib.import_module("skulens.catalog.postgres" if location.kind == "postgresql" else "skulens.catalog.catalog")
+    manifest = load_manifest(args.model)
+    return open_catalog(location, fingerprint=manifest.fingerprint, dim=manifest.embedding_dim,
+                        settings=settings.catalog_settings())
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from skulens.catalog.calibrate import calibrate
 
@@ -562,9 +611,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError("--apply needs --labelled: leave-one-out over the catalog's own references does not predict "
                           "how new photos score (they look far less alike), so its thresholds are not stored",
                           field="--apply")
-    cat = _open_catalog(args.model, args.data)
+    from skulens.catalog.reference_set import for_calibration
+
+    cat = _open_calibration_catalog(args)
     try:
-        report = calibrate(cat)
+        report = calibrate(for_calibration(cat))
     finally:
         cat.close()
     print(report.format_table())
@@ -580,13 +631,12 @@ def _calibrate_held_out(args: argparse.Namespace) -> int:
     from skulens.catalog.calibrate import calibrate_held_out
     from skulens.catalog.evaluation import catalog_categories, held_out_scores, query_from_result
     from skulens.client.evaluate import load_labelled
-    from skulens.service.settings import Settings
 
     try:
         photos = load_labelled(args.labelled, args.unknown_name)
     except ValueError as exc:
         raise ConfigError(str(exc), field="--labelled") from None
-    settings = Settings.from_sources(None, model_dir=args.model, data_dir=args.data)
+    settings = _calibration_settings(args)
 
     async def embed_all() -> list[Any]:
         from skulens.inference.engine import Engine
@@ -609,7 +659,7 @@ def _calibrate_held_out(args: argparse.Namespace) -> int:
     from skulens.catalog.thresholds import VerdictThresholds
 
     matcher = AdaptedMatcher(replace(settings.head_settings(), enabled=args.matching == "adapted"))
-    cat = _open_catalog(args.model, args.data)
+    cat = _open_calibration_catalog(args)
     try:
         categories = catalog_categories(cat)
         found = matcher.search(cat, np.stack([v for _, v in good]), top_k=cat.settings.max_top_k) if good else []
@@ -749,6 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search the catalog by text")
     p.add_argument("texts", nargs="+", help="text queries")
+    p.add_argument("--mode", choices=["vector", "keyword", "hybrid"], default=None,
+                   help="text tower, full-text keywords, or both fused (default: hybrid with a text tower, "
+                   "else keyword)")
     _add_search_args(p)
     _add_client_args(p)
     p.set_defaults(func=_cmd_search)
@@ -780,7 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("catalog", help="catalog administration: stats, list, get, delete, check, copy, doctor")
+    p = sub.add_parser("catalog", help="catalog administration: stats, list, get, delete, check, copy, doctor, purge")
     csub = p.add_subparsers(dest="catalog_cmd", required=True, metavar="ACTION")
     c = csub.add_parser("stats", help="catalog statistics")
     c.add_argument("--json", action="store_true")
@@ -838,6 +891,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-references", type=int, default=3, help="fewer references than this is a finding (3)")
     c.add_argument("--limit", type=int, default=20, help="pairs and products printed (default 20; --json: all)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c = csub.add_parser(
+        "purge",
+        help="remove deleted products and references for good (shared catalog; safe while servers run)",
+        description="A PostgreSQL catalog keeps deleted products and references as tombstones (and their vectors "
+        "in the HNSW graph) until purged; servers purge them on their own (--purge-after-seconds, "
+        "--purge-interval-seconds). This purges those deleted more than --older-than seconds ago now, in short "
+        "transactions, without changing the catalog version. An embedded catalog deletes at once: nothing to do. "
+        "Exit 0 when done, 1 when another process was purging (nothing done), 2 on usage errors.",
+    )
+    c.add_argument("--catalog", "--data", dest="catalog", required=True,
+                   help="the catalog: postgresql://... (or sqlite:///DIR / a directory)")
+    c.add_argument("--older-than", type=float, default=86_400.0, metavar="SECONDS",
+                   help="purge what was deleted more than SECONDS ago (default 86400: one day)")
+    c.add_argument("--batch", type=int, default=500, help="references (or products) per transaction (500)")
+    c.add_argument("--vacuum", action="store_true",
+                   help="VACUUM the tables afterwards (cleans the HNSW graph now rather than at autovacuum)")
+    c.add_argument("--model", type=Path,
+                   help="model directory to open the catalog for (optional; default: the catalog's own model)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_catalog)
 
     p = sub.add_parser(
@@ -874,7 +946,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="offline: suggest thresholds from the catalog's own references, or from held-out labelled photos",
     )
     p.add_argument("--model", type=Path, required=True, help="model directory the catalog was built with")
-    p.add_argument("--data", type=Path, required=True, help="catalog directory")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", type=Path, help="catalog directory (the embedded catalog)")
+    where.add_argument("--catalog", help="the catalog: sqlite:///DIR or a directory, or postgresql://... "
+                       "(leave-one-out on a shared catalog reads every live reference's embedding into memory: "
+                       "references x dim x 4 bytes)")
     p.add_argument(
         "--labelled", type=Path, metavar="SET",
         help="held-out labelled photos (folder or CSV, as for `skulens evaluate`) instead of leave-one-out",
@@ -925,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    offline = ("check", "copy", "doctor")
+    offline = ("check", "copy", "doctor", "purge")
     if args.command in ("serve", "calibrate", "reembed") or getattr(args, "catalog_cmd", None) in offline:
         try:
             return int(args.func(args) or 0)

@@ -34,7 +34,9 @@ from skulens.catalog.models import (
     ProductDetail,
     RequestedReference,
     SearchResult,
+    TextMatch,
 )
+from skulens.catalog.purge import DEFAULT_BATCH, DEFAULT_OLDER_THAN_SECONDS, PurgeReport
 from skulens.catalog.settings import CatalogSettings
 from skulens.catalog.thresholds import VerdictThresholds
 
@@ -77,11 +79,12 @@ class CatalogBackend(Protocol):
         create_only: bool = False,
         update_fields: Sequence[str] | frozenset[str] | None = None,
         expected_etag: str | None = None,
+        description: str = "",
     ) -> tuple[Product, bool]:
         """Create a product, or update an existing one: every field, or only `update_fields` (of display_name,
-        category, labels; the others keep their stored values); (product as stored, created). `expected_etag`:
-        update only if the stored product still has this `Product.etag` (EtagMismatch otherwise; NotFound when
-        the product does not exist), checked in the write's transaction."""
+        category, labels, description; the others keep their stored values); (product as stored, created).
+        `expected_etag`: update only if the stored product still has this `Product.etag` (EtagMismatch otherwise;
+        NotFound when the product does not exist), checked in the write's transaction."""
         ...
 
     def get_product(self, product_id: str) -> ProductDetail:
@@ -171,6 +174,20 @@ class CatalogBackend(Protocol):
         its own space)."""
         ...
 
+    def search_text(
+        self,
+        query: str,
+        *,
+        top_k: int = 5,
+        category: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> list[TextMatch]:
+        """Keyword search (`skulens.catalog.text_search`): the `top_k` products whose text — display name,
+        category, label values, description — best matches any of the query's words, best first (ties by product
+        id), with the same category / label filters as `search`; products without references are found too. []
+        when nothing matches or the query has no words; InvalidArgument for a blank query or a bad top_k."""
+        ...
+
     # ---------------------------------------------------------------- model migration (see migration_state)
     def migration_state(self) -> MigrationState:
         """Which model spaces the catalog holds: serving, and a candidate or the previous model (all replicas)."""
@@ -210,6 +227,13 @@ class CatalogBackend(Protocol):
 
     def backfill_lease(self) -> AbstractContextManager[bool]:
         """True inside when this caller may back-fill now (one at a time per catalog, across replicas)."""
+        ...
+
+    def purge_deleted(self, older_than_seconds: float = DEFAULT_OLDER_THAN_SECONDS, limit: int = DEFAULT_BATCH, *,
+                      vacuum: bool = False, max_seconds: float | None = None) -> PurgeReport:
+        """Remove for good what was deleted more than `older_than_seconds` ago, `limit` rows per transaction,
+        without changing the version or the head statistics (a backend that deletes at once reports zeros).
+        `skipped` in the report: another process is purging this catalog now. See `skulens.catalog.purge`."""
         ...
 
     def export_references(self, after: int = 0, limit: int = 256) -> list[ExportedReference]:

@@ -15,6 +15,7 @@ since the view was brought up to date; if another process wrote in between, the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -43,14 +44,18 @@ from skulens.catalog.models import (
     ReembedReport,
     RequestedReference,
     SearchResult,
+    TextMatch,
     Verdict,
 )
+from skulens.catalog.purge import DEFAULT_BATCH, DEFAULT_OLDER_THAN_SECONDS, PurgeReport
+from skulens.catalog.purge import check_args as check_purge_args
 from skulens.catalog.rebuild import RebuildWorker
 from skulens.catalog.reembed import EmbedImages, Reembedder
 from skulens.catalog.settings import CatalogSettings
 from skulens.catalog.snapshot_file import SnapshotFile
 from skulens.catalog.store import RefRow, Store, store_error
 from skulens.catalog.store_spaces import SpaceStore
+from skulens.catalog.text_search import text_query
 from skulens.catalog.thresholds import VerdictThresholds
 from skulens.catalog.view import CatalogView
 from skulens.errors import field_path
@@ -225,9 +230,9 @@ class Catalog(BackendState):
     def upsert_product(self, product_id: str, display_name: str = "", category: str = "",
                        labels: Mapping[str, str] | None = None, *, create_only: bool = False,
                        update_fields: Sequence[str] | frozenset[str] | None = None,
-                       expected_etag: str | None = None) -> tuple[Product, bool]:
-        """Create a product, or update an existing one's display name, category and labels (all of them, or only
-        `update_fields`); returns (product as stored, created).
+                       expected_etag: str | None = None, description: str = "") -> tuple[Product, bool]:
+        """Create a product, or update an existing one's display name, category, labels and description (all of
+        them, or only `update_fields`); returns (product as stored, created).
 
         `create_only`: an existing product is left as it is and `AlreadyExists` is raised. `expected_etag`: write
         only if the stored product's `etag` is this one (EtagMismatch / NotFound otherwise).
@@ -235,13 +240,14 @@ class Catalog(BackendState):
         self._check_open()
         pid = v.product_id(product_id)
         name, cat, lab = v.display_name(display_name), v.category(category), v.labels(labels)
+        text = v.description(description)
         fields = v.update_fields(update_fields)
         with self._write_lock:
             row, created, count, gen = self._store.upsert_product(pid, name, cat, lab, create_only, fields,
-                                                                  expected_etag)
+                                                                  expected_etag, text)
             with self._view.rw.write():
                 ok = self._view.advance(gen)
-                self._view.put_product(row)
+                self._view.put_product(dataclasses.replace(row, description=""))  # the view holds no text
             self._after_write(not ok)
         return row.to_product(count), created
 
@@ -347,6 +353,15 @@ class Catalog(BackendState):
         rows = rows[:size]
         token = v.encode_page_token(rows[-1][0].product_id, cat) if more and rows else ""
         return [r.to_product(n) for r, n in rows], token
+
+    def search_text(self, query: str, *, top_k: int = 5, category: str = "",
+                    labels: Mapping[str, str] | None = None) -> list[TextMatch]:
+        """Keyword search: the `top_k` products whose text (name, category, label values, description) best
+        matches the query's words (`skulens.catalog.text_search`), best first, filtered like `search`. Reads the
+        store's FTS5 index (`store_text`), so it sees every committed write."""
+        self._check_open()
+        q = text_query(query, top_k, category, labels, self.settings.max_top_k)
+        return self._store.search_text(q)
 
     @property
     def backend(self) -> str:
@@ -609,6 +624,14 @@ class Catalog(BackendState):
     def backfill_lease(self) -> AbstractContextManager[bool]:
         """True inside when this caller may back-fill now (one back-fill at a time per catalog)."""
         return _try_lock(self._backfill_lock)
+
+    def purge_deleted(self, older_than_seconds: float = DEFAULT_OLDER_THAN_SECONDS, limit: int = DEFAULT_BATCH, *,
+                      vacuum: bool = False, max_seconds: float | None = None) -> PurgeReport:
+        """Nothing to purge: this backend deletes rows at once (HNSW tombstones go with index rebuilds); the
+        arguments are checked as every backend does, and the report counts zeros."""
+        self._check_open()
+        grace, _ = check_purge_args(older_than_seconds, limit)
+        return PurgeReport(cutoff=time.time() - grace)
 
     def _other_space(self, space: str) -> ModelSpace:
         other = self._migration.other

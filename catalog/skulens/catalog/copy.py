@@ -49,7 +49,8 @@ def copy_catalog(source: CatalogBackend, target: CatalogBackend, *, batch: int =
     while True:
         page, token = source.list_products(target.settings.max_page_size, token)
         for p in page:
-            target.upsert_product(p.product_id, p.display_name, p.category, p.labels)
+            target.upsert_product(p.product_id, p.display_name, p.category, p.labels,
+                                  description=p.description)
         report.products += len(page)
         if not token:
             break

@@ -41,6 +41,7 @@ class Product:
     reference_count: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    description: str = ""  # free text for keyword search (up to 4,096 characters); may be empty
 
     @property
     def etag(self) -> str:
@@ -180,6 +181,17 @@ class Match:
     display_name: str
     score: float
     reference_id: int
+
+
+@dataclass(frozen=True)
+class TextMatch:
+    """One product a keyword (full-text) search found: `relevance` is the backend's rank of the product's text
+    for the query (SQLite FTS5: -bm25(); PostgreSQL: ts_rank_cd), higher is better, only comparable within one
+    answer of one backend."""
+
+    product_id: str
+    display_name: str
+    relevance: float
 
 
 @dataclass(frozen=True)

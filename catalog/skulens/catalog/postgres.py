@@ -21,8 +21,8 @@ Writes: every write transaction locks what it changes (a product's row first: wr
 turns) and, only when it changed something, ends by bumping the catalog version (`CatalogSchema.bump`: a
 sequence, ordered by the row lock on `meta`, so versions follow commit order, and a NOTIFY); refused writes and
 all-duplicate enrolments leave the version as it is. Deletes are tombstones: rows stay with `deleted_at` set and
-every read filters on it (no purge yet). Reads run their statements outside an explicit transaction, or (search)
-in read-only ones of their own.
+every read filters on it, until `purge_deleted` (`postgres_purge`) removes those older than a grace period.
+Reads run their statements outside an explicit transaction, or (search) in read-only ones of their own.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from psycopg.types.json import Jsonb
 
-from skulens.catalog import postgres_head, thresholds
+from skulens.catalog import postgres_head, postgres_purge, postgres_text, thresholds
 from skulens.catalog import postgres_spaces as spaces
 from skulens.catalog import validation as v
 from skulens.catalog.backend import BackendState
@@ -69,13 +69,16 @@ from skulens.catalog.models import (
     ReferenceInfo,
     RequestedReference,
     SearchResult,
+    TextMatch,
     product_etag,
     region_of,
 )
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, Database, one_row, parse_url, redact
 from skulens.catalog.postgres_schema import CatalogSchema, RefRow, current_schema, parse_vec, vec_text
 from skulens.catalog.postgres_search import HnswTuning, RoundSearch
+from skulens.catalog.purge import DEFAULT_BATCH, DEFAULT_OLDER_THAN_SECONDS, PurgeReport, check_args
 from skulens.catalog.settings import CatalogSettings
+from skulens.catalog.text_search import text_query
 from skulens.catalog.thresholds import VerdictThresholds
 from skulens.errors import field_path
 
@@ -223,8 +226,9 @@ class PostgresCatalog(BackendState):
     def upsert_product(self, product_id: str, display_name: str = "", category: str = "",
                        labels: Mapping[str, str] | None = None, *, create_only: bool = False,
                        update_fields: Sequence[str] | frozenset[str] | None = None,
-                       expected_etag: str | None = None) -> tuple[Product, bool]:
-        """Create a product, or replace its display name, category and labels; returns (product, created).
+                       expected_etag: str | None = None, description: str = "") -> tuple[Product, bool]:
+        """Create a product, or replace its display name, category, labels and description (all, or only
+        `update_fields`); returns (product, created).
 
         `create_only`: an existing product is left as it is and `AlreadyExists` is raised. `expected_etag`: write
         only if the stored product's `etag` is this one (EtagMismatch / NotFound otherwise; row-locked check).
@@ -232,6 +236,7 @@ class PostgresCatalog(BackendState):
         self._check_open()
         pid = v.product_id(product_id)
         name, cat, lab = v.display_name(display_name), v.category(category), v.labels(labels)
+        text = v.description(description)
         fields = v.update_fields(update_fields)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in v.PRODUCT_FIELDS if fields is None or c in fields)
 
@@ -239,24 +244,26 @@ class PostgresCatalog(BackendState):
             if expected_etag is not None:
                 self._check_etag(conn, pid, expected_etag)
             now = time.time()
-            args = {"pid": pid, "name": name, "cat": cat, "labels": Jsonb(lab), "now": now}
-            insert = ("INSERT INTO {products} (product_id, display_name, category, labels, created_at, updated_at) "
-                      "VALUES (%(pid)s, %(name)s, %(cat)s, %(labels)s, %(now)s, %(now)s) "
+            args = {"pid": pid, "name": name, "cat": cat, "labels": Jsonb(lab), "now": now, "text": text}
+            insert = ("INSERT INTO {products} (product_id, display_name, category, labels, created_at, updated_at, "
+                      "description) VALUES (%(pid)s, %(name)s, %(cat)s, %(labels)s, %(now)s, %(now)s, %(text)s) "
                       "ON CONFLICT (product_id) WHERE deleted_at IS NULL ")
             if create_only:
                 row = conn.execute(self._schema.q(insert + "DO NOTHING RETURNING created_at, reference_count, "
-                                                  "true, display_name, category, labels"), args).fetchone()
+                                                  "true, display_name, category, labels, description"),
+                                   args).fetchone()
                 if row is None:
                     raise AlreadyExists(f"product {pid!r} exists already (create_only)", field="product_id")
             else:
                 row = conn.execute(self._schema.q(
                     insert + "DO UPDATE SET " + (updates + ", " if updates else "") + "updated_at = "
                     "EXCLUDED.updated_at RETURNING created_at, reference_count, (xmax = 0), display_name, category, "
-                    "labels"), args).fetchone()
+                    "labels, description"), args).fetchone()
             assert row is not None
             created = bool(row[2])
             self._schema.bump(conn, products=1 if created else 0)
-            return Product(pid, str(row[3]), str(row[4]), dict(row[5]), int(row[1]), float(row[0]), now), created
+            return Product(pid, str(row[3]), str(row[4]), dict(row[5]), int(row[1]), float(row[0]), now,
+                           str(row[6])), created
 
         return self._db.run(tx)
 
@@ -406,7 +413,7 @@ class PostgresCatalog(BackendState):
             rows = conn.execute(self._schema.q(
                 "SELECT p.product_id, p.display_name, p.category, p.labels, p.created_at, p.updated_at, "
                 "r.reference_id, r.source, r.content_sha256, r.image IS NOT NULL, r.created_at, r.region_x, "
-                "r.region_y, r.region_w, r.region_h FROM {products} p "
+                "r.region_y, r.region_w, r.region_h, p.description FROM {products} p "
                 "LEFT JOIN {refs} r ON r.product_pk = p.pk AND r.deleted_at IS NULL "
                 "WHERE p.product_id = %s AND p.deleted_at IS NULL ORDER BY r.reference_id"), (pid,)).fetchall()
             if not rows:
@@ -415,7 +422,7 @@ class PostgresCatalog(BackendState):
                     for r in rows if r[6] is not None]
             p = rows[0]
             return ProductDetail(Product(str(p[0]), str(p[1]), str(p[2]), dict(p[3]), len(refs), float(p[4]),
-                                         float(p[5])), refs)
+                                         float(p[5]), str(p[15])), refs)
 
         return self._db.run(tx, tx=False)
 
@@ -460,13 +467,14 @@ class PostgresCatalog(BackendState):
         size = 100 if page_size == 0 else v.positive_int(page_size, "page_size", self.settings.max_page_size)
         cat = v.category(category)
         after = v.decode_page_token(page_token, cat)
-        query = ("SELECT product_id, display_name, category, labels, reference_count, created_at, updated_at "
-                 "FROM {products} WHERE deleted_at IS NULL AND product_id > %(after)s"
+        query = ("SELECT product_id, display_name, category, labels, reference_count, created_at, updated_at, "
+                 "description FROM {products} WHERE deleted_at IS NULL AND product_id > %(after)s"
                  + (" AND category = %(cat)s" if cat else "") + " ORDER BY product_id LIMIT %(n)s")
 
         def tx(conn: Conn) -> list[Product]:
-            return [Product(str(r[0]), str(r[1]), str(r[2]), dict(r[3]), int(r[4]), float(r[5]), float(r[6]))
-                    for r in conn.execute(self._schema.q(query), {"after": after, "cat": cat, "n": size + 1})]
+            rows = conn.execute(self._schema.q(query), {"after": after, "cat": cat, "n": size + 1})
+            return [Product(str(r[0]), str(r[1]), str(r[2]), dict(r[3]), int(r[4]), float(r[5]), float(r[6]),
+                            str(r[7])) for r in rows]
 
         rows = self._db.run(tx, tx=False)
         more = len(rows) > size
@@ -678,24 +686,46 @@ class PostgresCatalog(BackendState):
         """Drop the candidate's space before a switch; idempotent."""
         return self._change_state(lambda state: state.abort())
 
-    @contextmanager
-    def backfill_lease(self) -> Iterator[bool]:
+    def backfill_lease(self) -> AbstractContextManager[bool]:
         """True inside when this replica may back-fill now: one replica at a time (a session advisory lock,
         released when the replica's connection goes, e.g. when it dies)."""
+        return self._lease("backfill")
+
+    @contextmanager
+    def _lease(self, what: str) -> Iterator[bool]:
+        """True inside when this process holds the catalog's session advisory lock `what` (taken without waiting)."""
         self._check_open()
         conn, _ = self._db.pool.acquire()
         got, reuse = False, False
         try:
-            got = spaces.try_lease(conn, self._schema, "backfill")
+            got = spaces.try_lease(conn, self._schema, what)
             reuse = True
             yield got
         finally:
             try:
                 if got:
-                    spaces.end_lease(conn, self._schema, "backfill")
+                    spaces.end_lease(conn, self._schema, what)
             except Exception:
                 reuse = False
             self._db.pool.release(conn, reuse=reuse)
+
+    def purge_deleted(self, older_than_seconds: float = DEFAULT_OLDER_THAN_SECONDS, limit: int = DEFAULT_BATCH, *,
+                      vacuum: bool = False, max_seconds: float | None = None) -> PurgeReport:
+        """Remove for good the products and references deleted more than `older_than_seconds` ago (rows, vectors,
+        augmented views), `limit` references or products per transaction; the version and the head statistics
+        stay. One purger per catalog at a time (an advisory lease: a second one reports `skipped`). `vacuum`: run
+        VACUUM on the tables afterwards (cleans the HNSW graphs now rather than at the next autovacuum).
+        `max_seconds`: start no batch after this long. See `skulens.catalog.postgres_purge`."""
+        grace, n = check_args(older_than_seconds, limit)
+        cutoff = time.time() - grace
+        with self._lease(postgres_purge.LEASE) as got:
+            if not got:
+                return PurgeReport(cutoff=cutoff, skipped=True)
+            report = postgres_purge.purge(self._db, self._schema, cutoff, n, vacuum_after=vacuum,
+                                          max_seconds=max_seconds)
+        if report.rows:
+            log.info("shared catalog %s: %s", self.schema, report.format())
+        return report
 
     def _other_space(self, space: str) -> ModelSpace:
         other = self._migration.other
@@ -758,6 +788,15 @@ class PostgresCatalog(BackendState):
         texts = [vec_text(row) for row in r.queries.tolist()]
         return rounds.search(texts, r.top_k, r.min_score, r.category, r.labels, r.unknown_threshold,
                                    r.ambiguity_margin)
+
+    def search_text(self, query: str, *, top_k: int = 5, category: str = "",
+                    labels: Mapping[str, str] | None = None) -> list[TextMatch]:
+        """Keyword search: the `top_k` live products whose text (name, category, label values, description) best
+        matches the query's words (`skulens.catalog.text_search`), best first, filtered like `search`; ranked by
+        `ts_rank_cd` over the generated `tsvector` (`postgres_text`)."""
+        self._check_open()
+        q = text_query(query, top_k, category, labels, self.settings.max_top_k)
+        return self._db.run(lambda conn: postgres_text.search(conn, self._schema, q), tx=False)
 
     def _space_search(self, space: ModelSpace) -> RoundSearch:
         rounds = self._space_rounds.get(space.fingerprint)

@@ -165,36 +165,42 @@ def fold(conn: Conn, schema: CatalogSchema, gram_batch: int = GRAM_BATCH) -> int
                     "count = EXCLUDED.count, refs = EXCLUDED.refs, total = EXCLUDED.total"), kept)
     if int(one_row(conn.execute(schema.q("SELECT count(*) FROM {head_journal}")))[0]) >= gram_batch:
         for (fp,) in conn.execute(schema.q("SELECT DISTINCT fingerprint FROM {head_journal}")).fetchall():
+            # the rows folded are exactly the rows deleted (one statement: none committed meanwhile is lost)
+            taken = conn.execute(schema.q("DELETE FROM {head_journal} WHERE fingerprint = %s "
+                                          "RETURNING embedding::text, sign"), (fp,)).fetchall()
             left = conn.execute(schema.q("SELECT count FROM {head_stats} WHERE fingerprint = %s"), (fp,)).fetchone()
             if left is None or int(left[0]) <= 0:  # a space emptied (a migration's finish or abort): nothing to add
                 conn.execute(schema.q("DELETE FROM {head_gram} WHERE fingerprint = %s"), (fp,))
                 continue
-            gram = _current_gram(conn, schema, str(fp), lock=True)
+            stored = conn.execute(schema.q("SELECT gram FROM {head_gram} WHERE fingerprint = %s FOR UPDATE"),
+                                  (fp,)).fetchone()
+            gram = _add_outer(None if stored is None else bytes(stored[0]), taken)
             if gram is not None:
                 conn.execute(schema.q(
                     "INSERT INTO {head_gram} (fingerprint, gram) VALUES (%s, %s) ON CONFLICT (fingerprint) "
                     "DO UPDATE SET gram = EXCLUDED.gram"), (str(fp), np.asarray(gram, "<f8").tobytes()))
-        conn.execute(schema.q("DELETE FROM {head_journal}"))
     return len(rows)
 
 
-def _current_gram(conn: Conn, schema: CatalogSchema, fingerprint: str, lock: bool = False) -> np.ndarray | None:
-    """The stored Gram matrix of `fingerprint` plus the outer products of its journal rows (None: neither)."""
-    row = conn.execute(schema.q("SELECT gram FROM {head_gram} WHERE fingerprint = %s" + (" FOR UPDATE" if lock
-                                                                                          else "")),
-                       (fingerprint,)).fetchone()
-    pending = conn.execute(schema.q("SELECT embedding::text, sign FROM {head_journal} WHERE fingerprint = %s"),
-                           (fingerprint,)).fetchall()
-    if row is None and not pending:
+def _add_outer(stored: bytes | None, rows: list[tuple[str, int]]) -> np.ndarray | None:
+    """A stored Gram matrix plus the signed outer products of journal rows (embedding text, sign); None: neither."""
+    if stored is None and not rows:
         return None
     delta = None
-    if pending:
-        x = _vectors([str(r[0]) for r in pending])
-        delta = (x * np.asarray([float(r[1]) for r in pending])[:, None]).T @ x
-    stored = None if row is None else bytes(row[0])
+    if rows:
+        x = _vectors([str(r[0]) for r in rows])
+        delta = (x * np.asarray([float(r[1]) for r in rows])[:, None]).T @ x
     dim = delta.shape[0] if delta is not None else int(np.sqrt(len(stored or b"") // 8))
     gram = np.zeros((dim, dim)) if stored is None or len(stored) != 8 * dim * dim else _f64(stored, (dim, dim)).copy()
     return gram if delta is None else gram + delta
+
+
+def _current_gram(conn: Conn, schema: CatalogSchema, fingerprint: str) -> np.ndarray | None:
+    """The stored Gram matrix of `fingerprint` plus the outer products of its journal rows (None: neither)."""
+    row = conn.execute(schema.q("SELECT gram FROM {head_gram} WHERE fingerprint = %s"), (fingerprint,)).fetchone()
+    pending = conn.execute(schema.q("SELECT embedding::text, sign FROM {head_journal} WHERE fingerprint = %s"),
+                           (fingerprint,)).fetchall()
+    return _add_outer(None if row is None else bytes(row[0]), [(str(r[0]), int(r[1])) for r in pending])
 
 
 def read(conn: Conn, schema: CatalogSchema, fingerprint: str, dim: int, version: int) -> HeadStats:

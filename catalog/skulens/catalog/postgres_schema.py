@@ -41,13 +41,14 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from skulens.catalog import postgres_head
+from skulens.catalog import postgres_head, postgres_text
 from skulens.catalog.errors import CatalogError, InvalidArgument
 from skulens.catalog.models import RequestedReference, region_of
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, first_line, lost, one_row
 from skulens.catalog.settings import CatalogSettings
 
-SCHEMA_VERSION = 4  # 2: meta.migration (model migration state); 3: refs.request_id; 4: head statistics
+SCHEMA_VERSION = 5  # 2: meta.migration (model migration state); 3: refs.request_id; 4: head statistics;
+# 5: products.description + the keyword-search tsvector (`postgres_text`)
 PGVECTOR_MIN = (0, 8, 0)  # iterative index scans
 NOTIFY_CHANNEL = "skulens_catalog"
 _DDL_LOCK = "skulens.catalog schema"  # advisory lock key (hashed): one installer at a time per database
@@ -113,12 +114,16 @@ _DDL = (
         embedding vector NOT NULL,
         PRIMARY KEY (fingerprint, reference_id))""",
     "ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS migration text",
+    # a product's reference rows, tombstones included: the purge's "no reference left" test and the foreign key's
+    # check when a purged product's row goes (`postgres_purge`), without a scan of `refs` per product
+    "CREATE INDEX IF NOT EXISTS refs_product ON {refs} (product_pk)",
     *postgres_head.DDL,
     "ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS verdict_thresholds text",  # schema 4: `skulens.catalog.thresholds`
     # schema 3: the enrolment request id (AIP-155) that added a reference, remembered while the reference lives
     "ALTER TABLE {refs} ADD COLUMN IF NOT EXISTS request_id text",
     "CREATE UNIQUE INDEX IF NOT EXISTS refs_live_request_id ON {refs} (request_id) "
     "WHERE deleted_at IS NULL AND request_id IS NOT NULL",
+    *postgres_text.DDL,  # schema 5: keyword search
 )
 
 

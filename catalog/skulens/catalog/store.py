@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from skulens.catalog import store_head
+from skulens.catalog import store_head, store_text
 from skulens.catalog.errors import (
     AlreadyExists,
     CatalogClosed,
@@ -39,10 +39,18 @@ from skulens.catalog.errors import (
     RequestIdReused,
 )
 from skulens.catalog.head import HeadStats
-from skulens.catalog.models import ExportedReference, Product, ReferenceInfo, RequestedReference, region_of
+from skulens.catalog.models import (
+    ExportedReference,
+    Product,
+    ReferenceInfo,
+    RequestedReference,
+    TextMatch,
+    region_of,
+)
+from skulens.catalog.text_search import TextQuery
 from skulens.errors import field_path
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # MIGRATIONS[v] upgrades a store at schema v-1 to v; each runs in one transaction with the version bump.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -109,6 +117,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # Catalog-adapted matching: normal-equation statistics kept by triggers + a journal (`store_head`).
     4: store_head.MIGRATION,
+    # Keyword search: products.description and an FTS5 index kept by triggers (`store_text`).
+    5: store_text.MIGRATION,
 }
 
 
@@ -123,10 +133,11 @@ class ProductRow:
     labels: dict[str, str]
     created_at: float
     updated_at: float
+    description: str = ""  # read only where a product is answered (not kept in the in-memory view)
 
     def to_product(self, reference_count: int) -> Product:
         return Product(self.product_id, self.display_name, self.category, dict(self.labels), reference_count,
-                       self.created_at, self.updated_at)
+                       self.created_at, self.updated_at, self.description)
 
 
 @dataclass(frozen=True)
@@ -239,8 +250,9 @@ def _connect(path: Path, synchronous: str, busy_timeout_ms: int,
 _PRODUCT_COLS = "p.pk, p.product_id, p.display_name, p.category, p.labels, p.created_at, p.updated_at"
 
 
-def _product_from_row(r: Any) -> ProductRow:
-    return ProductRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), json.loads(r[4]), float(r[5]), float(r[6]))
+def _product_from_row(r: Any, description: str = "") -> ProductRow:
+    return ProductRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), json.loads(r[4]), float(r[5]), float(r[6]),
+                      description)
 
 
 def _labels_json(labels: dict[str, str]) -> str:
@@ -382,11 +394,12 @@ class Store:
     # ---------------------------------------------------------------- products
     def upsert_product(self, product_id: str, display_name: str, category: str, labels: dict[str, str],
                        create_only: bool = False, fields: frozenset[str] | None = None,
-                       expected_etag: str | None = None) -> tuple[ProductRow, bool, int, int]:
+                       expected_etag: str | None = None,
+                       description: str = "") -> tuple[ProductRow, bool, int, int]:
         """Create or update a product; returns (row as stored, created, reference count, generation).
 
-        An existing product gets the `fields` given (None: display_name, category and labels all); with
-        `create_only` it raises `AlreadyExists` and nothing is written.
+        An existing product gets the `fields` given (None: display_name, category, labels and description all);
+        with `create_only` it raises `AlreadyExists` and nothing is written.
         """
         now = time.time()
         lj = _labels_json(labels)
@@ -398,23 +411,25 @@ class Store:
             if row is None:
                 cur = tx.execute(
                     "INSERT INTO products(product_id, display_name, category, labels, created_at, "
-                    "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (product_id, display_name, category, lj, now, now))
+                    "updated_at, description) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (product_id, display_name, category, lj, now, now, description))
                 pk, created_at, created = int(cur.lastrowid or 0), now, True
             elif create_only:
                 raise AlreadyExists(f"product {product_id!r} exists already (create_only)", field="product_id")
             else:
                 pk, created_at, created = int(row[0]), float(row[1]), False
-                values = {"display_name": display_name, "category": category, "labels": lj}
+                values = {"display_name": display_name, "category": category, "labels": lj,
+                          "description": description}
                 chosen = [c for c in values if fields is None or c in fields]
                 tx.execute(f"UPDATE products SET {''.join(f'{c}=?, ' for c in chosen)}updated_at=? WHERE pk=?",
                            (*(values[c] for c in chosen), now, pk))
-                display_name, category, stored = tx.execute(
-                    "SELECT display_name, category, labels FROM products WHERE pk = ?", (pk,)).fetchone()
+                display_name, category, stored, description = tx.execute(
+                    "SELECT display_name, category, labels, description FROM products WHERE pk = ?",
+                    (pk,)).fetchone()
                 labels = json.loads(stored)
             count = int(tx.execute("SELECT COUNT(*) FROM refs WHERE product_pk = ?", (pk,)).fetchone()[0])
             gen = self._bump(tx)
-        row_ = ProductRow(pk, product_id, display_name, category, dict(labels), created_at, now)
+        row_ = ProductRow(pk, product_id, display_name, category, dict(labels), created_at, now, description)
         return row_, created, count, gen
 
     def _product_pk(self, tx: sqlite3.Connection, product_id: str) -> int:
@@ -446,19 +461,19 @@ class Store:
 
     def get_product(self, product_id: str) -> tuple[ProductRow, list[ReferenceInfo]]:
         with self._lock:
-            row = self.conn.execute(f"SELECT {_PRODUCT_COLS} FROM products p WHERE p.product_id = ?",
+            row = self.conn.execute(f"SELECT {_PRODUCT_COLS}, p.description FROM products p WHERE p.product_id = ?",
                                     (product_id,)).fetchone()
             if row is None:
                 raise NotFound(f"product {product_id!r} does not exist", field="product_id")
             refs = self.conn.execute(
                 "SELECT reference_id, source, content_sha256, has_image, created_at, region_x, region_y, region_w, "
                 "region_h FROM refs WHERE product_pk = ? ORDER BY reference_id", (int(row[0]),)).fetchall()
-        return _product_from_row(row), [
+        return _product_from_row(row, str(row[7])), [
             ReferenceInfo(int(r[0]), str(r[1]), r[2], bool(r[3]), float(r[4]), region_of(r[5:9])) for r in refs]
 
     def list_products(self, after: str, limit: int, category: str) -> list[tuple[ProductRow, int]]:
         """Products with product_id > `after` in product_id order (of one category if given) + ref counts."""
-        sql = (f"SELECT {_PRODUCT_COLS}, (SELECT COUNT(*) FROM refs r WHERE r.product_pk = p.pk) "
+        sql = (f"SELECT {_PRODUCT_COLS}, (SELECT COUNT(*) FROM refs r WHERE r.product_pk = p.pk), p.description "
                "FROM products p WHERE p.product_id > ?")
         args: list[object] = [after]
         if category:
@@ -468,7 +483,12 @@ class Store:
         args.append(int(limit))
         with self._lock:
             rows = self.conn.execute(sql, args).fetchall()
-        return [(_product_from_row(r), int(r[7])) for r in rows]
+        return [(_product_from_row(r, str(r[8])), int(r[7])) for r in rows]
+
+    def search_text(self, query: TextQuery) -> list[TextMatch]:
+        """Keyword search over the products' text (`store_text`), under the store's lock."""
+        with self._lock:
+            return store_text.search(self.conn, query)
 
     # ---------------------------------------------------------------- references
     def add_references(self, product_id: str, items: Sequence[RefRow], fingerprint: str,

@@ -20,6 +20,7 @@ from skulens.errors import Key, field_path
 
 PRODUCT_ID_MAX = 128
 DISPLAY_NAME_MAX = 512
+DESCRIPTION_MAX = 4096
 CATEGORY_MAX = 128
 LABELS_MAX = 64
 LABEL_KEY_MAX = 64
@@ -100,6 +101,18 @@ def product_id(value: object, field: str = "product_id") -> str:
 
 def display_name(value: object) -> str:
     return _text(value, "display_name", 0, DISPLAY_NAME_MAX)
+
+
+_LINE_BREAKS = {9: " ", 10: " ", 13: " "}  # tab, LF, CR: allowed in a description (other controls are not)
+
+
+def description(value: object) -> str:
+    """A product description (free text for keyword search, may be empty): 0-4,096 characters, checked like
+    display_name except that line breaks and tabs are allowed; returned as given."""
+    if isinstance(value, str):
+        _text(value.translate(_LINE_BREAKS), "description", 0, DESCRIPTION_MAX)
+        return value
+    return _text(value, "description", 0, DESCRIPTION_MAX)
 
 
 def category(value: object, field: str = "category") -> str:
@@ -372,7 +385,7 @@ def search_request(queries: object, dim_: int, *, tolerance: float, max_top_k: i
 
 
 #: The product fields an update may name (`upsert_product(update_fields=...)`, the API's update_mask paths).
-PRODUCT_FIELDS = ("display_name", "category", "labels")
+PRODUCT_FIELDS = ("display_name", "category", "labels", "description")
 
 
 def update_fields(value: object, field: str = "update_mask") -> frozenset[str] | None:

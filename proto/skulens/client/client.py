@@ -181,10 +181,11 @@ class SkulensClient:
         texts: Sequence[str],
         options: common_pb2.SearchOptions | None = None,
         timeout: float | None = None,
+        mode: recognition_pb2.TextSearchMode = recognition_pb2.TEXT_SEARCH_MODE_UNSPECIFIED,
     ) -> recognition_pb2.SearchByTextResponse:
-        """One SearchByText call."""
+        """One SearchByText call (`mode`: VECTOR, KEYWORD or HYBRID; unset: the server's default)."""
         return self.recognition.SearchByText(
-            recognition_pb2.SearchByTextRequest(texts=texts, options=options), **self._kw(timeout)
+            recognition_pb2.SearchByTextRequest(texts=texts, options=options, mode=mode), **self._kw(timeout)
         )
 
     def embed(
@@ -216,11 +217,12 @@ class SkulensClient:
         create_only: bool = False,
         update_mask: Sequence[str] | None = None,
         etag: str = "",
+        description: str = "",
     ) -> catalog_pb2.UpsertProductResponse:
         """Create or update a product (`create_only`: ALREADY_EXISTS instead of updating). An existing product
-        changes the fields named in `update_mask` ("display_name", "category", "labels"; "*": all), or, without
-        it, the fields given non-empty here. `etag` (from a read's `Product.etag`): update only if nobody changed
-        the product since (ABORTED otherwise)."""
+        changes the fields named in `update_mask` ("display_name", "category", "labels", "description"; "*": all),
+        or, without it, the fields given non-empty here. `etag` (from a read's `Product.etag`): update only if
+        nobody changed the product since (ABORTED otherwise)."""
         request = catalog_pb2.UpsertProductRequest(
             product_id=product_id,
             display_name=display_name,
@@ -228,6 +230,7 @@ class SkulensClient:
             labels=dict(labels or {}),
             create_only=create_only,
             etag=etag,
+            description=description,
         )
         if update_mask is not None:
             request.update_mask.paths.extend(update_mask)

@@ -21,7 +21,7 @@ ENROLMENT_WARNING_KIND_NEAR_DUPLICATE_OF_OTHER_PRODUCT: EnrolmentWarningKind
 ENROLMENT_WARNING_KIND_UNUSABLE_IMAGE: EnrolmentWarningKind
 
 class UpsertProductRequest(_message.Message):
-    __slots__ = ("product_id", "display_name", "category", "labels", "create_only", "update_mask", "etag")
+    __slots__ = ("product_id", "display_name", "category", "labels", "create_only", "update_mask", "etag", "description")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class UpsertProductRequest(_message.Message):
     CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     display_name: str
     category: str
@@ -43,7 +44,8 @@ class UpsertProductRequest(_message.Message):
     create_only: bool
     update_mask: _field_mask_pb2.FieldMask
     etag: str
-    def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_only: _Optional[bool] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+    description: str
+    def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_only: _Optional[bool] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., etag: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class UpsertProductResponse(_message.Message):
     __slots__ = ("product", "created", "catalog_version")

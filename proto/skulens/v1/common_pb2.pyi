@@ -81,7 +81,7 @@ class SearchOptions(_message.Message):
     def __init__(self, top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., min_catalog_version: _Optional[int] = ..., unknown_threshold: _Optional[float] = ..., ambiguity_margin: _Optional[float] = ...) -> None: ...
 
 class Product(_message.Message):
-    __slots__ = ("product_id", "display_name", "category", "labels", "reference_count", "etag")
+    __slots__ = ("product_id", "display_name", "category", "labels", "reference_count", "etag", "description")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,13 +95,15 @@ class Product(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     display_name: str
     category: str
     labels: _containers.ScalarMap[str, str]
     reference_count: int
     etag: str
-    def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., reference_count: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+    description: str
+    def __init__(self, product_id: _Optional[str] = ..., display_name: _Optional[str] = ..., category: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., reference_count: _Optional[int] = ..., etag: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("embed_ms", "search_ms", "total_ms")

@@ -8,6 +8,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TextSearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEXT_SEARCH_MODE_UNSPECIFIED: _ClassVar[TextSearchMode]
+    TEXT_SEARCH_MODE_VECTOR: _ClassVar[TextSearchMode]
+    TEXT_SEARCH_MODE_KEYWORD: _ClassVar[TextSearchMode]
+    TEXT_SEARCH_MODE_HYBRID: _ClassVar[TextSearchMode]
+
 class DriftState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DRIFT_STATE_UNSPECIFIED: _ClassVar[DriftState]
@@ -15,6 +22,10 @@ class DriftState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRIFT_STATE_OK: _ClassVar[DriftState]
     DRIFT_STATE_WATCH: _ClassVar[DriftState]
     DRIFT_STATE_DRIFT: _ClassVar[DriftState]
+TEXT_SEARCH_MODE_UNSPECIFIED: TextSearchMode
+TEXT_SEARCH_MODE_VECTOR: TextSearchMode
+TEXT_SEARCH_MODE_KEYWORD: TextSearchMode
+TEXT_SEARCH_MODE_HYBRID: TextSearchMode
 DRIFT_STATE_UNSPECIFIED: DriftState
 DRIFT_STATE_LEARNING: DriftState
 DRIFT_STATE_OK: DriftState
@@ -114,12 +125,14 @@ class RecognizeStreamResponse(_message.Message):
     def __init__(self, result: _Optional[_Union[ImageResult, _Mapping]] = ..., catalog_version: _Optional[int] = ..., message_index: _Optional[int] = ..., image_index: _Optional[int] = ...) -> None: ...
 
 class SearchByTextRequest(_message.Message):
-    __slots__ = ("texts", "options")
+    __slots__ = ("texts", "options", "mode")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     options: _common_pb2.SearchOptions
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[_common_pb2.SearchOptions, _Mapping]] = ...) -> None: ...
+    mode: TextSearchMode
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[_common_pb2.SearchOptions, _Mapping]] = ..., mode: _Optional[_Union[TextSearchMode, str]] = ...) -> None: ...
 
 class TextResult(_message.Message):
     __slots__ = ("text", "recognition")
@@ -130,14 +143,16 @@ class TextResult(_message.Message):
     def __init__(self, text: _Optional[str] = ..., recognition: _Optional[_Union[Recognition, _Mapping]] = ...) -> None: ...
 
 class SearchByTextResponse(_message.Message):
-    __slots__ = ("results", "model_fingerprint", "catalog_version")
+    __slots__ = ("results", "model_fingerprint", "catalog_version", "mode")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[TextResult]
     model_fingerprint: str
     catalog_version: int
-    def __init__(self, results: _Optional[_Iterable[_Union[TextResult, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ..., catalog_version: _Optional[int] = ...) -> None: ...
+    mode: TextSearchMode
+    def __init__(self, results: _Optional[_Iterable[_Union[TextResult, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ..., catalog_version: _Optional[int] = ..., mode: _Optional[_Union[TextSearchMode, str]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("images", "texts")
@@ -232,20 +247,22 @@ class MatchThresholds(_message.Message):
     def __init__(self, unknown_threshold: _Optional[float] = ..., text_unknown_threshold: _Optional[float] = ..., ambiguity_margin: _Optional[float] = ..., source: _Optional[str] = ..., matching: _Optional[str] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("model", "limits", "thresholds", "catalog_backend", "catalog_version", "server_version")
+    __slots__ = ("model", "limits", "thresholds", "catalog_backend", "catalog_version", "server_version", "text_search_modes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     CATALOG_BACKEND_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_SEARCH_MODES_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     limits: ServerLimits
     thresholds: MatchThresholds
     catalog_backend: str
     catalog_version: int
     server_version: str
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., thresholds: _Optional[_Union[MatchThresholds, _Mapping]] = ..., catalog_backend: _Optional[str] = ..., catalog_version: _Optional[int] = ..., server_version: _Optional[str] = ...) -> None: ...
+    text_search_modes: _containers.RepeatedScalarFieldContainer[TextSearchMode]
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., thresholds: _Optional[_Union[MatchThresholds, _Mapping]] = ..., catalog_backend: _Optional[str] = ..., catalog_version: _Optional[int] = ..., server_version: _Optional[str] = ..., text_search_modes: _Optional[_Iterable[_Union[TextSearchMode, str]]] = ...) -> None: ...
 
 class LabelledImage(_message.Message):
     __slots__ = ("image", "product_id", "group")

@@ -97,7 +97,9 @@ class RecognitionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SearchByText(self, request, context):
-        """Searches the catalog with text queries ("red bag of paprika chips"); needs a model with a text tower.
+        """Searches the catalog with text queries ("red bag of paprika chips"): by the model's text tower (VECTOR, needs a
+        model with one), by keyword over the products' text (KEYWORD, any model), or both fused (HYBRID); see
+        TextSearchMode.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -29,6 +29,7 @@ from skulens.service.drift_monitor import DriftMonitor
 from skulens.service.health import HealthServicer
 from skulens.service.metrics import Metrics, MetricsServer
 from skulens.service.migration import MigrationManager
+from skulens.service.purger import Purger
 from skulens.service.servicer_catalog import CatalogServicer
 from skulens.service.servicer_migration import MigrationServicer
 from skulens.service.servicer_recognition import RecognitionServicer
@@ -80,6 +81,10 @@ def connection_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
         ("grpc.http2.max_pings_without_data", 0),  # keep pinging a connection whose calls send nothing
+        # gRPC core waits this long for ANY ping's ACK (its default: 1 min); without it a peer that stops answering
+        # (a black-holed phone, a SIGSTOPped client) kept its connection and calls past keepalive_timeout_ms
+        # (measured: the first keepalive ping went unanswered and the connection stayed up > 24 s with a 1 s timeout)
+        ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
     ]
     if settings.max_connection_idle_seconds > 0:
         out.append(("grpc.max_connection_idle_ms", int(settings.max_connection_idle_seconds * 1000)))
@@ -190,6 +195,7 @@ class ServerApp:
         self.metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
+        self._purger: Purger | None = None  # old deletions purged in the background (`--purge-interval-seconds`)
 
     async def _set_health(self, serving: bool, *, catalog_only: bool = False) -> None:
         """Every service SERVING or NOT_SERVING; `catalog_only`: only CatalogService SERVING (mismatch)."""
@@ -279,6 +285,10 @@ class ServerApp:
             self.runtime.augmenter = Augmenter(self.runtime, below=settings.head_min_references,
                                                quiet_seconds=settings.augment_quiet_seconds)
             self.runtime.augmenter.start()
+        if settings.purge_interval_seconds > 0:
+            self._purger = Purger(self.runtime, older_than_seconds=settings.purge_after_seconds,
+                                  interval_seconds=settings.purge_interval_seconds)
+            self._purger.start()
         engine = self.runtime.engine
         mismatch = (catalog.fingerprint, catalog.dim) != (engine.fingerprint, engine.dim) and (
             catalog.migration_state().space(engine.fingerprint) is None
@@ -331,6 +341,8 @@ class ServerApp:
         if self.server is not None:
             await self.server.stop(grace)
         engine, catalog = self.runtime.engine, self.runtime.catalog
+        if self._purger is not None:
+            await self._purger.stop()
         if self.runtime.augmenter is not None:  # it embeds with the engine and writes the catalog: stop it first
             await self.runtime.augmenter.stop()
         if self.runtime.migration is not None:  # closes the models it loaded; the initial one is ours

@@ -162,4 +162,5 @@ def product_pb(p: Product) -> common_pb2.Product:
         labels=dict(p.labels),
         reference_count=int(p.reference_count),
         etag=p.etag,
+        description=p.description,
     )

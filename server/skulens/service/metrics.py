@@ -18,6 +18,7 @@
 | skulens_admission_inflight_bytes | gauge  |              | image bytes held by admitted work        |
 | skulens_admission_refused_total | counter | reason     | refused before decoding, by check |
 | skulens_enrolment_warnings_total | counter | kind      | warnings about enrolled references (catalog.proto) |
+| skulens_catalog_purged_total  | counter   | what         | deleted rows purged, by table (`Purger`) |
 
 The drift monitor registers its own `skulens_drift_*` metrics on the same registry
 (`skulens.service.drift_metrics`, docs/MONITORING.md).
@@ -117,6 +118,9 @@ class Metrics:
             "skulens_enrolment_warnings", "Warnings given about enrolled references, by kind", ["kind"],
             registry=registry,
         )
+        self.purged = Counter(
+            "skulens_catalog_purged", "Deleted catalog rows purged for good, by table", ["what"], registry=registry
+        )
         self._live = _LiveCollector()
         registry.register(self._live)
 
@@ -138,6 +142,13 @@ class Metrics:
     def count_enrolment_warning(self, kind: str) -> None:
         """Count one enrolment warning of `kind` (CLOSER_TO_OTHER_PRODUCT, NEAR_DUPLICATE_OF_OTHER_PRODUCT, ...)."""
         self.enrolment_warnings.labels(kind).inc()
+
+    def count_purged(self, report: Any) -> None:
+        """Count the rows a `skulens.catalog.purge.PurgeReport` removed."""
+        for what in ("products", "references", "embeddings", "augmented"):
+            n = int(getattr(report, what))
+            if n:
+                self.purged.labels(what).inc(n)
 
     def count_images(self, method: str, code: str, n: int = 1) -> None:
         """Count `n` images with outcome `code` (OK, INVALID_ARGUMENT, ...)."""

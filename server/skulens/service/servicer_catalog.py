@@ -158,7 +158,8 @@ async def _then_version(catalog: CatalogBackend, write: Callable[[], _T]) -> tup
 def _update_fields(request: pb.UpsertProductRequest) -> frozenset[str]:
     """The product fields an upsert changes (AIP-134): `update_mask` paths ("*": all), else the populated ones."""
     if not request.HasField("update_mask"):
-        populated = {"display_name": request.display_name, "category": request.category, "labels": request.labels}
+        populated = {"display_name": request.display_name, "category": request.category, "labels": request.labels,
+                     "description": request.description}
         return frozenset(name for name, value in populated.items() if value)
     paths = list(request.update_mask.paths)
     if "*" in paths:
@@ -217,6 +218,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 create_only=request.create_only,
                 update_fields=_update_fields(request),
                 expected_etag=request.etag or None,
+                description=request.description,
             ),
         )
         return pb.UpsertProductResponse(product=product_pb(product), created=created, catalog_version=version)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -19,6 +20,7 @@ import numpy as np
 
 from skulens.errors import SkulensError, code_name, field_path
 from skulens.imaging.preprocess import Box
+from skulens.inference.errors import Unsupported
 from skulens.service.calllog import call_fields
 from skulens.service.consistency import reach_version
 from skulens.service.convert import (
@@ -37,6 +39,7 @@ from skulens.service.errors_grpc import BadRequest, item_status
 from skulens.service.evaluation import evaluate_stream
 from skulens.service.migration import top1
 from skulens.service.state import Runtime, deadline_of
+from skulens.service.text_fusion import candidate_depth, fuse, keyword_result
 from skulens.v1 import common_pb2, recognition_pb2, recognition_pb2_grpc
 
 if TYPE_CHECKING:
@@ -76,26 +79,60 @@ async def _search(
     `adapt`: image queries, re-scored by the catalog-adapted head when it is on (text queries are not)."""
 
     def run() -> tuple[list[SearchResult], int]:
-        version = catalog.version()
-        if not len(queries):
-            return [], version
-        results = matcher.search(
-            catalog,
-            queries,
-            adapt=adapt,
-            top_k=params.top_k,
-            min_score=params.min_score,
-            category=params.category,
-            labels=params.labels,
-            unknown_threshold=params.unknown_threshold if params.unknown_threshold is not None else unknown_threshold,
-            ambiguity_margin=params.ambiguity_margin,
-            trusted=True,  # rows straight from the encoder, bound to this catalog's model at the door
-            space=space,
-        )
-        return results, version
+        return _search_results(matcher, catalog, queries, params, unknown_threshold, space, adapt)
 
     results, version = await asyncio.to_thread(run)
     return [recognition_pb(r) for r in results], version
+
+
+def _search_results(
+    matcher: AdaptedMatcher,
+    catalog: CatalogBackend,
+    queries: np.ndarray,
+    params: SearchParams,
+    unknown_threshold: float | None,
+    space: str,
+    adapt: bool,
+) -> tuple[list[SearchResult], int]:
+    """`_search`'s work, in the caller's thread: the results and the catalog version read just before."""
+    version = catalog.version()
+    if not len(queries):
+        return [], version
+    results = matcher.search(
+        catalog,
+        queries,
+        adapt=adapt,
+        top_k=params.top_k,
+        min_score=params.min_score,
+        category=params.category,
+        labels=params.labels,
+        unknown_threshold=params.unknown_threshold if params.unknown_threshold is not None else unknown_threshold,
+        ambiguity_margin=params.ambiguity_margin,
+        trusted=True,  # rows straight from the encoder, bound to this catalog's model at the door
+        space=space,
+    )
+    return results, version
+
+
+_VECTOR, _KEYWORD, _HYBRID = pb.TEXT_SEARCH_MODE_VECTOR, pb.TEXT_SEARCH_MODE_KEYWORD, pb.TEXT_SEARCH_MODE_HYBRID
+
+
+def text_modes(has_text: bool) -> list[pb.TextSearchMode]:
+    """The SearchByText modes a model allows: KEYWORD always, VECTOR and HYBRID with a text tower."""
+    return [_VECTOR, _KEYWORD, _HYBRID] if has_text else [_KEYWORD]
+
+
+def text_mode(requested: pb.TextSearchMode, has_text: bool, model_name: str = "") -> pb.TextSearchMode:
+    """The mode a SearchByText runs in: the requested one (unset: HYBRID with a text tower, else KEYWORD);
+    BadRequest for an unknown value, Unsupported (UNIMPLEMENTED) for a mode the model cannot do."""
+    if requested == pb.TEXT_SEARCH_MODE_UNSPECIFIED:
+        return _HYBRID if has_text else _KEYWORD
+    if requested not in (_VECTOR, _KEYWORD, _HYBRID):
+        raise BadRequest(f"mode {int(requested)} is not a TextSearchMode", field="mode")
+    if requested not in text_modes(has_text):
+        raise Unsupported(f"model {model_name} has no text tower; mode {pb.TextSearchMode.Name(requested)} needs "
+                          "one (TEXT_SEARCH_MODE_KEYWORD works on every model)", "mode")
+    return requested
 
 
 class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
@@ -342,26 +379,57 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     async def SearchByText(
         self, request: pb.SearchByTextRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchByTextResponse:
-        """See recognition.proto."""
+        """See recognition.proto: VECTOR embeds the texts (admitted like any embedding work) and searches the
+        index; KEYWORD asks the catalog's full-text index (no model work); HYBRID does both and fuses the lists
+        (`skulens.service.text_fusion`)."""
         engine, catalog = self.rt.searchable()
         check_texts(request.texts, self.settings, required=True)
         params = search_params(request.options, self.settings)
-        call_fields()["texts"] = len(request.texts)
+        mode = text_mode(request.mode, engine.has_text, engine.model_name)
+        texts = list(request.texts)
+        call_fields()["texts"] = len(texts)
+        call_fields()["mode"] = pb.TextSearchMode.Name(mode)
         deadline = deadline_of(context)
         await self._reach(catalog, params, deadline)
-        with self.rt.admission.admit(engine.costs, items=len(request.texts), deadline=deadline, field="texts"):
-            vectors = await engine.embed_texts(list(request.texts), deadline=deadline)
+        vectors = None
+        if mode != _KEYWORD:
+            with self.rt.admission.admit(engine.costs, items=len(texts), deadline=deadline, field="texts"):
+                vectors = await engine.embed_texts(texts, deadline=deadline)
         if self.rt.metrics is not None:
-            self.rt.metrics.observe_items("SearchByText", len(request.texts))
-            self.rt.metrics.texts.labels("SearchByText").inc(len(request.texts))
-        recs, version = await _search(
-            self.rt.matcher, catalog, vectors, params, self.settings.text_unknown_threshold,
-            space=engine.fingerprint, adapt=False,
-        )
+            self.rt.metrics.observe_items("SearchByText", len(texts))
+            self.rt.metrics.texts.labels("SearchByText").inc(len(texts))
+        if mode == _VECTOR:
+            assert vectors is not None
+            recs, version = await _search(
+                self.rt.matcher, catalog, vectors, params, self.settings.text_unknown_threshold,
+                space=engine.fingerprint, adapt=False,
+            )
+        else:
+            depth = candidate_depth(params.top_k, self.settings.max_top_k)
+            matcher, threshold = self.rt.matcher, self.settings.text_unknown_threshold
+
+            def run() -> tuple[list[SearchResult], int]:
+                if vectors is None:
+                    version = catalog.version()
+                    vector_results: list[SearchResult] = []
+                else:
+                    wide = dataclasses.replace(params, top_k=depth, min_score=None)
+                    vector_results, version = _search_results(
+                        matcher, catalog, vectors, wide, threshold, engine.fingerprint, False)
+                hits = [catalog.search_text(t, top_k=depth if vectors is not None else params.top_k,
+                                            category=params.category, labels=params.labels) for t in texts]
+                if vectors is None:
+                    return [keyword_result(h, params.top_k, params.min_score) for h in hits], version
+                return [fuse(vr, h, params.top_k, params.min_score)
+                        for vr, h in zip(vector_results, hits, strict=True)], version
+
+            results, version = await asyncio.to_thread(run)
+            recs = [recognition_pb(r) for r in results]
         return pb.SearchByTextResponse(
-            results=[pb.TextResult(text=t, recognition=r) for t, r in zip(request.texts, recs, strict=True)],
+            results=[pb.TextResult(text=t, recognition=r) for t, r in zip(texts, recs, strict=True)],
             model_fingerprint=engine.fingerprint,
             catalog_version=version,
+            mode=mode,
         )
 
     async def Evaluate(
@@ -415,6 +483,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             catalog_backend=catalog.backend,
             catalog_version=await asyncio.to_thread(catalog.version),
             server_version=server_version(),
+            text_search_modes=text_modes(engine.has_text),
         )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:

@@ -378,6 +378,19 @@ class Settings:
         float,
         group="migration",
     )
+    purge_after_seconds: float = _opt(
+        86_400.0,
+        "shared catalog: deleted products and references (rows, vectors) are purged for good once deleted this "
+        "long ago (the grace period; see `skulens catalog purge`)",
+        float,
+        group="catalog",
+    )
+    purge_interval_seconds: float = _opt(
+        3600.0,
+        "how often this server purges old deletions from the catalog (one replica at a time; 0 = never)",
+        float,
+        group="catalog",
+    )
     # -- drift monitoring (service/drift_monitor.py, docs/MONITORING.md)
     drift_monitor: bool = _opt(
         True, "watch each request source's query stream for drift (GetDriftReport, skulens_drift_* metrics)",
@@ -415,6 +428,10 @@ class Settings:
             raise bad("catalog_wait_ms", "in 0..600000")
         if not 0.01 <= self.migration_poll_seconds <= 3600.0:
             raise bad("migration_poll_seconds", "in 0.01..3600")
+        if not 0.0 <= self.purge_after_seconds <= 315_360_000.0:
+            raise bad("purge_after_seconds", "in 0..315360000")
+        if not (self.purge_interval_seconds == 0.0 or 1.0 <= self.purge_interval_seconds <= 604_800.0):
+            raise bad("purge_interval_seconds", "0 (never) or in 1..604800")
         if not 1 <= self.backfill_batch <= 4096:
             raise bad("backfill_batch", "in 1..4096")
         if not 0.0 <= self.backfill_pause_seconds <= 3600.0:
