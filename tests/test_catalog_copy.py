@@ -28,7 +28,9 @@ def _filled(path: Path, dim: int = DIM, fp: str = FP) -> Catalog:
     for p in range(6):
         cat.upsert_product(f"sku-{p}", f"Product {p}", f"cat-{p % 2}", {"brand": f"b{p % 3}"},
                            description=f"Text of product {p}\nline two")
-        new = [NewReference(embedding=refs[p, j], image=f"img-{p}-{j}".encode(), source=f"s{j}") for j in range(2)]
+        new = [NewReference(embedding=refs[p, j], image=f"img-{p}-{j}".encode(), source=f"s{j}",
+                            request_id=f"00000000-0000-4000-8000-{p:06d}{j:06d}" if j == 0 else None)
+               for j in range(2)]
         new.append(NewReference(embedding=refs[p, 2]))  # no image, no hash
         cat.add_references(f"sku-{p}", new)
     cat.upsert_product("empty", "No refs")
@@ -44,7 +46,7 @@ def _snapshot(cat: Any) -> tuple[list[Any], list[tuple[Any, ...]], list[list[str
         if not token:
             break
     refs = sorted((r.product_id, r.source, r.image, r.content_sha256 or embedding_hash(r.embedding),
-                   tuple(np.round(r.embedding, 5))) for r in cat.export_references(0, 1000))
+                   tuple(np.round(r.embedding, 5)), r.request_id or "") for r in cat.export_references(0, 1000))
     queries = np.stack([r.embedding for r in cat.export_references(0, 1000)])
     answers = [[m.product_id for m in res.matches] for res in cat.search(queries, top_k=3)]
     return products, refs, answers

@@ -76,7 +76,8 @@ def _copy_references(target: CatalogBackend, pid: str, refs: list[ExportedRefere
             report.hashed_from_embedding += 1
         hashes.append(r.content_sha256 or embedding_hash(r.embedding))
     have = target.existing_hashes(pid, hashes)
-    todo = [NewReference(embedding=r.embedding, source=r.source, image=r.image, content_sha256=h, region=r.region)
+    todo = [NewReference(embedding=r.embedding, source=r.source, image=r.image, content_sha256=h, region=r.region,
+                         request_id=r.request_id)
             for r, h in zip(refs, hashes, strict=True) if r.region is not None or h not in have]
     report.skipped += len(refs) - len(todo)
     limit = target.settings.max_references_per_call

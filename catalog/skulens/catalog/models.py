@@ -148,6 +148,7 @@ class ExportedReference:
     image: bytes | None
     embedding: np.ndarray
     region: Region | None = None
+    request_id: str | None = None  # the enrolment request id (AIP-155) the reference was added with, if any
 
 
 @dataclass(frozen=True)

@@ -435,13 +435,13 @@ class PostgresCatalog(BackendState):
         def tx(conn: Conn) -> list[ExportedReference]:
             rows = conn.execute(self._schema.q(
                 "SELECT r.reference_id, p.product_id, r.source, r.content_sha256, r.image, e.embedding::text, "
-                "r.region_x, r.region_y, r.region_w, r.region_h "
+                "r.region_x, r.region_y, r.region_w, r.region_h, r.request_id "
                 "FROM {refs} r JOIN {products} p ON p.pk = r.product_pk "
                 "JOIN {embeddings} e ON e.reference_id = r.reference_id AND e.fingerprint = {fp} "
                 "WHERE r.deleted_at IS NULL AND r.reference_id > %s ORDER BY r.reference_id LIMIT %s"),
                 (start, n)).fetchall()
             return [ExportedReference(int(r[0]), str(r[1]), str(r[2]), r[3], None if r[4] is None else bytes(r[4]),
-                                      parse_vec(str(r[5])), region_of(r[6:10])) for r in rows]
+                                      parse_vec(str(r[5])), region_of(r[6:10]), r[10]) for r in rows]
 
         return self._db.run(tx, tx=False)
 

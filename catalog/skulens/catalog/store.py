@@ -617,11 +617,11 @@ class Store:
         with self._lock:
             rows = self.conn.execute(
                 "SELECT r.reference_id, p.product_id, r.source, r.content_sha256, i.image, r.embedding, r.region_x, "
-                "r.region_y, r.region_w, r.region_h FROM refs r JOIN products p ON p.pk = r.product_pk "
+                "r.region_y, r.region_w, r.region_h, r.request_id FROM refs r JOIN products p ON p.pk = r.product_pk "
                 "LEFT JOIN ref_images i ON i.reference_id = r.reference_id "
                 "WHERE r.reference_id > ? ORDER BY r.reference_id LIMIT ?", (int(after), int(limit))).fetchall()
         return [ExportedReference(int(r[0]), str(r[1]), str(r[2]), r[3], None if r[4] is None else bytes(r[4]),
-                                  np.frombuffer(r[5], dtype="<f4").astype(np.float32), region_of(r[6:10]))
+                                  np.frombuffer(r[5], dtype="<f4").astype(np.float32), region_of(r[6:10]), r[10])
                 for r in rows]
 
     def sample_embeddings(self, limit: int) -> list[np.ndarray]:
