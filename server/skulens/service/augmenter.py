@@ -15,7 +15,6 @@ Every replica may run one; the store keeps each reference's views once (a second
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from skulens.errors import SkulensError
 from skulens.imaging.augment import augmented_views
 from skulens.imaging.preprocess import Box
+from skulens.service.background import BackgroundLoop
 from skulens.service.state import Phase, Runtime
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,12 @@ class AugmenterStats:
     augmented: int = 0  # references with views (last count)
 
 
-class Augmenter:
+class Augmenter(BackgroundLoop):
     """The background loop (see the module doc)."""
 
     def __init__(self, runtime: Runtime, *, below: int, poll_seconds: float = 1.0, quiet_seconds: float = 2.0,
                  batch: int = 8) -> None:
+        super().__init__(poll_seconds, "augmented views")
         self.rt = runtime
         self.below = below
         self.poll_seconds = poll_seconds
@@ -54,35 +55,16 @@ class Augmenter:
         self._failed: set[int] = set()
         self._seen_version = -1
         self._changed_at = 0.0
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def unusable(self) -> int:
         """References whose stored image could not be used (left alone until the server restarts)."""
         return len(self._failed)
 
-    def start(self) -> None:
-        """Start the loop on the running event loop."""
-        self._task = asyncio.ensure_future(self._run())
-
-    async def stop(self) -> None:
-        """Stop the loop (a batch in flight is cancelled; what it stored stays)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_seconds)
-            try:
-                while await self.step():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("augmented views: could not process the pending references; retrying later")
+    async def round(self) -> None:
+        """Batches back to back while there is work and the server stays quiet."""
+        while await self.step():
+            pass
 
     def _quiet(self, version: int) -> bool:
         """True when, for `quiet_seconds`, no call was in progress here and the catalog version did not move (no

@@ -9,48 +9,30 @@ that round. The embedded catalog has nothing to purge (its purge reports zeros).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from skulens.catalog.purge import PurgeReport
+from skulens.service.background import BackgroundLoop
 from skulens.service.state import Phase, Runtime
 
 log = logging.getLogger(__name__)
 
 
-class Purger:
+class Purger(BackgroundLoop):
     """The background loop (see the module doc)."""
 
     def __init__(self, runtime: Runtime, *, older_than_seconds: float, interval_seconds: float,
                  max_seconds: float = 60.0) -> None:
+        super().__init__(interval_seconds, "catalog purge")
         self.rt = runtime
         self.older_than_seconds = older_than_seconds
         self.interval_seconds = interval_seconds
         self.max_seconds = max_seconds  # one round starts no batch after this long (the rest goes next round)
         self.last: PurgeReport | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Start the loop on the running event loop (first round after one interval)."""
-        self._task = asyncio.ensure_future(self._run())
-
-    async def stop(self) -> None:
-        """Stop the loop (a batch in flight finishes in its thread; what it removed stays removed)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_seconds)
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("catalog purge failed; retrying in %.0f s", self.interval_seconds)
+    async def round(self) -> None:
+        """One purge round."""
+        await self.step()
 
     async def step(self) -> PurgeReport | None:
         """One round: purge what was deleted more than `older_than_seconds` ago (None: not serving)."""
