@@ -155,6 +155,14 @@ def postgres_server() -> Any:
     return shared_postgres()
 
 
+@pytest.fixture
+def schema(postgres_server: Any) -> Iterator[str]:
+    """A fresh PostgreSQL schema on the session's server for one test (dropped after it)."""
+    name = postgres_server.new_schema()
+    yield name
+    postgres_server.drop_schemas([name])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_postgres_at_session_end() -> Iterator[None]:
     """Stops the embedded PostgreSQL (by its PID, `pg_ctl stop`) when the session ends, if a test started it."""

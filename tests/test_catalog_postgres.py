@@ -31,13 +31,6 @@ Open = Callable[..., PostgresCatalog]
 
 
 @pytest.fixture
-def schema(postgres_server: PgServer) -> Iterator[str]:
-    name = postgres_server.new_schema()
-    yield name
-    postgres_server.drop_schemas([name])
-
-
-@pytest.fixture
 def open_catalog(postgres_server: PgServer, schema: str) -> Iterator[Open]:
     """`open_catalog(**kw)`: a PostgresCatalog on the test's schema (all closed at teardown)."""
     opened: list[PostgresCatalog] = []

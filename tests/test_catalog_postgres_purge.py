@@ -30,13 +30,6 @@ Open = Callable[..., PostgresCatalog]
 
 
 @pytest.fixture
-def schema(postgres_server: PgServer) -> Iterator[str]:
-    name = postgres_server.new_schema()
-    yield name
-    postgres_server.drop_schemas([name])
-
-
-@pytest.fixture
 def open_catalog(postgres_server: PgServer, schema: str) -> Iterator[Open]:
     opened: list[PostgresCatalog] = []
 

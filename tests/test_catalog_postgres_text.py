@@ -3,10 +3,7 @@ the query built from the terms, the index used. Real PostgreSQL (tests/pg_fixtur
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import psycopg
-import pytest
 from pg_fixture import PgServer
 
 from skulens.catalog import CatalogSettings
@@ -16,13 +13,6 @@ from skulens.catalog.postgres_text import websearch_text
 
 DIM = 8
 FP = "pg-text/8:0"
-
-
-@pytest.fixture
-def schema(postgres_server: PgServer) -> Iterator[str]:
-    name = postgres_server.new_schema()
-    yield name
-    postgres_server.drop_schemas([name])
 
 
 def open_(server: PgServer, schema: str) -> PostgresCatalog:

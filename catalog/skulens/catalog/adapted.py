@@ -133,23 +133,27 @@ class AdaptedMatcher:
         running.join(timeout)
         return not running.is_alive()
 
-    def model(self, catalog: CatalogBackend) -> HeadModel | None:
-        """The head for `catalog`'s serving model (refitted as `_refresh` says); None when disabled."""
-        if not self.settings.enabled:
-            return None
+    def current(self, catalog: CatalogBackend) -> tuple[HeadModel | None, ThresholdsInForce]:
+        """The head (None when disabled) and the verdict thresholds in force for image queries of `catalog`'s
+        serving model, after one `_refresh`."""
+        key = (id(catalog), catalog.fingerprint)
         with self._lock:
             self._refresh(catalog)
-            return self._model if self._key == (id(catalog), catalog.fingerprint) else None
+            mine = self._key == key
+            model = self._model if mine and self.settings.enabled else None
+            entry = pick(self._stored, self.matching, catalog.fingerprint) if mine else None
+        if entry is not None:
+            return model, ThresholdsInForce(entry.unknown_threshold, entry.ambiguity_margin, "catalog", entry.source)
+        return model, ThresholdsInForce(catalog.settings.unknown_threshold, catalog.settings.ambiguity_margin,
+                                        "settings")
+
+    def model(self, catalog: CatalogBackend) -> HeadModel | None:
+        """The head for `catalog`'s serving model (refitted as `_refresh` says); None when disabled."""
+        return self.current(catalog)[0] if self.settings.enabled else None
 
     def thresholds(self, catalog: CatalogBackend) -> ThresholdsInForce:
         """The verdict thresholds in force for image queries of `catalog`'s serving model."""
-        with self._lock:
-            self._refresh(catalog)
-            entry = pick(self._stored, self.matching, catalog.fingerprint) if self._key == (
-                id(catalog), catalog.fingerprint) else None
-        if entry is not None:
-            return ThresholdsInForce(entry.unknown_threshold, entry.ambiguity_margin, "catalog", entry.source)
-        return ThresholdsInForce(catalog.settings.unknown_threshold, catalog.settings.ambiguity_margin, "settings")
+        return self.current(catalog)[1]
 
     def search(self, catalog: CatalogBackend, queries: np.ndarray, *, top_k: int = 5, min_score: float | None = None,
                category: str = "", labels: Mapping[str, str] | None = None, unknown_threshold: float | None = None,
@@ -163,8 +167,7 @@ class AdaptedMatcher:
             return catalog.search(queries, top_k=top_k, min_score=min_score, category=category, labels=labels,
                                   unknown_threshold=unknown_threshold, ambiguity_margin=ambiguity_margin,
                                   trusted=trusted, space=space)
-        model = self.model(catalog)
-        in_force = self.thresholds(catalog)
+        model, in_force = self.current(catalog)
         threshold = in_force.unknown_threshold if unknown_threshold is None else unknown_threshold
         margin = in_force.ambiguity_margin if ambiguity_margin is None else ambiguity_margin
         if model is None or model.products == 0:

@@ -134,6 +134,21 @@ def apply_delta(count: int, total: np.ndarray, gram: np.ndarray, d: StatDelta) -
     return count + d.count, total + d.total, gram + d.gram
 
 
+def gram_with(stored: bytes | None, vectors: np.ndarray | None, signs: Sequence[float]) -> np.ndarray | None:
+    """A stored Gram matrix (little-endian float64 bytes, d×d) plus the signed outer products of `vectors`' rows —
+    how both stores read the matrix with the journal rows not folded into it yet; None when there is neither."""
+    if stored is None and (vectors is None or not len(vectors)):
+        return None
+    delta = None
+    if vectors is not None and len(vectors):
+        x = np.asarray(vectors, dtype=np.float64)
+        delta = (x * np.asarray(signs, dtype=np.float64)[:, None]).T @ x
+    dim = delta.shape[0] if delta is not None else int(np.sqrt(len(stored or b"") // 8))
+    gram = np.zeros((dim, dim)) if stored is None or len(stored) != 8 * dim * dim else \
+        np.frombuffer(stored, "<f8").reshape(dim, dim).copy()
+    return gram if delta is None else gram + delta
+
+
 @dataclass(frozen=True)
 class HeadModel:
     """The fitted head of one catalog version: one linear scorer per product, `vectors[p] · q + bias[p]`.

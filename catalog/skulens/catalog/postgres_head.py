@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from skulens.catalog.head import HeadStats, ProductSums, deltas
+from skulens.catalog.head import HeadStats, ProductSums, deltas, gram_with
 from skulens.catalog.migration_state import PendingReference
 from skulens.catalog.models import region_of
 from skulens.catalog.postgres_pool import Conn, one_row
@@ -184,15 +184,7 @@ def fold(conn: Conn, schema: CatalogSchema, gram_batch: int = GRAM_BATCH) -> int
 
 def _add_outer(stored: bytes | None, rows: list[tuple[str, int]]) -> np.ndarray | None:
     """A stored Gram matrix plus the signed outer products of journal rows (embedding text, sign); None: neither."""
-    if stored is None and not rows:
-        return None
-    delta = None
-    if rows:
-        x = _vectors([str(r[0]) for r in rows])
-        delta = (x * np.asarray([float(r[1]) for r in rows])[:, None]).T @ x
-    dim = delta.shape[0] if delta is not None else int(np.sqrt(len(stored or b"") // 8))
-    gram = np.zeros((dim, dim)) if stored is None or len(stored) != 8 * dim * dim else _f64(stored, (dim, dim)).copy()
-    return gram if delta is None else gram + delta
+    return gram_with(stored, _vectors([str(r[0]) for r in rows]) if rows else None, [float(r[1]) for r in rows])
 
 
 def _current_gram(conn: Conn, schema: CatalogSchema, fingerprint: str) -> np.ndarray | None:

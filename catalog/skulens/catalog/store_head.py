@@ -16,7 +16,7 @@ import sqlite3
 
 import numpy as np
 
-from skulens.catalog.head import HeadStats, ProductSums, deltas
+from skulens.catalog.head import HeadStats, ProductSums, deltas, gram_with
 from skulens.catalog.migration_state import PendingReference
 from skulens.catalog.models import region_of
 
@@ -134,18 +134,8 @@ def _fold_gram(tx: sqlite3.Connection) -> None:
 def _pending_gram(conn: sqlite3.Connection, fingerprint: str, stored: bytes | None) -> np.ndarray | None:
     """The stored Gram matrix plus the outer products of the journal rows of `fingerprint` (None: neither)."""
     rows = conn.execute("SELECT embedding, sign FROM head_journal WHERE fingerprint = ?", (fingerprint,)).fetchall()
-    if not rows and stored is None:
-        return None
-    if rows:
-        x = np.stack([np.frombuffer(bytes(r[0]), dtype="<f4") for r in rows]).astype(np.float64)
-        sx = x * np.asarray([float(r[1]) for r in rows])[:, None]
-        delta = sx.T @ x
-        dim = x.shape[1]
-    else:
-        delta, dim = None, int(np.sqrt(len(stored or b"") // 8))
-    gram = np.zeros((dim, dim)) if stored is None or len(stored) != 8 * dim * dim else \
-        np.frombuffer(stored, _F64).reshape(dim, dim).copy()
-    return gram if delta is None else gram + delta
+    x = np.stack([np.frombuffer(bytes(r[0]), dtype="<f4") for r in rows]) if rows else None
+    return gram_with(stored, x, [float(r[1]) for r in rows])
 
 
 def read(conn: sqlite3.Connection, fingerprint: str, dim: int, version: int) -> HeadStats:
