@@ -112,9 +112,26 @@ def _postgres(tmp_path: Path) -> Iterator[Opener]:
         server.drop_schemas(schemas)
 
 
+@contextlib.contextmanager
+def _postgres_mirrored(tmp_path: Path) -> Iterator[Opener]:
+    """PostgreSQL + pgvector with a local FAISS copy answering searches (`MirroredCatalog`, `--catalog-cache
+    faiss`): every contract test holds for it too."""
+    with _postgres(tmp_path) as open_primary:
+        from skulens.catalog.mirrored import MirroredCatalog
+        from skulens.catalog.postgres import PostgresCatalog
+
+        def open_(dim: int, fingerprint: str, settings: dict[str, Any]) -> CatalogBackend:
+            primary = open_primary(dim, fingerprint, settings)
+            assert isinstance(primary, PostgresCatalog)
+            return MirroredCatalog.open(primary, poll_seconds=0.2)
+
+        yield open_
+
+
 BACKENDS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Opener]]] = {
     "embedded": _embedded,
     "postgres": _postgres,
+    "postgres+mirror": _postgres_mirrored,
 }
 
 

@@ -166,3 +166,78 @@ def test_postgres_down_then_back_under_load(replicas: tuple[ServeProcess, ...], 
                 assert time.monotonic() < deadline, "B did not recover"
                 time.sleep(0.2)
         cb.upsert_product("new")
+
+
+@pytest.fixture()
+def mirrored(postgres_server: Any, effnet_model_dir: Path, tmp_path: Path) -> Iterator[tuple[ServeProcess, ...]]:
+    """(A: reads and writes PostgreSQL directly, B: answers searches from a local FAISS copy, --catalog-cache faiss)."""
+    url = postgres_server.new_database()
+    servers: list[ServeProcess] = []
+    try:
+        servers.append(ServeProcess(effnet_model_dir, url, tmp_path / "a.log", "--matching", "nearest"))
+        servers.append(ServeProcess(effnet_model_dir, url, tmp_path / "b.log", "--matching", "nearest",
+                                    "--catalog-cache", "faiss", "--catalog-cache-poll-ms", "200"))
+        yield tuple(servers)
+    finally:
+        for s in servers:
+            s.stop()
+        postgres_server.drop_database(url)
+
+
+def test_mirror_follows_writes_and_answers_while_postgres_is_down(mirrored: tuple[ServeProcess, ...],
+                                                                   postgres_server: Any) -> None:
+    """B (local copy): A's enrolment is found at once with min_catalog_version and within the measured lag
+    without it; A's delete is gone from B's answers; with PostgreSQL stopped B keeps recognising (saying how stale it
+    is) while writes answer UNAVAILABLE with a retry hint; once PostgreSQL is back both recover with no restart."""
+    a, b = mirrored
+    with a.client() as ca, b.client(timeout=5) as cb:
+        added = _enrol(ca, "oat-1l", [1, 2])
+        assert _top(cb, 1, min_catalog_version=added.catalog_version) == "oat-1l"
+        t0 = time.perf_counter()
+        second = _enrol(ca, "rye-500g", [3])
+        while _top(cb, 3) != "rye-500g":
+            assert time.perf_counter() - t0 < 5, "B's copy never saw A's enrolment"
+        print(f"write on A → in B's copy without min_catalog_version: {(time.perf_counter() - t0) * 1000:.1f} ms")
+        gone = ca.catalog.DeleteProduct(catalog_pb2.DeleteProductRequest(product_id="oat-1l"), timeout=30)
+        assert gone.catalog_version > second.catalog_version
+        assert _top(cb, 1, min_catalog_version=gone.catalog_version) != "oat-1l"
+        stats = cb.stats()
+        assert stats.HasField("cache") and stats.cache.kind == "faiss" and stats.cache.primary_reachable
+        assert stats.cache.cached_version == gone.catalog_version == stats.catalog_version
+        assert not ca.stats().HasField("cache")
+
+        held = gone.catalog_version
+        postgres_server.stop()
+        try:
+            t0 = time.monotonic()
+            for _ in range(20):  # recognition keeps answering from the copy throughout
+                resp = cb.recognize([image_input(pattern_image(3))], search_options(top_k=1))
+                assert resp.results[0].recognition.matches[0].product_id == "rye-500g"
+                assert resp.catalog_version == held
+                if resp.HasField("stale_catalog"):
+                    break
+                time.sleep(0.1)
+            assert resp.HasField("stale_catalog"), "B never noticed that PostgreSQL is down"
+            stale = resp.stale_catalog
+            assert not stale.primary_reachable and stale.cached_version == held and stale.last_error
+            assert time.monotonic() - t0 < 5
+            with pytest.raises(grpc.RpcError) as err:
+                cb.upsert_product("new")
+            assert err.value.code() is C.UNAVAILABLE
+            assert dict(err.value.trailing_metadata() or ()).get("grpc-retry-pushback-ms") == "1000"
+            assert cb.stats().cache.primary_reachable is False
+        finally:
+            postgres_server.start()
+        deadline = time.monotonic() + 30
+        while True:  # writes come back without a restart
+            try:
+                third = _enrol(cb, "new", [4])
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() is C.UNAVAILABLE
+                assert time.monotonic() < deadline, "B's writes did not recover"
+                time.sleep(0.2)
+        resp = cb.recognize([image_input(pattern_image(4))], search_options(top_k=1))
+        assert resp.results[0].recognition.matches[0].product_id == "new"
+        assert not resp.HasField("stale_catalog") and resp.catalog_version == third.catalog_version
+        assert _top(ca, 4, min_catalog_version=third.catalog_version) == "new"

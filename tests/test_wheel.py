@@ -65,6 +65,9 @@ NEEDS_RUNTIME_EXTRA = {
     "skulens.catalog.postgres_head": "psycopg",
     "skulens.catalog.postgres_purge": "psycopg",
     "skulens.catalog.postgres_text": "psycopg",
+    "skulens.catalog.postgres_feed": "psycopg",
+    "skulens.catalog.mirror": "psycopg",  # and faiss (the copy's index)
+    "skulens.catalog.mirrored": "psycopg",
     "skulens.inference.encoder": "onnxruntime",
     "skulens.inference.engine": "onnxruntime",
 }

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skulens.catalog.backend import CatalogBackend
+from skulens.catalog.errors import CatalogUnavailable
 from skulens.catalog.head import HeadModel, HeadSettings, rerank
 from skulens.catalog.models import SearchResult
 from skulens.catalog.thresholds import VerdictThresholds, pick
@@ -92,7 +93,16 @@ class AdaptedMatcher:
                                                    name="skulens-head-refit", daemon=True)
                 self._refitting.start()
                 return
-        self._install(catalog, key, *self._read(catalog), now)
+        try:
+            read = self._read(catalog)
+        except CatalogUnavailable as exc:
+            if self._key != key:
+                raise
+            self._checked_at = now  # the head fitted last keeps answering; read again after the interval
+            log.warning("catalog-adapted matching: cannot read the catalog's statistics (%s); the head fitted at "
+                        "version %d keeps answering", exc, self._version)
+            return
+        self._install(catalog, key, *read, now)
 
     def _read(self, catalog: CatalogBackend) -> tuple[HeadModel | None, int, list[VerdictThresholds], float]:
         """(fitted head or None when off, catalog version it reflects, stored thresholds, fit ms); reads only."""

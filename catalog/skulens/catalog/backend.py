@@ -27,6 +27,7 @@ from skulens.catalog.head import HeadStats
 from skulens.catalog.migration_state import MigrationState, ModelSpace, PendingReference, SpaceProgress
 from skulens.catalog.models import (
     AddedReference,
+    CacheState,
     CatalogStats,
     ExportedReference,
     NewReference,
@@ -248,6 +249,11 @@ class CatalogBackend(Protocol):
 
     def stats(self) -> CatalogStats:
         """Counts, identity, version and index state."""
+        ...
+
+    def cache_state(self) -> CacheState | None:
+        """How current the local copy that answers searches is (`--catalog-cache`); None when searches read the
+        catalog itself."""
         ...
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ from skulens.catalog.integrity import DB_FILE, SNAPSHOT_FILE, refuse_lost_store
 from skulens.catalog.migration_state import MigrationState, ModelSpace, PendingReference, SpaceProgress
 from skulens.catalog.models import (
     AddedReference,
+    CacheState,
     EmbeddedStats,
     ExportedReference,
     NewReference,
@@ -453,6 +454,10 @@ class Catalog(BackendState):
         self._check_open()
         rows = self._store.sample_embeddings(v.positive_int(limit, "limit", 1 << 20))
         return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+
+    def cache_state(self) -> CacheState | None:
+        """None: the embedded catalog is local already."""
+        return None
 
     def stats(self) -> EmbeddedStats:
         """Counts, model identity, version, index kind/size/recall, snapshot state and database size."""

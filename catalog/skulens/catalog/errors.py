@@ -96,6 +96,8 @@ class CatalogUnavailable(CatalogError):
     """The shared catalog cannot be reached (server down, connection lost, no free connection, lock not granted in
     time); retry. Nothing was written, except where the message says that the outcome of a write is unknown."""
 
+    retry_after_s = 1.0  # the gRPC layer's retry hint (RetryInfo, grpc-retry-pushback-ms)
+
 
 class CatalogCorrupt(CatalogError):
     """A catalog file is damaged, or lost next to evidence that the catalog held data; nothing was changed.

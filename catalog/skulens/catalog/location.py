@@ -61,14 +61,37 @@ def parse_location(text: str | Path, field: str = "catalog") -> CatalogLocation:
     return CatalogLocation("sqlite", path=Path(raw).expanduser())
 
 
+CACHE_KINDS = ("none", "faiss")
+
+
 def open_catalog(location: CatalogLocation, *, fingerprint: str, dim: int, settings: CatalogSettings | None = None,
-                 allow_fingerprint_mismatch: bool = False) -> CatalogBackend:
-    """Open (creating if new) the catalog at `location` for the model `fingerprint` / `dim`."""
+                 allow_fingerprint_mismatch: bool = False, cache: str = "none",
+                 cache_poll_seconds: float = 1.0) -> CatalogBackend:
+    """Open (creating if new) the catalog at `location` for the model `fingerprint` / `dim`.
+
+    `cache`: "faiss" keeps a local FAISS copy of a shared catalog that answers searches, also while the database
+    cannot be reached (`skulens.catalog.mirrored`), read again every `cache_poll_seconds` and on every change
+    notification; "none" (default): searches read the catalog itself. The embedded catalog is local already."""
+    if cache not in CACHE_KINDS:
+        raise InvalidArgument(f"catalog cache {cache!r}: use one of {', '.join(CACHE_KINDS)}", "catalog_cache")
+    if cache != "none" and location.kind != "postgresql":
+        raise InvalidArgument("a catalog cache needs a shared catalog (postgresql://...): the embedded catalog "
+                              "is local already", "catalog_cache")
     if location.kind == "postgresql":
         from skulens.catalog.postgres import PostgresCatalog
 
-        return PostgresCatalog.open(location.url, fingerprint=fingerprint, dim=dim, settings=settings,
-                                    allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+        primary = PostgresCatalog.open(location.url, fingerprint=fingerprint, dim=dim, settings=settings,
+                                       allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+        if cache == "none":
+            return primary
+        if primary.fingerprint != fingerprint:
+            primary.close()
+            raise InvalidArgument("a catalog cache copies the serving model's embeddings: it cannot be used while "
+                                  "the catalog holds another model's (start without --catalog-cache)",
+                                  "catalog_cache")
+        from skulens.catalog.mirrored import MirroredCatalog
+
+        return MirroredCatalog.open(primary, poll_seconds=cache_poll_seconds)
     from skulens.catalog.catalog import Catalog
 
     assert location.path is not None

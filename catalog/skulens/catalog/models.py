@@ -243,6 +243,20 @@ class CatalogStats:
 
 
 @dataclass(frozen=True)
+class CacheState:
+    """How current a local copy of a shared catalog is (`--catalog-cache`; `skulens.catalog.mirror`)."""
+
+    kind: str  # "faiss"
+    reachable: bool  # the copy's connection to the shared catalog is up and its last read succeeded
+    version: int  # the catalog version the copy holds (what searches answer from)
+    primary_version: int  # the highest version of the shared catalog the copy has seen (>= version)
+    seconds_since_sync: float  # since the copy last read the shared catalog successfully
+    syncs: int  # reads that changed the copy
+    full_syncs: int  # of which reads of everything
+    last_error: str  # why the last read or connection failed ("" when the last one succeeded)
+
+
+@dataclass(frozen=True)
 class EmbeddedStats(CatalogStats):
     """`CatalogStats` of the embedded backend (SQLite + FAISS), with its index and snapshot details."""
 

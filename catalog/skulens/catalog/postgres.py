@@ -33,11 +33,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from psycopg.types.json import Jsonb
 
-from skulens.catalog import postgres_head, postgres_purge, postgres_text, thresholds
+from skulens.catalog import postgres_feed, postgres_head, postgres_purge, postgres_text, thresholds
 from skulens.catalog import postgres_spaces as spaces
 from skulens.catalog import validation as v
 from skulens.catalog.backend import BackendState
@@ -61,6 +62,7 @@ from skulens.catalog.migration_state import (
 )
 from skulens.catalog.models import (
     AddedReference,
+    CacheState,
     CatalogStats,
     ExportedReference,
     NewReference,
@@ -81,6 +83,9 @@ from skulens.catalog.settings import CatalogSettings
 from skulens.catalog.text_search import text_query
 from skulens.catalog.thresholds import VerdictThresholds
 from skulens.errors import field_path
+
+if TYPE_CHECKING:
+    from skulens.catalog.mirror import CatalogMirror
 
 log = logging.getLogger(__name__)
 
@@ -723,9 +728,23 @@ class PostgresCatalog(BackendState):
                 return PurgeReport(cutoff=cutoff, skipped=True)
             report = postgres_purge.purge(self._db, self._schema, cutoff, n, vacuum_after=vacuum,
                                           max_seconds=max_seconds)
+            fed = self._db.run(lambda conn: postgres_feed.prune(conn, self._schema, cutoff))
+        if fed:
+            log.info("shared catalog %s: %d change-feed rows older than the grace period dropped", self.schema, fed)
         if report.rows:
             log.info("shared catalog %s: %s", self.schema, report.format())
         return report
+
+    def mirror(self, poll_seconds: float) -> CatalogMirror:
+        """A local FAISS copy of this catalog (not started; `MirroredCatalog` serves searches from it)."""
+        from skulens.catalog.mirror import CatalogMirror
+
+        self._check_open(searchable=True)
+        return CatalogMirror(self._db.pool, self._schema, self.settings, poll_seconds=poll_seconds)
+
+    def cache_state(self) -> CacheState | None:
+        """None: every call reads the database (no local copy)."""
+        return None
 
     def _other_space(self, space: str) -> ModelSpace:
         other = self._migration.other

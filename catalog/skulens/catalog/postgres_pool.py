@@ -143,6 +143,14 @@ class ConnectionPool:
             self._slots.release()
             raise
 
+    def connect(self) -> Conn:
+        """A connection of its own, outside the pool's count (a listener's); CatalogUnavailable if none can be had.
+        The caller closes it."""
+        with self._lock:
+            if self._closed:
+                raise CatalogClosed()
+        return self._connect()
+
     def _connect(self) -> Conn:
         try:
             conn = psycopg.connect(self._conninfo, autocommit=True, **self._extra)

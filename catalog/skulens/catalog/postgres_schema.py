@@ -41,14 +41,14 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from skulens.catalog import postgres_head, postgres_text
+from skulens.catalog import postgres_feed, postgres_head, postgres_text
 from skulens.catalog.errors import CatalogError, InvalidArgument
 from skulens.catalog.models import RequestedReference, region_of
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, first_line, lost, one_row
 from skulens.catalog.settings import CatalogSettings
 
-SCHEMA_VERSION = 5  # 2: meta.migration (model migration state); 3: refs.request_id; 4: head statistics;
-# 5: products.description + the keyword-search tsvector (`postgres_text`)
+SCHEMA_VERSION = 6  # 2: meta.migration (model migration state); 3: refs.request_id; 4: head statistics;
+# 5: products.description + the keyword-search tsvector (`postgres_text`); 6: the change feed (`postgres_feed`)
 PGVECTOR_MIN = (0, 8, 0)  # iterative index scans
 NOTIFY_CHANNEL = "skulens_catalog"
 _DDL_LOCK = "skulens.catalog schema"  # advisory lock key (hashed): one installer at a time per database
@@ -124,6 +124,7 @@ _DDL = (
     "CREATE UNIQUE INDEX IF NOT EXISTS refs_live_request_id ON {refs} (request_id) "
     "WHERE deleted_at IS NULL AND request_id IS NOT NULL",
     *postgres_text.DDL,  # schema 5: keyword search
+    *postgres_feed.DDL,  # schema 6: the change feed of local copies (`skulens.catalog.mirror`)
 )
 
 
@@ -198,6 +199,7 @@ class CatalogSchema:
             "head_gram": sql.Identifier(schema, "head_gram"),
             "head_products": sql.Identifier(schema, "head_products"),
             "aug_embeddings": sql.Identifier(schema, "aug_embeddings"),
+            "changes": sql.Identifier(schema, "changes"),
             "version_seq": lit(f"{qualified}.catalog_version"),
             "ref_seq": lit(f"{qualified}.reference_ids"),
             "fp": lit(fingerprint),
@@ -274,6 +276,7 @@ class CatalogSchema:
             "SELECT version, pg_notify({channel}, {schema_lit} || ':' || version) FROM b"),
             {"p": products, "r": refs, "i": indexed}).fetchone()
         assert row is not None
+        postgres_feed.stamp(conn, self, int(row[0]))  # the change feed: this transaction's changes get the version
         postgres_head.fold(conn, self)  # the head statistics follow the write, under the meta row lock
         return int(row[0])
 

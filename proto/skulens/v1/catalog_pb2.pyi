@@ -232,7 +232,7 @@ class GetCatalogStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCatalogStatsResponse(_message.Message):
-    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress", "index_recall_at_10", "index_search_width", "catalog_version", "backend", "migration_phase", "migration_model_fingerprint", "migration_embedded", "matching", "head_fitted_version", "head_products", "augmentation_pending", "augmented_references")
+    __slots__ = ("product_count", "reference_count", "references_with_image", "dim", "model_fingerprint", "index_type", "index_device", "db_size_bytes", "rebuild_in_progress", "index_recall_at_10", "index_search_width", "catalog_version", "backend", "migration_phase", "migration_model_fingerprint", "migration_embedded", "matching", "head_fitted_version", "head_products", "augmentation_pending", "augmented_references", "cache")
     PRODUCT_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
     REFERENCES_WITH_IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +254,7 @@ class GetCatalogStatsResponse(_message.Message):
     HEAD_PRODUCTS_FIELD_NUMBER: _ClassVar[int]
     AUGMENTATION_PENDING_FIELD_NUMBER: _ClassVar[int]
     AUGMENTED_REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     product_count: int
     reference_count: int
     references_with_image: int
@@ -275,4 +276,5 @@ class GetCatalogStatsResponse(_message.Message):
     head_products: int
     augmentation_pending: int
     augmented_references: int
-    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ..., index_recall_at_10: _Optional[float] = ..., index_search_width: _Optional[int] = ..., catalog_version: _Optional[int] = ..., backend: _Optional[str] = ..., migration_phase: _Optional[str] = ..., migration_model_fingerprint: _Optional[str] = ..., migration_embedded: _Optional[int] = ..., matching: _Optional[str] = ..., head_fitted_version: _Optional[int] = ..., head_products: _Optional[int] = ..., augmentation_pending: _Optional[int] = ..., augmented_references: _Optional[int] = ...) -> None: ...
+    cache: _common_pb2.CatalogCache
+    def __init__(self, product_count: _Optional[int] = ..., reference_count: _Optional[int] = ..., references_with_image: _Optional[int] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., db_size_bytes: _Optional[int] = ..., rebuild_in_progress: _Optional[bool] = ..., index_recall_at_10: _Optional[float] = ..., index_search_width: _Optional[int] = ..., catalog_version: _Optional[int] = ..., backend: _Optional[str] = ..., migration_phase: _Optional[str] = ..., migration_model_fingerprint: _Optional[str] = ..., migration_embedded: _Optional[int] = ..., matching: _Optional[str] = ..., head_fitted_version: _Optional[int] = ..., head_products: _Optional[int] = ..., augmentation_pending: _Optional[int] = ..., augmented_references: _Optional[int] = ..., cache: _Optional[_Union[_common_pb2.CatalogCache, _Mapping]] = ...) -> None: ...

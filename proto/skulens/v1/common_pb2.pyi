@@ -114,3 +114,19 @@ class Timings(_message.Message):
     search_ms: float
     total_ms: float
     def __init__(self, embed_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class CatalogCache(_message.Message):
+    __slots__ = ("kind", "primary_reachable", "cached_version", "primary_version", "seconds_since_sync", "last_error")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_SYNC_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    primary_reachable: bool
+    cached_version: int
+    primary_version: int
+    seconds_since_sync: float
+    last_error: str
+    def __init__(self, kind: _Optional[str] = ..., primary_reachable: _Optional[bool] = ..., cached_version: _Optional[int] = ..., primary_version: _Optional[int] = ..., seconds_since_sync: _Optional[float] = ..., last_error: _Optional[str] = ...) -> None: ...

@@ -91,16 +91,18 @@ class ImageResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.ItemStatus, _Mapping]] = ..., recognition: _Optional[_Union[Recognition, _Mapping]] = ..., regions: _Optional[_Iterable[_Union[RegionResult, _Mapping]]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ...) -> None: ...
 
 class RecognizeResponse(_message.Message):
-    __slots__ = ("results", "model_fingerprint", "random_weights", "catalog_version")
+    __slots__ = ("results", "model_fingerprint", "random_weights", "catalog_version", "stale_catalog")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STALE_CATALOG_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ImageResult]
     model_fingerprint: str
     random_weights: bool
     catalog_version: int
-    def __init__(self, results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ..., random_weights: _Optional[bool] = ..., catalog_version: _Optional[int] = ...) -> None: ...
+    stale_catalog: _common_pb2.CatalogCache
+    def __init__(self, results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ..., random_weights: _Optional[bool] = ..., catalog_version: _Optional[int] = ..., stale_catalog: _Optional[_Union[_common_pb2.CatalogCache, _Mapping]] = ...) -> None: ...
 
 class RecognizeStreamRequest(_message.Message):
     __slots__ = ("images", "options", "source")
@@ -113,16 +115,18 @@ class RecognizeStreamRequest(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[ImageInput, _Mapping]]] = ..., options: _Optional[_Union[_common_pb2.SearchOptions, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class RecognizeStreamResponse(_message.Message):
-    __slots__ = ("result", "catalog_version", "message_index", "image_index")
+    __slots__ = ("result", "catalog_version", "message_index", "image_index", "stale_catalog")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     IMAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    STALE_CATALOG_FIELD_NUMBER: _ClassVar[int]
     result: ImageResult
     catalog_version: int
     message_index: int
     image_index: int
-    def __init__(self, result: _Optional[_Union[ImageResult, _Mapping]] = ..., catalog_version: _Optional[int] = ..., message_index: _Optional[int] = ..., image_index: _Optional[int] = ...) -> None: ...
+    stale_catalog: _common_pb2.CatalogCache
+    def __init__(self, result: _Optional[_Union[ImageResult, _Mapping]] = ..., catalog_version: _Optional[int] = ..., message_index: _Optional[int] = ..., image_index: _Optional[int] = ..., stale_catalog: _Optional[_Union[_common_pb2.CatalogCache, _Mapping]] = ...) -> None: ...
 
 class SearchByTextRequest(_message.Message):
     __slots__ = ("texts", "options", "mode")
@@ -143,16 +147,18 @@ class TextResult(_message.Message):
     def __init__(self, text: _Optional[str] = ..., recognition: _Optional[_Union[Recognition, _Mapping]] = ...) -> None: ...
 
 class SearchByTextResponse(_message.Message):
-    __slots__ = ("results", "model_fingerprint", "catalog_version", "mode")
+    __slots__ = ("results", "model_fingerprint", "catalog_version", "mode", "stale_catalog")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    STALE_CATALOG_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[TextResult]
     model_fingerprint: str
     catalog_version: int
     mode: TextSearchMode
-    def __init__(self, results: _Optional[_Iterable[_Union[TextResult, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ..., catalog_version: _Optional[int] = ..., mode: _Optional[_Union[TextSearchMode, str]] = ...) -> None: ...
+    stale_catalog: _common_pb2.CatalogCache
+    def __init__(self, results: _Optional[_Iterable[_Union[TextResult, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ..., catalog_version: _Optional[int] = ..., mode: _Optional[_Union[TextSearchMode, str]] = ..., stale_catalog: _Optional[_Union[_common_pb2.CatalogCache, _Mapping]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("images", "texts")

@@ -273,8 +273,11 @@ class ServerApp:
                 dim=engine.dim,
                 settings=self.settings.catalog_settings(),
                 allow_fingerprint_mismatch=self.settings.allow_model_mismatch,
+                cache=self.settings.catalog_cache,
+                cache_poll_seconds=self.settings.catalog_cache_poll_ms / 1000.0,
             )
-            log.info("catalog %s open", location.redacted())
+            log.info("catalog %s open%s", location.redacted(),
+                     " (answering from a local FAISS copy)" if catalog.cache_state() is not None else "")
         self.runtime.catalog = catalog
         self.metrics.bind(engine, catalog)
         if self.runtime.drift is not None:

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from skulens.catalog import validation
-from skulens.catalog.models import Match, Product, SearchResult, Verdict
+from skulens.catalog.backend import CatalogBackend
+from skulens.catalog.models import CacheState, Match, Product, SearchResult, Verdict
 from skulens.errors import field_path
 from skulens.imaging.preprocess import Box
 from skulens.service.errors_grpc import BadRequest, TooMany, item_status
@@ -19,6 +20,21 @@ _VERDICTS: dict[str, common_pb2.Verdict] = {  # by the verdict's name
     Verdict.UNKNOWN.value: common_pb2.VERDICT_UNKNOWN,
     Verdict.AMBIGUOUS.value: common_pb2.VERDICT_AMBIGUOUS,
 }
+
+
+def cache_pb(state: CacheState) -> common_pb2.CatalogCache:
+    """The local copy's state, as answers and GetCatalogStats report it."""
+    return common_pb2.CatalogCache(
+        kind=state.kind, primary_reachable=state.reachable, cached_version=max(0, state.version),
+        primary_version=max(0, state.primary_version), seconds_since_sync=round(state.seconds_since_sync, 3),
+        last_error=state.last_error,
+    )
+
+
+def stale_catalog(catalog: CatalogBackend) -> common_pb2.CatalogCache | None:
+    """The copy's state when an answer came from a local copy that cannot reach the shared catalog; else None."""
+    state = catalog.cache_state()
+    return cache_pb(state) if state is not None and not state.reachable else None
 
 
 @dataclass(frozen=True)

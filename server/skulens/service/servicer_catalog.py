@@ -28,7 +28,7 @@ from skulens.imaging.errors import ImageTooLarge, InvalidImage, InvalidRegion
 from skulens.imaging.preprocess import Box
 from skulens.service.calllog import call_fields
 from skulens.service.consistency import reach_version
-from skulens.service.convert import product_pb
+from skulens.service.convert import cache_pb, product_pb
 from skulens.service.embedding import embed_batch
 from skulens.service.enrolment_warnings import NewRow, attach, check_batch
 from skulens.service.errors_grpc import BadRequest, for_stream_message, item_status
@@ -624,6 +624,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             catalog_version=st.version,
             backend=st.backend,
         )
+        cache = catalog.cache_state()
+        if cache is not None:
+            resp.cache.CopyFrom(cache_pb(cache))
         m = self.rt.migration  # the model migration's phase and back-fill progress (this replica's last count)
         if m is not None and m.state is not None:
             other = m.state.other

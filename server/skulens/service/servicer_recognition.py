@@ -31,6 +31,7 @@ from skulens.service.convert import (
     failed_recognition,
     recognition_pb,
     search_params,
+    stale_catalog,
 )
 from skulens.service.drift_monitor import DEFAULT_SOURCE, check_source
 from skulens.service.drift_report import drift_report
@@ -260,6 +261,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             model_fingerprint=engine.fingerprint,
             random_weights=bool(engine.random_weights),
             catalog_version=version,
+            stale_catalog=stale_catalog(catalog),
         )
 
     async def RecognizeStream(
@@ -312,7 +314,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                 window.release()
             self._count("RecognizeStream", [res])
             await out.put(
-                pb.RecognizeStreamResponse(result=res, catalog_version=version, message_index=at[0], image_index=at[1])
+                pb.RecognizeStreamResponse(result=res, catalog_version=version, message_index=at[0], image_index=at[1],
+                                           stale_catalog=stale_catalog(catalog))
             )
 
         async def refuse(msg: pb.RecognizeStreamRequest, index: int, exc: SkulensError) -> None:
@@ -430,6 +433,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             model_fingerprint=engine.fingerprint,
             catalog_version=version,
             mode=mode,
+            stale_catalog=stale_catalog(catalog),
         )
 
     async def Evaluate(

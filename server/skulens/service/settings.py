@@ -124,6 +124,18 @@ class Settings:
         "default: --data",
         group="paths",
     )
+    catalog_cache: str = _opt(
+        "none",
+        "shared catalog only: 'faiss' keeps a local FAISS copy that answers searches, also while PostgreSQL cannot "
+        "be reached (writes then answer UNAVAILABLE); 'none': searches read PostgreSQL",
+        group="paths",
+    )
+    catalog_cache_poll_ms: float = _opt(
+        1000.0,
+        "with --catalog-cache: the copy reads the catalog's change feed this often, and on every change notification",
+        float,
+        group="paths",
+    )
     host: str = _opt("127.0.0.1", "address to bind; anything but loopback needs tokens or --insecure")
     port: int = _opt(50051, "gRPC port; 0 picks a free port (logged)", int)
     metrics_port: int | None = _opt(
@@ -443,6 +455,13 @@ class Settings:
                 parse_location(self.catalog, "--catalog")
             except InvalidArgument as exc:
                 raise SettingsError(exc.message) from None
+        if self.catalog_cache not in ("none", "faiss"):
+            raise bad("catalog_cache", "none or faiss")
+        if self.catalog_cache != "none" and self.catalog_location_kind() != "postgresql":
+            raise SettingsError("--catalog-cache needs a shared catalog (--catalog postgresql://...): the embedded "
+                                "catalog is local already")
+        if not 10.0 <= self.catalog_cache_poll_ms <= 600_000.0:
+            raise bad("catalog_cache_poll_ms", "in 10..600000")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise bad("metrics_port", "in 0..65535")
         for name in (
@@ -658,6 +677,14 @@ class Settings:
         if self.catalog:
             return parse_location(self.catalog, "--catalog")
         return CatalogLocation("sqlite", path=self.data_dir) if self.data_dir is not None else None
+
+    def catalog_location_kind(self) -> str:
+        """"postgresql" or "sqlite" ("" when no catalog is set or it does not parse)."""
+        try:
+            location = self.catalog_location()
+        except InvalidArgument:
+            return ""
+        return location.kind if location is not None else ""
 
     def catalog_settings(self) -> CatalogSettings:
         """The catalog's settings from these settings."""
