@@ -76,6 +76,11 @@ def test_every_field_has_a_flag_or_is_env_only() -> None:
         ({"SKULENS_HEAD_RIDGE": "0"}, "--head-ridge / SKULENS_HEAD_RIDGE must be in (0, 1000]"),
         ({"SKULENS_HEAD_MIN_REFERENCES": "0"}, "SKULENS_HEAD_MIN_REFERENCES must be in 1..1000000"),
         ({"SKULENS_AUGMENT_QUIET_SECONDS": "-1"}, "SKULENS_AUGMENT_QUIET_SECONDS must be in [0, 3600]"),
+        ({"SKULENS_CATALOG_CACHE": "redis"}, "--catalog-cache / SKULENS_CATALOG_CACHE must be none or faiss"),
+        ({"SKULENS_CATALOG_CACHE": "faiss", "SKULENS_DATA_DIR": "/tmp/c"}, "--catalog-cache needs a shared catalog"),
+        ({"SKULENS_CATALOG_CACHE": "faiss"}, "--catalog-cache needs a shared catalog"),
+        ({"SKULENS_CATALOG": "postgresql://u@h/d", "SKULENS_CATALOG_CACHE_POLL_MS": "1"},
+         "SKULENS_CATALOG_CACHE_POLL_MS must be in 10..600000"),
     ],
 )
 def test_bad_values_name_the_option(env: dict[str, str], needle: str) -> None:
