@@ -189,3 +189,29 @@ def test_open_catalog_builds_the_cache_only_for_a_shared_catalog(postgres_server
         open_catalog(parse_location(str(tmp_path / "data")), fingerprint=FP, dim=DIM, cache="faiss")
     with pytest.raises(InvalidArgument, match="catalog cache 'redis'"):
         open_catalog(parse_location(url), fingerprint=FP, dim=DIM, cache="redis")
+
+
+def test_a_schema_5_catalog_gets_its_change_feed_at_open(postgres_server: Any, schema: str) -> None:
+    """A catalog from before the feed (schema 5) is upgraded in place at open; a copy then follows its writes."""
+    a = PostgresCatalog.open(postgres_server.url(), schema=schema, fingerprint=FP, dim=DIM)
+    x = unit(np.random.default_rng(7).standard_normal((2, DIM)))
+    _enrol(a, "old", x[:1])
+    a.close()
+    for stmt in (f'DROP TABLE "{schema}".changes', f'ALTER TABLE "{schema}".meta DROP COLUMN changes_floor',
+                 f'DROP FUNCTION "{schema}".skulens_feed_product() CASCADE',
+                 f'DROP FUNCTION "{schema}".skulens_feed_reference() CASCADE',
+                 f'DROP FUNCTION "{schema}".skulens_feed_embeddings() CASCADE',
+                 f'UPDATE "{schema}".meta SET schema_version = 5'):
+        postgres_server.execute(stmt)
+    a = PostgresCatalog.open(postgres_server.url(), schema=schema, fingerprint=FP, dim=DIM)
+    b = MirroredCatalog.open(PostgresCatalog.open(postgres_server.url(), schema=schema, fingerprint=FP, dim=DIM),
+                             poll_seconds=0.2)
+    try:
+        assert postgres_server.execute(f'SELECT schema_version FROM "{schema}".meta')[0][0] == 6
+        assert _top(b, x[0]) == ["old"]  # the first read is of everything
+        _enrol(a, "new", x[1:])
+        _caught_up(a, b)
+        assert _top(b, x[1])[0] == "new"
+    finally:
+        b.close()
+        a.close()

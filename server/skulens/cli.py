@@ -1,9 +1,10 @@
 """The `skulens` command: serve, enroll, recognize, search, evaluate, catalog, calibrate, reembed, export.
 
 Client commands (enroll, recognize, search, catalog) talk to a running server (`--addr`, `SKULENS_ADDR`);
-calibrate and reembed work offline on a data directory and a model directory; export needs the `export` extra.
-Exit status: 0 success, 1 failure (`catalog check`: the catalog is not healthy; `catalog doctor`: findings), 2 usage
-or configuration error.
+calibrate and reembed work offline on a catalog (`--data DIR` or `--catalog URL`) and a model directory; export
+needs the `export` extra.
+Exit status: 0 success, 1 failure (`catalog check`: the catalog is not healthy; `catalog doctor`: findings;
+`reembed`: references block the switch), 2 usage or configuration error.
 Commands that start a server or open a catalog offline (serve, calibrate, reembed, catalog check) report a
 domain error (settings, model, manifest, catalog, a catalog file's OS error) as one line `skulens: error: ...`
 on stderr with status 2, never a traceback.
@@ -560,22 +561,6 @@ def _cmd_catalog_purge(args: argparse.Namespace) -> int:
     return EXIT_FAIL if report.skipped else EXIT_OK
 
 
-def _open_catalog(model_dir: Path, data_dir: Path, allow_mismatch: bool = False) -> Any:
-    from skulens.catalog.catalog import Catalog
-    from skulens.model.manifest import load_manifest
-    from skulens.service.settings import Settings
-
-    manifest = load_manifest(model_dir)
-    settings = Settings.from_sources(None, model_dir=model_dir, data_dir=data_dir)
-    return Catalog.open(
-        data_dir,
-        fingerprint=manifest.fingerprint,
-        dim=manifest.embedding_dim,
-        settings=settings.catalog_settings(),
-        allow_fingerprint_mismatch=allow_mismatch,
-    )
-
-
 def _calibration_settings(args: argparse.Namespace) -> Any:
     """The server settings `calibrate` uses (model, catalog, thresholds; environment included)."""
     from skulens.service.settings import Settings
@@ -693,41 +678,74 @@ def _calibrate_held_out(args: argparse.Namespace) -> int:
 
 
 def _cmd_reembed(args: argparse.Namespace) -> int:
+    """Re-embed a catalog with a new model: the embedded catalog's staged swap, or (a shared catalog, a migration
+    under way, --keep-previous) a migration done offline (`skulens.catalog.reembed_migration`)."""
+    import importlib
+    import threading
+
     from tqdm import tqdm
 
+    from skulens.catalog.migration_state import ModelSpace
+    from skulens.catalog.reembed_migration import (
+        ReembedBlocked,
+        StagedReembed,
+        open_for_reembed,
+        reembed_by_migration,
+    )
     from skulens.service.settings import Settings
 
-    settings = Settings.from_sources(None, model_dir=args.model, data_dir=args.data)
+    settings = Settings.from_sources(None, model_dir=args.model, data_dir=args.data, catalog=args.catalog or "")
+    location = settings.catalog_location()
+    assert location is not None  # --data or --catalog is required
+    # the backend first: a missing extra (faiss, psycopg) is named before the model loads
+    importlib.import_module("skulens.catalog.postgres" if location.kind == "postgresql" else "skulens.catalog.catalog")
 
     async def run() -> Any:
         from skulens.inference.engine import Engine
 
         engine = await asyncio.to_thread(Engine.load, args.model, settings.engine_options())
-        loop = asyncio.get_running_loop()
-        cat = await asyncio.to_thread(_open_catalog, args.model, args.data, True)
-        bar = tqdm(total=0, unit="img", desc="re-embedding", disable=args.no_progress)
-
-        def embed(images: list[bytes], regions: list[Any] | None = None) -> list[Any]:
-            from skulens.imaging.preprocess import Box
-
-            boxes = [[Box(*r)] if r else None for r in regions] if regions else None
-            return asyncio.run_coroutine_threadsafe(engine.embed_images(images, regions=boxes), loop).result()
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
         try:
-            return await asyncio.to_thread(
-                cat.reembed, engine.fingerprint, engine.dim, embed, batch_size=args.batch, progress=progress
-            )
+            target = ModelSpace(engine.fingerprint, engine.dim, str(Path(args.model).resolve()))
+            cat, migrate = await asyncio.to_thread(open_for_reembed, location, target, settings.catalog_settings(),
+                                                   keep_previous=args.keep_previous)
+            loop = asyncio.get_running_loop()
+            stop = threading.Event()
+            bar = tqdm(total=0, unit="img", desc="re-embedding", disable=args.no_progress)
+
+            def embed(images: list[bytes], regions: list[Any] | None = None) -> list[Any]:
+                from skulens.imaging.preprocess import Box
+
+                boxes = [[Box(*r)] if r else None for r in regions] if regions else None
+                return asyncio.run_coroutine_threadsafe(engine.embed_images(images, regions=boxes), loop).result()
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            try:
+                if migrate or not isinstance(cat, StagedReembed):
+                    return await asyncio.to_thread(reembed_by_migration, cat, target, embed, batch_size=args.batch,
+                                                   keep_previous=args.keep_previous, progress=progress, stop=stop)
+                return await asyncio.to_thread(
+                    cat.reembed, engine.fingerprint, engine.dim, embed, batch_size=args.batch, progress=progress
+                )
+            finally:
+                stop.set()
+                bar.close()
+                await asyncio.to_thread(cat.close)
         finally:
-            bar.close()
-            await asyncio.to_thread(cat.close)
             await engine.close()
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except ReembedBlocked as exc:
+        for d in exc.references:
+            print(f"  cannot re-embed reference {d.reference_id} of {d.product_id}: {d.reason}", file=sys.stderr)
+        if exc.count > len(exc.references):
+            print(f"  ... {exc.count - len(exc.references)} more", file=sys.stderr)
+        print(f"skulens: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAIL
     print(
         f"re-embedded {report.reembedded} references ({report.resumed} resumed) "
         f"from {report.old_fingerprint} "
@@ -966,10 +984,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_calibrate)
 
-    p = sub.add_parser("reembed", help="offline: re-embed the stored reference images with another model")
+    p = sub.add_parser(
+        "reembed", help="offline: re-embed the stored reference images with another model",
+        description="Re-embed every stored reference image with a new model and switch the catalog to it. An "
+        "embedded catalog (--data) is swapped in one transaction (references that cannot be re-embedded are dropped "
+        "and listed). A shared catalog (--catalog postgresql://...), an embedded one with a migration under way, or "
+        "--keep-previous run as a model migration done offline: the new model's space is back-filled from the "
+        "stored images, then the catalog switches to it (and drops the old space unless --keep-previous); "
+        "references without a stored image or whose image cannot be embedded block the switch: they are listed and "
+        "the command exits 1, keeping what it back-filled. Either way a rerun after an interruption continues. Exit "
+        "0 when switched, 1 when blocked, 2 on usage or catalog errors.",
+    )
     p.add_argument("--model", type=Path, required=True, help="the NEW model directory")
-    p.add_argument("--data", type=Path, required=True, help="catalog directory")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", type=Path, help="catalog directory (the embedded catalog)")
+    where.add_argument("--catalog", help="the catalog: sqlite:///DIR or a directory, or postgresql://...")
     p.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--keep-previous", action="store_true",
+                   help="keep the old model's embeddings after the switch (a migration; `skulens migrate finish` "
+                   "drops them, switching back undoes it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_reembed)
 
