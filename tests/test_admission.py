@@ -121,6 +121,29 @@ async def test_admit_waiting_blocks_until_room_then_gives_up_at_deadline() -> No
         await ad.admit_waiting(costs, items=1, deadline=time.monotonic() + 0.1)
 
 
+def test_precheck_refuses_what_even_the_least_work_would_not_fit_and_books_nothing() -> None:
+    costs = _costs()  # one model input: 0.1 s
+    ad = Admission(AdmissionOptions(max_calls=2, queue_budget_s=0.15, deadline_headroom=0.9))
+    assert costs.estimate(1, 0) == pytest.approx(0.1)
+    ad.precheck(costs, deadline=time.monotonic() + 10)  # idle: passes
+    assert ad.stats() == Admission(AdmissionOptions()).stats()  # and books nothing
+    t1 = ad.admit(costs, items=2)
+    t2 = ad.admit(costs, items=1)
+    with pytest.raises(Shed, match="2 calls in progress"):
+        ad.precheck(costs)
+    ad.release(t2)
+    ad.precheck(costs)  # one request on the books: at most one turn (0.1 s) behind it, within the 0.15 s budget
+    with pytest.raises(Shed, match="deadline leaves"):
+        ad.precheck(costs, deadline=time.monotonic() + 0.2)  # 0.1 s wait + its own 0.1 s > 0.9 × 0.2 s
+    t3 = ad.admit(costs, items=1, new_call=False)  # e.g. a stream's image: work, not a new call
+    with pytest.raises(Shed, match="expected wait") as info:
+        ad.precheck(costs)  # two requests on the books: two turns, 0.2 s
+    assert info.value.retry_after_s and info.value.retry_after_s >= 0.05
+    assert ad.stats().refused == {"calls": 1, "deadline": 1, "queue": 1}
+    ad.release(t1)
+    ad.release(t3)
+
+
 # ------------------------------------------------------------------------------------------------ a server
 @pytest.fixture(scope="module")
 def gated(clip_model_dir: Path) -> GatedEngine:
@@ -179,6 +202,31 @@ def test_server_sheds_at_once_with_pushback_when_the_queue_budget_is_spent(
         assert len(first.result(60).results) == 8
         with srv.client() as c:  # the books are clear again
             assert c.recognize([image_input(pattern_image(1))]).results[0].status.code == 0
+    finally:
+        held.open()
+        srv.stop()
+
+
+def test_an_overloaded_server_refuses_a_call_before_reading_its_body(held: GatedEngine, tmp_path: Path) -> None:
+    """A Recognize whose body is not even a valid message: INVALID_ARGUMENT when the server has room, but
+    RESOURCE_EXHAUSTED (with its retry hint) when it is overloaded, because the body is never read then."""
+    srv = _server(held, tmp_path, queue_budget_ms=1.0)
+    garbage = b"\xff\xff\xff\xff not a RecognizeRequest"
+    try:
+        with srv.client() as c:
+            raw = c.channel.unary_unary("/skulens.v1.RecognitionService/Recognize")
+            held.open()
+            with pytest.raises(grpc.RpcError) as room:
+                raw(garbage, timeout=30)
+            assert room.value.code() == C.INVALID_ARGUMENT
+            held.close_gate()
+            first = _hold_one_call(srv, held)
+            with pytest.raises(grpc.RpcError) as busy:
+                raw(garbage, timeout=30)
+            assert busy.value.code() == C.RESOURCE_EXHAUSTED, busy.value
+            assert int(dict(busy.value.trailing_metadata() or ())[RETRY_PUSHBACK_KEY]) > 0
+            held.open()
+            first.result(60)
     finally:
         held.open()
         srv.stop()

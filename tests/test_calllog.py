@@ -184,3 +184,17 @@ def test_streaming_request_parsing_names_the_bad_message(toy: Toy) -> None:
     assert info.value.code() is C.INVALID_ARGUMENT
     assert (info.value.details() or "").startswith("request message 2 is not a valid GetProductRequest: ")
     toy.eventually("Collect", "INVALID_ARGUMENT", 1)
+
+
+def test_refusal_log_budget_writes_a_few_lines_a_second_and_counts_the_rest() -> None:
+    from skulens.service.calllog import RefusalLogBudget
+
+    now = [100.0]
+    budget = RefusalLogBudget(2.0, clock=lambda: now[0])
+    assert [budget.take() for _ in range(5)] == [0, 0, None, None, None]  # a second's worth, then nothing
+    now[0] += 0.5  # one token back
+    assert budget.take() == 3 and budget.take() is None  # the line written says 3 were left out before it
+    now[0] += 10.0  # the bucket holds one second's worth at most
+    assert [budget.take() for _ in range(3)] == [1, 0, None]
+    unlimited = RefusalLogBudget(0.0, clock=lambda: now[0])
+    assert [unlimited.take() for _ in range(100)] == [0] * 100

@@ -15,6 +15,9 @@ asks for a `Ticket` before a byte is decoded. The checks, cheapest first:
 5. deadline: expected wait + the request's own cost must fit in the time the client left
    (× `deadline_headroom`).
 
+`precheck` runs 1, 3 and 5 for a request's least possible cost (one model input) before its body is read: an
+overloaded server refuses a call without receiving or parsing its images.
+
 A refusal by 1, 2, 3 or 5 is `Shed` (RESOURCE_EXHAUSTED) carrying `retry_after_s`, the time the backlog needs
 to drain to the budget, which the gRPC layer sends as the standard `grpc-retry-pushback-ms` trailer. A ticket
 adds its cost to the backlog until released. Use from one asyncio event loop.
@@ -178,6 +181,24 @@ class Admission:
         self._backlog += cost
         self._tickets += 1
         return Ticket(cost, nbytes, new_call, owner=self)
+
+    def precheck(self, costs: CostModel, deadline: float | None = None) -> None:
+        """Refuse (`Shed`) a new embedding call that even its least possible work (one model input, no pixels)
+        could not be admitted for: the call cap, the queue budget, the deadline. Runs before the request body is
+        read, so an overloaded server refuses a call without receiving or parsing it; books nothing."""
+        self._check_calls_and_bytes(0, True)
+        least = costs.estimate(1, 0)
+        self._check_queue(least)
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            expected = self.expected_wait(least) + least
+            if expected > remaining * self.options.deadline_headroom:
+                raise self._shed(
+                    "deadline",
+                    f"expected to finish in {1000 * expected:.0f} ms at the least but the deadline leaves "
+                    f"{1000 * max(0.0, remaining):.0f} ms",
+                    self._drain_time(self.expected_wait(least)),
+                )
 
     def open_call(self) -> Ticket:
         """Count a long call (a stream) against `max_calls` without booking work; raises `Shed` only on the

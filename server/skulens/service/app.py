@@ -8,6 +8,7 @@ warmed and the catalog is open, and again from the moment draining starts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -73,6 +74,19 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+#: Unary methods whose every request embeds at least one model input: refused before their body is read when even
+#: that could not be admitted now (`Admission.precheck`).
+PRECHECKED_METHODS = frozenset({"Recognize", "Embed"})
+
+
+def admission_precheck(runtime: Runtime, method: str, deadline: float | None) -> None:
+    """`Shed` for a call of `method` that the server could not admit with even its least work (see
+    `PRECHECKED_METHODS`); nothing for other methods, or while the model is not loaded."""
+    engine = runtime.engine
+    if method in PRECHECKED_METHODS and engine is not None:
+        runtime.admission.precheck(engine.costs, deadline)
+
+
 def connection_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments that keep dead or idle clients from holding connections (settings group
     "connections"): keepalive pings find vanished peers even while a call waits for data, idle connections
@@ -126,7 +140,9 @@ def create_server(
     server = grpc.aio.server(
         interceptors=[
             CallInterceptor(
-                runtime.metrics, read_timeout=read_timeout, idle_timeout=settings.stream_idle_seconds or None
+                runtime.metrics, read_timeout=read_timeout, idle_timeout=settings.stream_idle_seconds or None,
+                precheck=functools.partial(admission_precheck, runtime),
+                refusal_log_per_second=settings.log_refusals_per_second,
             ),
             AuthInterceptor(tokens),
         ],

@@ -142,6 +142,34 @@ class _Call:
         return "CANCELLED"
 
 
+class RefusalLogBudget:
+    """At most `per_second` log lines a second for calls refused as RESOURCE_EXHAUSTED (a token bucket holding
+    one second's worth): an overloaded server refuses hundreds of calls a second, and a line for each would spend
+    on logging the time it saves by refusing. Every refusal is still counted in the metrics; the next line that is
+    written says how many were left out before it (`refusals_not_logged`). `per_second` 0: every line is written."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        self._tokens = per_second
+        self._at = clock()
+        self.skipped = 0
+
+    def take(self) -> int | None:
+        """None: leave this refusal's line out; otherwise write it, with this many left out before it."""
+        if self.per_second <= 0:
+            return 0
+        now = self._clock()
+        self._tokens = min(self.per_second, self._tokens + (now - self._at) * self.per_second)
+        self._at = now
+        if self._tokens < 1.0:
+            self.skipped += 1
+            return None
+        self._tokens -= 1.0
+        skipped, self.skipped = self.skipped, 0
+        return skipped
+
+
 async def _first_two(requests: AsyncIterable[bytes]) -> tuple[bytes | None, bytes | None]:
     """The first message of a request stream and the second (None at its end): a unary call has one."""
     it = requests.__aiter__()
@@ -174,14 +202,20 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     not a valid message is INVALID_ARGUMENT (counted, logged at WARNING, no traceback). Unary-request methods are
     served as streaming-request ones so that the body can be awaited with `read_timeout` seconds (None = no
     limit; expiry is DEADLINE_EXCEEDED, which frees the connection's stream) and a second message is refused.
+    `precheck(method, deadline)` runs before a unary-unary request's body is read (after authentication): an
+    exception it raises ends the call with that error's status, the body unread (admission's refusal of an
+    overloaded server).
     """
 
     def __init__(
-        self, metrics: Metrics | None = None, *, read_timeout: float | None = 30.0, idle_timeout: float | None = None
+        self, metrics: Metrics | None = None, *, read_timeout: float | None = 30.0, idle_timeout: float | None = None,
+        precheck: Callable[[str, float | None], None] | None = None, refusal_log_per_second: float = 0.0,
     ) -> None:
         self._metrics = metrics
+        self._refusal_log = RefusalLogBudget(refusal_log_per_second)
         self._read_timeout = read_timeout
         self._idle_timeout = idle_timeout
+        self._precheck = precheck
 
     async def intercept_service(
         self,
@@ -198,8 +232,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             read = self._read_one(method, des)
             if handler.unary_unary:
                 behavior_uu = handler.unary_unary
+                precheck = self._precheck
 
                 async def run_uu(requests: AsyncIterable[bytes], context: grpc.aio.ServicerContext) -> Any:
+                    if precheck is not None:  # before the body is read (an auth refusal is not unary: it came first)
+                        remaining = context.time_remaining()
+                        precheck(method, None if remaining is None else time.monotonic() + float(remaining))
                     result = behavior_uu(await read(requests), context)
                     return await result if inspect.isawaitable(result) else result
 
@@ -266,22 +304,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         level = logging.INFO if code in ("OK", "NOT_FOUND", "ALREADY_EXISTS") else logging.WARNING
         if code == "INTERNAL":
             level = logging.ERROR
-        log.log(
-            level,
-            "call %s %s",
-            call.method,
-            code,
-            extra={
-                "fields": {
-                    "method": call.method,
-                    "code": code,
-                    "ms": round(seconds * 1000, 2),
-                    "peer": call.peer,
-                    "request_id": call.rid,
-                    **call.fields,
-                }
-            },
-        )
+        skipped = self._refusal_log.take() if code == "RESOURCE_EXHAUSTED" else 0
+        if skipped is not None:
+            fields = {
+                "method": call.method,
+                "code": code,
+                "ms": round(seconds * 1000, 2),
+                "peer": call.peer,
+                "request_id": call.rid,
+                **call.fields,
+            }
+            if skipped:
+                fields["refusals_not_logged"] = skipped
+            log.log(level, "call %s %s", call.method, code, extra={"fields": fields})
         if self._metrics is not None:  # after the log line: whoever sees the count finds the line written
             self._metrics.in_flight.labels(call.method).dec()
             self._metrics.calls.labels(call.method, code).inc()

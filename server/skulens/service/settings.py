@@ -242,6 +242,13 @@ class Settings:
     # -- logging
     log_format: str = _opt("json", "log lines: json or text (key=value)", group="logging")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING, ERROR", group="logging")
+    log_refusals_per_second: float = _opt(
+        20.0,
+        "call log lines a second for calls refused as RESOURCE_EXHAUSTED (overload); the others are counted in the "
+        "metrics and in the next line's refusals_not_logged; 0 = a line for every call",
+        float,
+        group="logging",
+    )
     # -- inference
     providers: tuple[str, ...] = _opt(
         (),
@@ -506,6 +513,8 @@ class Settings:
                 else "intra_op_threads",
                 ">= 0",
             )
+        if not 0.0 <= self.log_refusals_per_second <= 1e6:
+            raise bad("log_refusals_per_second", "in 0..1000000")
         if self.log_format not in ("json", "text"):
             raise bad("log_format", "json or text")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
