@@ -12,7 +12,7 @@ import pytest
 from catalog_helpers import product_refs
 
 from skulens.catalog.catalog import Catalog
-from skulens.catalog.copy import copy_catalog, embedding_hash
+from skulens.catalog.copy import BulkTarget, copy_catalog, embedding_hash
 from skulens.catalog.errors import FingerprintMismatch
 from skulens.catalog.models import NewReference
 from skulens.catalog.postgres import PostgresCatalog
@@ -67,6 +67,10 @@ def test_round_trip_through_postgres_and_resume(postgres_server: Any, tmp_path: 
         with pytest.raises(KeyboardInterrupt):
             copy_catalog(src, pg, batch=5, progress=stop_after_first)
         assert seen == [5] and pg.stats().references == 5
+        # the PostgreSQL target loads in bulk: its HNSW index was dropped for the copy, and built again even so
+        assert isinstance(pg, BulkTarget) and not isinstance(src, BulkTarget)
+        assert postgres_server.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                       (f'"{pg.schema}"."{pg.index_name()}"',)) == [(True,)]
         report = copy_catalog(src, pg, batch=5)  # resumes: what is there is skipped, nothing doubles
         assert (report.products, report.references, report.copied, report.skipped) == (7, 18, 13, 5)
         assert report.hashed_from_embedding == 6

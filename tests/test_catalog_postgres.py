@@ -22,6 +22,7 @@ from skulens.catalog import CatalogError, CatalogSettings, FingerprintMismatch, 
 from skulens.catalog.backend import CatalogBackend
 from skulens.catalog.errors import CatalogUnavailable
 from skulens.catalog.postgres import PostgresCatalog, redact
+from skulens.catalog.postgres_binary import Vector
 
 DIM = 32
 FP = "pg-test/random/32:'quoted'"  # a quote in the fingerprint: the index predicate is a literal
@@ -196,8 +197,9 @@ def _explain(server: PgServer, cat: PostgresCatalog, category: str) -> str:
     with psycopg.connect(server.url(), autocommit=True) as conn, conn.transaction():
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
                      "set_config('enable_sort', 'off', true)")
-        rows = conn.execute(b"EXPLAIN " + stmt.as_bytes(conn),
-                            {"q": [str([0.0] * (DIM - 1) + [1.0])], "k": 10, "cat": category}).fetchall()
+        q = Vector(np.asarray([0.0] * (DIM - 1) + [1.0], dtype=np.float32))
+        rows = cat._rounds.vectors.cursor(conn).execute(b"EXPLAIN " + stmt.as_bytes(conn),
+                                                       {"q": [q], "k": 10, "cat": category}).fetchall()
     return "\n".join(str(r[0]) for r in rows)
 
 
@@ -206,7 +208,8 @@ def _rows_without_iterative_scan(server: PgServer, cat: PostgresCatalog, q: np.n
     with psycopg.connect(server.url(), autocommit=True) as conn, conn.transaction():
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'off', true), set_config('hnsw.ef_search', '40', "
                      "true), set_config('enable_sort', 'off', true)")
-        return len(conn.execute(stmt, {"q": [str(q.tolist())], "k": k, "cat": "rare"}).fetchall())
+        cur = cat._rounds.vectors.cursor(conn)
+        return len(cur.execute(stmt, {"q": [Vector(q)], "k": k, "cat": "rare"}).fetchall())
 
 
 def test_a_partial_hnsw_index_per_fingerprint(open_catalog: Open, postgres_server: PgServer, schema: str) -> None:
@@ -401,3 +404,78 @@ def test_head_statistics_stay_exact_when_two_replicas_write_at_once(open_catalog
         assert got.count == 96 and sorted(got.products) == sorted(set(labels))
         np.testing.assert_allclose(got.gram, want.gram, atol=1e-8)
         np.testing.assert_allclose(got.total, want.total, atol=1e-9)
+
+
+def test_add_references_many_is_one_transaction_with_the_same_answers(open_catalog: Open,
+                                                                      postgres_server: PgServer) -> None:
+    from skulens.catalog.errors import RequestIdReused
+    from skulens.catalog.head import HeadStats
+
+    cat = open_catalog()
+    vecs = unit(np.random.default_rng(13).standard_normal((12, DIM)))
+    for pid in ("a", "b", "c"):
+        cat.upsert_product(pid, category="x")
+    (before,) = cat.add_references("a", [NewReference(vecs[0], image=b"a0")])
+    rid = "00000000-0000-4000-8000-000000000001"
+    version = cat.version()
+    out = cat.add_references_many([
+        ("a", [NewReference(vecs[1], image=b"a0"), NewReference(vecs[2], image=b"a2")]),  # a0: a duplicate
+        ("b", [NewReference(vecs[3], image=b"b3", request_id=rid), NewReference(vecs[4], image=b"b3"),  # repeat
+               NewReference(vecs[5], region=(1, 2, 3, 4), image=b"b3")]),  # another crop: a reference of its own
+        ("c", [NewReference(vecs[6])]),
+    ])
+    assert cat.version() > version
+    assert [(r.product_id, r.duplicate, r.replayed) for r in out[0]] == [("a", True, False), ("a", False, False)]
+    assert out[0][0].reference_id == before.reference_id
+    assert [(r.duplicate, r.replayed) for r in out[1]] == [(False, False), (True, False), (False, False)]
+    assert out[1][1].reference_id == out[1][0].reference_id
+    assert len({r.reference_id for rows in out for r in rows}) == 5
+    assert [p.reference_count for p in cat.list_products()[0]] == [2, 2, 1]
+    # a retry of the request id answers with its reference, from another call too
+    (again,) = cat.add_references_many([("b", [NewReference(vecs[3], image=b"b3", request_id=rid)])])
+    assert (again[0].reference_id, again[0].replayed) == (out[1][0].reference_id, True)
+    # all or nothing: a missing product, or a request id that names two products in one call, writes nothing
+    version, refs = cat.version(), cat.stats().references
+    with pytest.raises(NotFound) as missing:
+        cat.add_references_many([("a", [NewReference(vecs[7])]), ("nope", [NewReference(vecs[8])])])
+    assert missing.value.field == "items[1].product_id"
+    other = "00000000-0000-4000-8000-000000000002"
+    with pytest.raises(RequestIdReused):
+        cat.add_references_many([("a", [NewReference(vecs[9], image=b"x", request_id=other)]),
+                                 ("c", [NewReference(vecs[9], image=b"x", request_id=other)])])
+    with pytest.raises(InvalidArgument) as bad:
+        cat.add_references_many([("a", [NewReference(vecs[10])]), ("b", [NewReference(vecs[11][:3])])])
+    assert bad.value.field == "items[1].references[0].embedding"
+    with pytest.raises(InvalidArgument):
+        cat.add_references_many([("a", [NewReference(vecs[10])]), ("a", [NewReference(vecs[11])])])
+    with pytest.raises(InvalidArgument):
+        cat.add_references_many([])
+    assert (cat.version(), cat.stats().references) == (version, refs)
+    # the head statistics are those of the references written
+    exported = cat.export_references(0, 100)
+    want = HeadStats.from_embeddings(FP, [r.product_id for r in exported], np.stack([r.embedding for r in exported]))
+    got = cat.head_statistics()
+    assert got.count == 5 and sorted(got.products) == ["a", "b", "c"]
+    np.testing.assert_allclose(got.gram, want.gram, atol=1e-9)
+    # vectors are written and read back exactly (binary both ways), and stay in the row (no TOAST)
+    stored = {r.reference_id: r.embedding for r in exported}
+    assert np.array_equal(stored[out[0][1].reference_id], vecs[2])
+    assert postgres_server.execute(
+        "SELECT a.attstorage FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attname = 'embedding'",
+        (f'"{cat.schema}".embeddings',)) == [("m",)]
+    assert cat.sample_embeddings(100).shape == (5, DIM)
+
+
+def test_large_vectors_stay_in_the_row(postgres_server: PgServer, schema: str) -> None:
+    cat = PostgresCatalog.open(postgres_server.url(), fingerprint=FP, dim=512, schema=schema)
+    try:
+        cat.upsert_product("p")
+        vecs = unit(np.random.default_rng(14).standard_normal((20, 512)))
+        cat.add_references("p", [NewReference(v) for v in vecs])
+        # 2 KB a vector: out of line (TOAST) by pgvector's default, in the row with STORAGE MAIN
+        assert postgres_server.execute(f'SELECT count(*), count(pg_column_toast_chunk_id(embedding)) '
+                                       f'FROM "{schema}".embeddings') == [(20, 0)]
+        (res,) = cat.search(vecs[3], top_k=1)
+        assert res.matches[0].score == pytest.approx(1.0, abs=1e-5)
+    finally:
+        cat.close()

@@ -66,6 +66,8 @@ NEEDS_RUNTIME_EXTRA = {
     "skulens.catalog.postgres_purge": "psycopg",
     "skulens.catalog.postgres_text": "psycopg",
     "skulens.catalog.postgres_feed": "psycopg",
+    "skulens.catalog.postgres_binary": "psycopg",
+    "skulens.catalog.postgres_bulk": "psycopg",
     "skulens.catalog.mirror": "psycopg",  # and faiss (the copy's index)
     "skulens.catalog.mirrored": "psycopg",
     "skulens.inference.encoder": "onnxruntime",

@@ -13,9 +13,16 @@ through collaborators that are each handed what they need:
 - `postgres_schema`: the `CatalogSchema` — tables (`meta`, `products`, `refs`, `embeddings`), their SQL names,
   the idempotent install under a database-wide advisory lock, the identity claim (fingerprint + dim, as the SQLite
   store's `claim_identity`), one partial HNSW index per fingerprint, and the statements several calls share (the
-  version bump, reference inserts, the counts of `stats`, the stored tuning).
+  version bump, reference inserts by binary COPY, the counts of `stats`, the stored tuning).
 - `postgres_search`: the `RoundSearch` (top-k *products* per query, in rounds of one statement each, exact up to
   `exact_limit` candidates, else through the HNSW index) and the `HnswTuning` of its `hnsw.ef_search` width.
+- `postgres_binary`: vectors in pgvector's binary form (COPY rows, query parameters, fetched rows).
+- `postgres_bulk`: the bulk load's HNSW index, dropped before and built after a large load (`bulk_load`).
+
+Enrolment: `add_references` is `add_references_many` for one product; the latter writes several products'
+references in one transaction (one version bump, one head-statistics fold). Most of an enrolment's time is
+pgvector inserting each vector into the HNSW graph (about 3 ms a 512-d vector on the 2-core test machine); a bulk
+load (`bulk_load`, used by `skulens catalog copy`) builds the graph once after the rows instead.
 
 Writes: every write transaction locks what it changes (a product's row first: writers of one product take
 turns) and, only when it changed something, ends by bumping the catalog version (`CatalogSchema.bump`: a
@@ -38,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from psycopg.types.json import Jsonb
 
-from skulens.catalog import postgres_feed, postgres_head, postgres_purge, postgres_text, thresholds
+from skulens.catalog import postgres_bulk, postgres_feed, postgres_head, postgres_purge, postgres_text, thresholds
 from skulens.catalog import postgres_spaces as spaces
 from skulens.catalog import validation as v
 from skulens.catalog.backend import BackendState
@@ -75,8 +82,9 @@ from skulens.catalog.models import (
     product_etag,
     region_of,
 )
+from skulens.catalog.postgres_binary import VectorParams, unpack
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, Database, one_row, parse_url, redact
-from skulens.catalog.postgres_schema import CatalogSchema, RefRow, current_schema, parse_vec, vec_text
+from skulens.catalog.postgres_schema import CatalogSchema, RefRow, current_schema, vec_text
 from skulens.catalog.postgres_search import HnswTuning, RoundSearch
 from skulens.catalog.purge import DEFAULT_BATCH, DEFAULT_OLDER_THAN_SECONDS, PurgeReport, check_args
 from skulens.catalog.settings import CatalogSettings
@@ -92,6 +100,7 @@ log = logging.getLogger(__name__)
 HNSW_MAX_DIM = 2000  # pgvector's HNSW indexes `vector` up to 2,000 dimensions
 DEFAULT_POOL_SIZE = 8
 DEFAULT_EXACT_LIMIT = 5_000  # exact search up to this many candidates unless open(exact_limit=...) says otherwise
+MANY_LIMIT = 4096  # products an `add_references_many` call may name
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,7 @@ class PostgresCatalog(BackendState):
 
     def __init__(self, db: Database, schema: CatalogSchema, settings: CatalogSettings, *,
                  requested_fingerprint: str, requested_dim: int, exact_limit: int,
-                 versions: tuple[str, str]) -> None:
+                 versions: tuple[str, str], vectors: VectorParams) -> None:
         """Use `PostgresCatalog.open`."""
         self.settings = settings
         self.schema = schema.schema
@@ -122,7 +131,8 @@ class PostgresCatalog(BackendState):
         self._requested = (requested_fingerprint, requested_dim)
         self._closed = False
         self._versions = versions  # server, pgvector
-        self._rounds = RoundSearch(db, schema, settings, exact_limit)
+        self._vectors = vectors  # how query vectors travel (binary)
+        self._rounds = RoundSearch(db, schema, settings, exact_limit, vectors)
         self._tuning = HnswTuning(db, schema, settings, self._rounds)
         self._migration = MigrationState(ModelSpace(schema.fingerprint, schema.dim))
         self._space_rounds: dict[str, RoundSearch] = {}  # a migration's other model space, by fingerprint
@@ -143,9 +153,10 @@ class PostgresCatalog(BackendState):
         `pool_size`: connections used at once at most (more concurrent calls wait up to `busy_timeout_ms`).
         `exact_limit`: searches whose candidates (all live references, or those the filters let through) number at
         most this many are exact, others go through the HNSW index; default `min(settings.filter_exact_limit,
-        DEFAULT_EXACT_LIMIT)`: an exact scan costs PostgreSQL about 5 us a 512-d vector (25 ms p50 for 5,000), a
-        tuned HNSW search 3-13 ms, so exactness stops paying past a few thousand references (the embedded
-        `approximate_threshold` of 200,000 would mean 1 s searches here).
+        DEFAULT_EXACT_LIMIT)`: an exact search costs PostgreSQL about 3-4 us a 512-d candidate (16-20 ms for
+        5,000 of 100,000 references on the 2-core test machine), a tuned HNSW search 4-30 ms, so exactness stops
+        paying past a few thousand references (the embedded `approximate_threshold` of 200,000 would mean 1 s
+        searches here).
         At open, the HNSW search width is the one stored by the last measurement when it was made with the same
         settings on a catalog of within 2x the size; otherwise it is measured (`tune`) and stored.
         """
@@ -179,7 +190,8 @@ class PostgresCatalog(BackendState):
                 raise FingerprintMismatch.between(stored_fp, stored_dim, fingerprint, dim)
             tables = CatalogSchema(schema, stored_fp, stored_dim)
             cat = cls(db, tables, settings, requested_fingerprint=fingerprint, requested_dim=dim,
-                      exact_limit=exact_limit, versions=versions)
+                      exact_limit=exact_limit, versions=versions,
+                      vectors=db.run(VectorParams.read, tx=False))
             db.run(lambda conn: tables.create_index(conn, settings))
             cat._migration = state
             if cat._mismatch() is None:
@@ -217,15 +229,6 @@ class PostgresCatalog(BackendState):
 
     def _stored_identity(self) -> tuple[str, int]:
         return (self._fingerprint, self._dim)
-
-    def _lock_product(self, conn: Conn, product_id: str) -> int:
-        """The live product's key, its row locked until the transaction ends; NotFound when absent."""
-        row = conn.execute(self._schema.q(
-            "SELECT pk FROM {products} WHERE product_id = %s AND deleted_at IS NULL FOR NO KEY UPDATE"),
-            (product_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"product {product_id!r} does not exist", field="product_id")
-        return int(row[0])
 
     # ================================================================ writes
     def upsert_product(self, product_id: str, display_name: str = "", category: str = "",
@@ -282,34 +285,73 @@ class PostgresCatalog(BackendState):
         replayed=True; the same request id for anything else raises RequestIdReused. `store_images` overrides
         `settings.store_images`.
         """
+        return self._add([(product_id, refs)], store_images, many=False)[0]
+
+    def add_references_many(self, items: Sequence[tuple[str, Sequence[NewReference]]], *,
+                            store_images: bool | None = None) -> list[list[AddedReference]]:
+        """`add_references` for several products in one transaction (all or nothing), one list of results per
+        item: one version bump, one head-statistics fold, the rows written by binary COPY. The bulk path
+        (`bulk_load`, `skulens catalog copy`); a request id names one reference across the whole call. Each
+        product at most once, at most `max_references_per_call` references an item and `MANY_LIMIT` items."""
+        if not isinstance(items, Sequence) or not 1 <= len(items) <= MANY_LIMIT:
+            got = len(items) if isinstance(items, Sequence) else type(items).__name__
+            raise InvalidArgument(f"items must hold 1-{MANY_LIMIT} (product_id, references) pairs, got {got}",
+                                  field="items")
+        return self._add(items, store_images, many=True)
+
+    def _add(self, items: Sequence[tuple[str, Sequence[NewReference]]], store_images: bool | None,
+             many: bool) -> list[list[AddedReference]]:
         self._check_open(searchable=True)
-        pid = v.product_id(product_id)
         keep_images = self.settings.store_images if store_images is None else bool(store_images)
-        rows = _reference_rows(refs, self._dim, self.settings, keep_images)
+        batch: list[tuple[str, list[RefRow], Sequence[NewReference]]] = []
+        for j, item in enumerate(items):
+            try:
+                if not isinstance(item, tuple) or len(item) != 2:
+                    raise InvalidArgument("an item must be a (product_id, references) pair", field="")
+                pid = v.product_id(item[0])
+                batch.append((pid, _reference_rows(item[1], self._dim, self.settings, keep_images), item[1]))
+            except InvalidArgument as exc:
+                if not many:
+                    raise
+                raise InvalidArgument(f"items[{j}]: {exc}", field=field_path("items", j, exc.field or "")) from None
+        pids = [pid for pid, _, _ in batch]
+        if len(set(pids)) != len(pids):
+            raise InvalidArgument("items name a product more than once", field="items")
         schema = self._schema
 
-        def tx(conn: Conn) -> list[AddedReference]:
-            pk = self._lock_product(conn, pid)  # writers of one product take turns
+        def tx(conn: Conn) -> list[list[AddedReference]]:
+            pks = self._lock_products(conn, pids, many)  # writers of one product take turns
             other = spaces.read_state(conn, schema).other
-            extra = (v.space_vectors(refs, other.fingerprint, other.dim, self.settings.norm_tolerance)
-                     if other is not None and other.fingerprint != schema.fingerprint else None)
-            shas = [r.sha for r in rows if r.sha is not None]
-            known: dict[tuple[str, tuple[int, int, int, int] | None], int] = {}
+            migrating = other is not None and other.fingerprint != schema.fingerprint
+            shas = [r.sha for _, rows, _ in batch for r in rows if r.sha is not None]
+            known: dict[int, dict[tuple[str, tuple[int, int, int, int] | None], int]] = {}
             if shas:
-                known = {(str(r[0]), region_of(r[1:5])): int(r[5]) for r in conn.execute(self._schema.q(
-                    "SELECT content_sha256, region_x, region_y, region_w, region_h, reference_id FROM {refs} "
-                    "WHERE product_pk = %s AND deleted_at IS NULL AND content_sha256 = ANY(%s)"),
-                    (pk, shas)).fetchall()}
-            requested = schema.requested(conn, [r.request_id for r in rows if r.request_id is not None], lock=True)
-            plan, new = _plan_references(rows, known, requested, pid)
+                for r in conn.execute(schema.q(
+                        "SELECT product_pk, content_sha256, region_x, region_y, region_w, region_h, reference_id "
+                        "FROM {refs} WHERE product_pk = ANY(%s) AND deleted_at IS NULL AND content_sha256 = ANY(%s)"),
+                        (list(pks.values()), shas)).fetchall():
+                    known.setdefault(int(r[0]), {})[(str(r[1]), region_of(r[2:6]))] = int(r[6])
+            requested = schema.requested(conn, [r.request_id for _, rows, _ in batch for r in rows
+                                                if r.request_id is not None], lock=True)
+            new: list[tuple[int, RefRow]] = []
+            new_extra: list[np.ndarray | None] = []
+            fresh_requests: dict[str, tuple[str, _Key, int]] = {}
+            plans = []
+            for pid, rows, refs in batch:
+                pk = pks[pid]
+                before = len(new)
+                plan = _plan_references(rows, known.get(pk, {}), requested, pid, pk, new, fresh_requests)
+                if migrating and other is not None:
+                    extra = v.space_vectors(refs, other.fingerprint, other.dim, self.settings.norm_tolerance)
+                    new_extra += [extra[k] for k, (_, pos, dup, again) in enumerate(plan)
+                                  if pos is not None and pos >= before and not dup and not again]
+                plans.append(plan)
             ids: list[int] = []
             covered = {schema.fingerprint}
             if new:
-                ids = schema.insert_references(conn, pk, new)
-                if other is not None and extra is not None:
-                    by_pos = [extra[i] for i, (_, pos, dup, again) in enumerate(plan)
-                              if not dup and not again and pos is not None]
-                    given = [(rid, vec) for rid, vec in zip(ids, by_pos, strict=True) if vec is not None]
+                ids = schema.insert_references(conn, new)
+                if other is not None and migrating:
+                    given = [(rid, vec) for rid, vec in zip(ids, new_extra, strict=True) if vec is not None]
                     spaces.put(conn, schema, other.fingerprint, [rid for rid, _ in given],
                                [vec_text(vec.tolist()) for _, vec in given])
                     if len(given) == len(ids):
@@ -319,10 +361,43 @@ class PostgresCatalog(BackendState):
                 if serving not in covered:  # a switch committed while this ran: its vectors are of the old model
                     raise CatalogUnavailable(f"the catalog switched to model {serving!r} during this enrolment; "
                                              "nothing was written; retry")
-            return [AddedReference(ids[pos] if rid is None and pos is not None else int(rid or 0), pid, dup, again)
-                    for rid, pos, dup, again in plan]
+            return [[AddedReference(ids[pos] if rid is None and pos is not None else int(rid or 0), pid, dup, again)
+                     for rid, pos, dup, again in plan] for (pid, _, _), plan in zip(batch, plans, strict=True)]
 
         return self._db.run(tx)
+
+    @contextmanager
+    def bulk_load(self, expected: int = 0, *, defer_index: bool | None = None) -> Iterator[bool]:
+        """Around a bulk load of about `expected` references (written inside, best with `add_references_many`):
+        the serving model's HNSW index is dropped first and built once at the end when `defer_index`, by default
+        when the load at least doubles what the index holds; the search width is then measured again
+        (`postgres_bulk`). Yields whether the index was deferred. Meant for a catalog being filled (a copy, a
+        first load): while the index is missing searches scan every vector, and its build holds writers up."""
+        self._check_open(searchable=True)
+        defer = defer_index
+        if defer is None:
+            indexed = int(self._db.run(lambda conn: one_row(conn.execute(self._schema.q(
+                "SELECT indexed_refs FROM {meta}"))), tx=False)[0])
+            defer = postgres_bulk.should_defer(indexed, v.positive_int(expected, "expected", 1 << 40)
+                                               if expected else 0)
+        with postgres_bulk.deferred_index(self._db, self._schema, self.settings, bool(defer)) as deferred:
+            yield deferred
+        if deferred and self._mismatch() is None:
+            self._tuning.tune(reuse=False)
+
+    def _lock_products(self, conn: Conn, pids: Sequence[str], many: bool) -> dict[str, int]:
+        """{product id: key} of live products, their rows locked until the transaction ends, in product id order
+        (so that writers of several products never deadlock); NotFound names the first one absent (`many`: as
+        ``items[i].product_id``)."""
+        rows = conn.execute(self._schema.q(
+            "SELECT product_id, pk FROM {products} WHERE product_id = ANY(%s) AND deleted_at IS NULL "
+            "ORDER BY product_id FOR NO KEY UPDATE"), (list(pids),)).fetchall()
+        pks = {str(r[0]): int(r[1]) for r in rows}
+        for j, pid in enumerate(pids):
+            if pid not in pks:
+                raise NotFound(f"product {pid!r} does not exist",
+                               field=field_path("items", j, "product_id") if many else "product_id")
+        return pks
 
     def requested_references(self, request_ids: Sequence[str]) -> dict[str, RequestedReference]:
         """The live references that enrolment request ids (AIP-155) added: {request_id: what it added}; ids
@@ -438,15 +513,16 @@ class PostgresCatalog(BackendState):
         n = v.positive_int(limit, "limit", 65536)
 
         def tx(conn: Conn) -> list[ExportedReference]:
-            rows = conn.execute(self._schema.q(
-                "SELECT r.reference_id, p.product_id, r.source, r.content_sha256, r.image, e.embedding::text, "
+            rows = conn.cursor(binary=True).execute(self._schema.q(
+                "SELECT r.reference_id, p.product_id, r.source, r.content_sha256, r.image, e.embedding, "
                 "r.region_x, r.region_y, r.region_w, r.region_h, r.request_id "
                 "FROM {refs} r JOIN {products} p ON p.pk = r.product_pk "
                 "JOIN {embeddings} e ON e.reference_id = r.reference_id AND e.fingerprint = {fp} "
                 "WHERE r.deleted_at IS NULL AND r.reference_id > %s ORDER BY r.reference_id LIMIT %s"),
                 (start, n)).fetchall()
+            vecs = unpack([bytes(r[5]) for r in rows], self._dim)
             return [ExportedReference(int(r[0]), str(r[1]), str(r[2]), r[3], None if r[4] is None else bytes(r[4]),
-                                      parse_vec(str(r[5])), region_of(r[6:10]), r[10]) for r in rows]
+                                      vec, region_of(r[6:10]), r[10]) for r, vec in zip(rows, vecs, strict=True)]
 
         return self._db.run(tx, tx=False)
 
@@ -455,15 +531,14 @@ class PostgresCatalog(BackendState):
         self._check_open()
         n = v.positive_int(limit, "limit", 1 << 20)
 
-        def tx(conn: Conn) -> list[np.ndarray]:
-            rows = conn.execute(self._schema.q(
-                "SELECT e.embedding::text FROM {embeddings} e WHERE e.fingerprint = {fp} AND e.reference_id IN "
+        def tx(conn: Conn) -> np.ndarray:
+            rows = conn.cursor(binary=True).execute(self._schema.q(
+                "SELECT e.embedding FROM {embeddings} e WHERE e.fingerprint = {fp} AND e.reference_id IN "
                 "(SELECT reference_id FROM {refs} WHERE deleted_at IS NULL ORDER BY random() LIMIT %s)"),
                 (n,)).fetchall()
-            return [parse_vec(str(r[0])) for r in rows]
+            return unpack([bytes(r[0]) for r in rows], self._dim)
 
-        rows = self._db.run(tx, tx=False)
-        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+        return self._db.run(tx, tx=False)
 
     def list_products(self, page_size: int = 100, page_token: str = "",
                       category: str = "") -> tuple[list[Product], str]:
@@ -587,7 +662,7 @@ class PostgresCatalog(BackendState):
             serving = state.serving
             if (serving.fingerprint, serving.dim) != (self._fingerprint, self._dim):
                 tables = CatalogSchema(self.schema, serving.fingerprint, serving.dim)
-                rounds = RoundSearch(self._db, tables, self.settings, self.exact_limit)
+                rounds = RoundSearch(self._db, tables, self.settings, self.exact_limit, self._vectors)
                 rounds.width = self._rounds.width
                 self._schema, self._rounds = tables, rounds
                 self._tuning = HnswTuning(self._db, tables, self.settings, rounds)
@@ -804,9 +879,8 @@ class PostgresCatalog(BackendState):
             unknown_threshold=unknown_threshold, ambiguity_margin=ambiguity_margin, trusted=trusted)
         if not len(r.queries):
             return []
-        texts = [vec_text(row) for row in r.queries.tolist()]
-        return rounds.search(texts, r.top_k, r.min_score, r.category, r.labels, r.unknown_threshold,
-                                   r.ambiguity_margin)
+        return rounds.search(r.queries, r.top_k, r.min_score, r.category, r.labels, r.unknown_threshold,
+                             r.ambiguity_margin)
 
     def search_text(self, query: str, *, top_k: int = 5, category: str = "",
                     labels: Mapping[str, str] | None = None) -> list[TextMatch]:
@@ -821,7 +895,7 @@ class PostgresCatalog(BackendState):
         rounds = self._space_rounds.get(space.fingerprint)
         if rounds is None:
             rounds = RoundSearch(self._db, CatalogSchema(self.schema, space.fingerprint, space.dim), self.settings,
-                                 self.exact_limit)
+                                 self.exact_limit, self._vectors)
             rounds.width = self._rounds.width
             self._space_rounds[space.fingerprint] = rounds
         return rounds
@@ -840,24 +914,24 @@ def _reference_rows(refs: Sequence[NewReference], dim: int, settings: CatalogSet
     """Validate references to enrol (the same checks as every backend: `validation.references`)."""
     checked = v.references(refs, dim, max_items=settings.max_references_per_call, tolerance=settings.norm_tolerance,
                            max_image_bytes=settings.max_image_bytes, keep_images=keep_images)
-    return [RefRow(vec_text(c.embedding.tolist()), c.source, c.content_sha256, c.image, c.region, c.request_id)
-            for c in checked]
+    return [RefRow(c.embedding, c.source, c.content_sha256, c.image, c.region, c.request_id) for c in checked]
 
 
+_Key = tuple[str, tuple[int, int, int, int] | None]  # (content_sha256, region): a reference's duplicate identity
 _Plan = tuple[int | None, int | None, bool, bool]  # existing id or None, position among new rows or None, dup, replayed
 
 
-def _plan_references(rows: list[RefRow], known: dict[tuple[str, tuple[int, int, int, int] | None], int],
-                     requested: dict[str, RequestedReference], product_id: str
-                     ) -> tuple[list[_Plan], list[RefRow]]:
-    """(per input: (existing reference id, None) or (None, position among the new rows), duplicate, replayed; the
-    new rows). An input whose request id added a live reference (`requested`), or an earlier input of the call,
-    replays it (RequestIdReused when product, content or region differ); an input whose (content_sha256, region)
-    the product has (`known`: key -> id), or an earlier input has, is a duplicate; neither is written."""
-    fresh: dict[tuple[str, tuple[int, int, int, int] | None], int] = {}  # key -> position among the new rows
-    fresh_requests: dict[str, tuple[tuple[str, tuple[int, int, int, int] | None], int]] = {}  # id -> (key, position)
+def _plan_references(rows: list[RefRow], known: dict[_Key, int], requested: dict[str, RequestedReference],
+                     product_id: str, pk: int, new: list[tuple[int, RefRow]],
+                     fresh_requests: dict[str, tuple[str, _Key, int]]) -> list[_Plan]:
+    """Per input of one product: (existing reference id, None) or (None, position among the new rows), duplicate,
+    replayed; appends the rows to write to `new` as (pk, row). An input whose request id added a live reference
+    (`requested`), or an earlier input of the call (`fresh_requests`: request id -> product, key, position, over
+    every product of the call), replays it (RequestIdReused when product, content or region differ); an input
+    whose (content_sha256, region) the product has (`known`: key -> id), or an earlier input has, is a duplicate;
+    neither is written."""
+    fresh: dict[_Key, int] = {}  # key -> position among the new rows
     plan: list[_Plan] = []
-    new: list[RefRow] = []
     for k, r in enumerate(rows):
         key = (r.sha or "", r.region)
         before = requested.get(r.request_id) if r.request_id is not None else None
@@ -866,8 +940,8 @@ def _plan_references(rows: list[RefRow], known: dict[tuple[str, tuple[int, int, 
                 raise RequestIdReused.naming(before, field_path("references", k, "request_id"))
             plan.append((before.reference_id, None, False, True))
         elif r.request_id is not None and r.request_id in fresh_requests:
-            first_key, pos = fresh_requests[r.request_id]
-            if first_key != key:
+            first_pid, first_key, pos = fresh_requests[r.request_id]
+            if (first_pid, first_key) != (product_id, key):
                 raise RequestIdReused(f"request id {r.request_id} names another image earlier in this call",
                                       field=field_path("references", k, "request_id"))
             plan.append((None, pos, False, True))
@@ -879,10 +953,10 @@ def _plan_references(rows: list[RefRow], known: dict[tuple[str, tuple[int, int, 
             if r.sha is not None:
                 fresh[key] = len(new)
             if r.request_id is not None:
-                fresh_requests[r.request_id] = (key, len(new))
+                fresh_requests[r.request_id] = (product_id, key, len(new))
             plan.append((None, len(new), False, False))
-            new.append(r)
-    return plan, new
+            new.append((pk, r))
+    return plan
 
 
 __all__ = ["PostgresCatalog", "PostgresStats", "redact"]

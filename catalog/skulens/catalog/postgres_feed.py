@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from skulens.catalog.postgres_binary import unpack
 from skulens.catalog.postgres_pool import Conn, one_row
 from skulens.catalog.store import ProductRow
 
@@ -113,19 +114,6 @@ class FeedState:
         return len(self.products) + len(self.dropped_products) + len(self.ids) + len(self.dropped_refs)
 
 
-def decode_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
-    """float32 [n, dim] from pgvector's binary form (`vector_send`: int16 dim, int16 unused, dim big-endian
-    float4)."""
-    if not blobs:
-        return np.zeros((0, dim), dtype=np.float32)
-    width = 4 + 4 * dim
-    raw = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-    if raw.size != width * len(blobs):
-        raise ValueError(f"stored vectors are not all {dim}-dimensional")
-    body = np.ascontiguousarray(raw.reshape(len(blobs), width)[:, 4:])
-    return body.view(">f4").astype(np.float32)
-
-
 def _product(row: Sequence[Any]) -> ProductRow:
     labels = row[4] if isinstance(row[4], dict) else json.loads(row[4] or "{}")
     return ProductRow(int(row[0]), str(row[1]), str(row[2]), str(row[3]), {str(k): str(v) for k, v in labels.items()},
@@ -195,7 +183,7 @@ def _read_delta(conn: Conn, schema: CatalogSchema, state: FeedState, since: int)
 def _set_refs(state: FeedState, rows: Sequence[Sequence[Any]]) -> None:
     state.ids = np.asarray([int(r[0]) for r in rows], dtype=np.int64)
     state.pks = np.asarray([int(r[1]) for r in rows], dtype=np.int64)
-    state.vectors = decode_vectors([bytes(r[2]) for r in rows], state.dim)
+    state.vectors = unpack([bytes(r[2]) for r in rows], state.dim)
 
 
-__all__ = ["DDL", "FeedState", "decode_vectors", "prune", "read", "stamp"]
+__all__ = ["DDL", "FeedState", "prune", "read", "stamp"]

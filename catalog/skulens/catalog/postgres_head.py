@@ -18,6 +18,7 @@ import numpy as np
 from skulens.catalog.head import HeadStats, ProductSums, deltas, gram_with
 from skulens.catalog.migration_state import PendingReference
 from skulens.catalog.models import region_of
+from skulens.catalog.postgres_binary import unpack
 from skulens.catalog.postgres_pool import Conn, one_row
 
 if TYPE_CHECKING:
@@ -115,20 +116,20 @@ def _f64(buf: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:
 GRAM_BATCH = 1024
 
 
-def _vectors(texts: list[str]) -> np.ndarray:
-    """float64 rows from pgvector text (parsed as the float32 values pgvector holds)."""
-    return np.stack([np.asarray(t.strip()[1:-1].split(","), dtype=np.float32) for t in texts]).astype(np.float64)
+def _vectors(payloads: list[bytes]) -> np.ndarray:
+    """float64 rows from pgvector's binary form (the float32 values pgvector holds; `postgres_binary`)."""
+    return unpack(payloads).astype(np.float64)
 
 
 def fold(conn: Conn, schema: CatalogSchema, gram_batch: int = GRAM_BATCH) -> int:
     """Fold the new journal rows into the small statistics, and the whole journal into the Gram matrix once
     `gram_batch` rows are pending (in the caller's transaction, after the `meta` row lock); how many new rows."""
-    rows = conn.execute(schema.q(
+    rows = conn.cursor(binary=True).execute(schema.q(
         "UPDATE {head_journal} SET summed = true WHERE NOT summed "
-        "RETURNING fingerprint, product_pk, embedding::text, sign, reference")).fetchall()
-    by_fp: dict[str, list[tuple[int, str, int, int]]] = {}
+        "RETURNING fingerprint, product_pk, embedding, sign, reference")).fetchall()
+    by_fp: dict[str, list[tuple[int, bytes, int, int]]] = {}
     for fp, pk, emb, sign, ref in rows:
-        by_fp.setdefault(str(fp), []).append((int(pk), str(emb), int(sign), int(ref)))
+        by_fp.setdefault(str(fp), []).append((int(pk), bytes(emb), int(sign), int(ref)))
     for fp, items in by_fp.items():
         vecs = _vectors([it[1] for it in items])
         d = deltas([it[0] for it in items], vecs, [it[2] for it in items], [it[3] for it in items], gram=False)
@@ -166,8 +167,8 @@ def fold(conn: Conn, schema: CatalogSchema, gram_batch: int = GRAM_BATCH) -> int
     if int(one_row(conn.execute(schema.q("SELECT count(*) FROM {head_journal}")))[0]) >= gram_batch:
         for (fp,) in conn.execute(schema.q("SELECT DISTINCT fingerprint FROM {head_journal}")).fetchall():
             # the rows folded are exactly the rows deleted (one statement: none committed meanwhile is lost)
-            taken = conn.execute(schema.q("DELETE FROM {head_journal} WHERE fingerprint = %s "
-                                          "RETURNING embedding::text, sign"), (fp,)).fetchall()
+            taken = conn.cursor(binary=True).execute(schema.q(
+                "DELETE FROM {head_journal} WHERE fingerprint = %s RETURNING embedding, sign"), (fp,)).fetchall()
             left = conn.execute(schema.q("SELECT count FROM {head_stats} WHERE fingerprint = %s"), (fp,)).fetchone()
             if left is None or int(left[0]) <= 0:  # a space emptied (a migration's finish or abort): nothing to add
                 conn.execute(schema.q("DELETE FROM {head_gram} WHERE fingerprint = %s"), (fp,))
@@ -182,17 +183,18 @@ def fold(conn: Conn, schema: CatalogSchema, gram_batch: int = GRAM_BATCH) -> int
     return len(rows)
 
 
-def _add_outer(stored: bytes | None, rows: list[tuple[str, int]]) -> np.ndarray | None:
-    """A stored Gram matrix plus the signed outer products of journal rows (embedding text, sign); None: neither."""
-    return gram_with(stored, _vectors([str(r[0]) for r in rows]) if rows else None, [float(r[1]) for r in rows])
+def _add_outer(stored: bytes | None, rows: list[tuple[bytes, int]]) -> np.ndarray | None:
+    """A stored Gram matrix plus the signed outer products of journal rows (embedding in binary, sign); None:
+    neither."""
+    return gram_with(stored, _vectors([bytes(r[0]) for r in rows]) if rows else None, [float(r[1]) for r in rows])
 
 
 def _current_gram(conn: Conn, schema: CatalogSchema, fingerprint: str) -> np.ndarray | None:
     """The stored Gram matrix of `fingerprint` plus the outer products of its journal rows (None: neither)."""
     row = conn.execute(schema.q("SELECT gram FROM {head_gram} WHERE fingerprint = %s"), (fingerprint,)).fetchone()
-    pending = conn.execute(schema.q("SELECT embedding::text, sign FROM {head_journal} WHERE fingerprint = %s"),
-                           (fingerprint,)).fetchall()
-    return _add_outer(None if row is None else bytes(row[0]), [(str(r[0]), int(r[1])) for r in pending])
+    pending = conn.cursor(binary=True).execute(schema.q(
+        "SELECT embedding, sign FROM {head_journal} WHERE fingerprint = %s"), (fingerprint,)).fetchall()
+    return _add_outer(None if row is None else bytes(row[0]), [(bytes(r[0]), int(r[1])) for r in pending])
 
 
 def read(conn: Conn, schema: CatalogSchema, fingerprint: str, dim: int, version: int) -> HeadStats:

@@ -17,8 +17,9 @@ Schema (created idempotently at open, under a database-wide advisory lock; every
   whole image; (sha, region) is unique per live product), the client's enrolment `request_id` (AIP-155; unique
   among live references: a deleted reference forgets it) and `deleted_at` (tombstone).
 - `meta.migration`: the model migration's state (`skulens.catalog.migration_state`, JSON; NULL: none).
-- `embeddings`: (fingerprint, reference id) → `vector` (untyped, so several models fit one table; written in
-  pgvector's text form, `vec_text`), with one partial HNSW index per fingerprint:
+- `embeddings`: (fingerprint, reference id) → `vector` (untyped, so several models fit one table; enrolments
+  write it by binary COPY, `postgres_binary`; STORAGE MAIN keeps it in the row), with one partial HNSW index per
+  fingerprint:
   `USING hnsw ((embedding::vector(DIM)) vector_ip_ops) WHERE fingerprint = '…'` (`create_index`).
   Inner product, because embeddings are unit-norm (cosine); pgvector's `<#>` is the NEGATIVE inner product.
   A second model (re-embedding) adds rows and an index, not a table.
@@ -41,9 +42,10 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from skulens.catalog import postgres_feed, postgres_head, postgres_text
+from skulens.catalog import postgres_bulk, postgres_feed, postgres_head, postgres_text
 from skulens.catalog.errors import CatalogError, InvalidArgument
 from skulens.catalog.models import RequestedReference, region_of
+from skulens.catalog.postgres_binary import embedding_copy
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, first_line, lost, one_row
 from skulens.catalog.settings import CatalogSettings
 
@@ -113,6 +115,9 @@ _DDL = (
         fingerprint text NOT NULL,
         embedding vector NOT NULL,
         PRIMARY KEY (fingerprint, reference_id))""",
+    # vectors stay in the row (a 512-d one is 2 KB, past the 2 KB TOAST threshold: out of line, every read of one
+    # was a TOAST index lookup and fetch); MAIN still moves one out of line when a row would not fit a page
+    "ALTER TABLE {embeddings} ALTER COLUMN embedding SET STORAGE MAIN",
     "ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS migration text",
     # a product's reference rows, tombstones included: the purge's "no reference left" test and the foreign key's
     # check when a purged product's row goes (`postgres_purge`), without a scan of `refs` per product
@@ -128,11 +133,15 @@ _DDL = (
 )
 
 
+#: The `refs` columns `insert_references` copies, in order (binary COPY needs their types).
+_REF_TYPES = ("int8", "int8", "text", "text", "bytea", "float8", "int4", "int4", "int4", "int4", "text")
+
+
 @dataclass(frozen=True)
 class RefRow:
     """A validated reference to enrol, as it is written."""
 
-    embedding: str  # pgvector text form
+    embedding: np.ndarray  # float32 [dim] (written in pgvector's binary form)
     source: str
     sha: str | None
     image: bytes | None
@@ -259,6 +268,12 @@ class CatalogSchema:
             return
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_DDL_LOCK,))
         m = int(settings.hnsw_m)
+        # pgvector builds the graph in maintenance_work_mem (64 MB by default: about 20,000 512-d vectors), far
+        # slower once it no longer fits; raised for this build to what the rows need (postgres_bulk.build_memory)
+        rows = int(one_row(conn.execute(self.q("SELECT count(*) FROM {embeddings} WHERE fingerprint = {fp}")))[0])
+        conn.execute("SELECT set_config('maintenance_work_mem', greatest(pg_size_bytes(current_setting("
+                     "'maintenance_work_mem')) / 1024, %s)::text || 'kB', true)",
+                     (postgres_bulk.build_memory(rows, self.dim, m) // 1024,))
         conn.execute(sql.SQL(
             "CREATE INDEX IF NOT EXISTS {index} ON {embeddings} USING hnsw ((embedding::vector({dim})) "
             "vector_ip_ops) WITH (m = {m}, ef_construction = {efc}) WHERE fingerprint = {fp}").format(
@@ -280,22 +295,29 @@ class CatalogSchema:
         postgres_head.fold(conn, self)  # the head statistics follow the write, under the meta row lock
         return int(row[0])
 
-    def insert_references(self, conn: Conn, pk: int, new: Sequence[RefRow]) -> list[int]:
-        """Write new references of the product `pk` (rows, vectors, its reference count); their ids, in order."""
+    def insert_references(self, conn: Conn, new: Sequence[tuple[int, RefRow]]) -> list[int]:
+        """Write new references, (product pk, row) each: rows and vectors by binary COPY (`postgres_binary`), and
+        the products' reference counts; their ids, in order."""
         ids = sorted(int(x[0]) for x in conn.execute(self.q(
             "SELECT nextval({ref_seq}) FROM generate_series(1, %s)"), (len(new),)).fetchall())
         now = time.time()
         with conn.cursor() as cur:
-            cur.executemany(self.q(
-                "INSERT INTO {refs} (reference_id, product_pk, source, content_sha256, image, created_at, region_x, "
-                "region_y, region_w, region_h, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"),
-                [(rid, pk, r.source, r.sha, r.image, now, *(r.region or (None,) * 4), r.request_id)
-                 for rid, r in zip(ids, new, strict=True)])
-            cur.executemany(self.q(
-                "INSERT INTO {embeddings} (reference_id, fingerprint, embedding) VALUES (%s, {fp}, %s)"),
-                [(rid, r.embedding) for rid, r in zip(ids, new, strict=True)])
+            with cur.copy(self.q(
+                    "COPY {refs} (reference_id, product_pk, source, content_sha256, image, created_at, region_x, "
+                    "region_y, region_w, region_h, request_id) FROM STDIN (FORMAT BINARY)")) as copy:
+                copy.set_types(_REF_TYPES)
+                for rid, (pk, r) in zip(ids, new, strict=True):
+                    copy.write_row((rid, pk, r.source, r.sha, r.image, now, *(r.region or (None,) * 4), r.request_id))
+            with cur.copy(self.q(
+                    "COPY {embeddings} (reference_id, fingerprint, embedding) FROM STDIN (FORMAT BINARY)")) as copy:
+                copy.write(embedding_copy(ids, self.fingerprint, np.stack([r.embedding for _, r in new])))
+        counts: dict[int, int] = {}
+        for pk, _ in new:
+            counts[pk] = counts.get(pk, 0) + 1
         conn.execute(self.q(
-            "UPDATE {products} SET reference_count = reference_count + %s WHERE pk = %s"), (len(new), pk))
+            "UPDATE {products} p SET reference_count = p.reference_count + x.n "
+            "FROM unnest(%s::bigint[], %s::integer[]) AS x(pk, n) WHERE p.pk = x.pk"),
+            (list(counts), list(counts.values())))
         return ids
 
     def requested(self, conn: Conn, request_ids: Sequence[str], *, lock: bool = False

@@ -1,0 +1,158 @@
+"""Search in the shared catalog (`skulens.catalog.postgres_search`), against the session's real PostgreSQL +
+pgvector: the first round rides with the counts and is sent again when the catalog changed shape since the last
+search with the same filter; one query and a batch get the same exact answers; the graph walk is at least as wide as
+the rows a round reads; the width is tuned on the product recall searches get."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from catalog_helpers import unit
+from pg_fixture import PgServer
+from psycopg.types.json import Jsonb
+
+from skulens.catalog import CatalogSettings, NewReference
+from skulens.catalog.postgres import PostgresCatalog
+from skulens.catalog.postgres_binary import Vector
+from skulens.catalog.postgres_search import HNSW_MAX_EF_SEARCH, Shape
+
+DIM = 16
+FP = "search-test/16"
+Open = Callable[..., PostgresCatalog]
+
+
+@pytest.fixture
+def open_catalog(postgres_server: PgServer, schema: str) -> Iterator[Open]:
+    opened: list[PostgresCatalog] = []
+
+    def open_(**kw: Any) -> PostgresCatalog:
+        cat = PostgresCatalog.open(postgres_server.url(), fingerprint=FP, dim=DIM, schema=schema, **kw)
+        opened.append(cat)
+        return cat
+
+    yield open_
+    for cat in opened:
+        cat.close()
+
+
+def _add(cat: PostgresCatalog, refs: np.ndarray, category: str, first: int) -> list[str]:
+    pids = []
+    for p in range(len(refs)):
+        pid = f"{category}-{first + p:03d}"
+        cat.upsert_product(pid, category=category)
+        cat.add_references(pid, [NewReference(r) for r in refs[p]])
+        pids.append(pid)
+    return pids
+
+
+def _best(refs: dict[str, np.ndarray], q: np.ndarray, k: int) -> list[str]:
+    """Exact top-k products (a product scores its best reference)."""
+    scores = {pid: float((r @ q).max()) for pid, r in refs.items()}
+    return sorted(scores, key=lambda p: -scores[p])[:k]
+
+
+def test_a_search_is_right_when_the_catalog_changed_shape_since_the_last(open_catalog: Open) -> None:
+    cat = open_catalog(exact_limit=20)
+    rng = np.random.default_rng(0)
+    refs = unit(rng.standard_normal((8, 5, DIM)))
+    held: dict[str, np.ndarray] = {}
+    for pid, r in zip(_add(cat, refs[:3], "x", 0), refs[:3], strict=True):  # 15 candidates: exact
+        held[pid] = r
+    _add(cat, unit(rng.standard_normal((3, 5, DIM))), "y", 0)
+    q = unit(rng.standard_normal((4, DIM)))
+
+    def check(category: str) -> None:
+        for row, res in zip(q, cat.search(q, top_k=3, category=category), strict=True):
+            assert [m.product_id for m in res.matches] == _best(held, row, 3)
+        (one,) = cat.search(q[0], top_k=3, category=category)
+        assert [m.product_id for m in one.matches] == _best(held, q[0], 3)
+
+    check("x")
+    check("x")  # the shape of the last search: exact
+    for pid, r in zip(_add(cat, refs[3:], "x", 3), refs[3:], strict=True):  # 40 candidates: through the HNSW index
+        held[pid] = r
+    check("x")
+    for pid in list(held)[2:]:  # 10 candidates again: exact
+        cat.delete_product(pid)
+        del held[pid]
+    cat.delete_reference(cat.get_product("x-000").references[0].reference_id)
+    held["x-000"] = held["x-000"][1:]
+    check("x")
+    assert cat._rounds.kind(cat.stats().references) == "hnsw"  # 9 + 15 live references, unfiltered: > 20
+
+
+def test_the_first_round_rides_with_the_counts(open_catalog: Open) -> None:
+    cat = open_catalog(exact_limit=0)
+    refs = unit(np.random.default_rng(1).standard_normal((20, 3, DIM)))
+    _add(cat, refs, "z", 0)
+    rounds = cat._rounds
+    qs = [Vector(v) for v in unit(np.random.default_rng(2).standard_normal((3, DIM)))]
+    args = {"cat": "z", "labels": Jsonb({}), "lim": 1000}  # products counted up to 1,000
+    guess = rounds._round(Shape(False, 3.0, 60, 60), len(qs), 5, True, args)
+
+    def trip(conn: Any) -> tuple[Any, ...]:
+        counts, first = rounds._first_trip(conn, qs, "z", {}, args, guess)
+        return counts, first, rounds._fetch(conn, guess, qs, guess.initial, 0)
+
+    counts, first, again = cat._db.run(trip, tx=False)
+    assert counts == (60, 20, 60, 60) and first is not None and len(first) == 3 * guess.initial
+    assert sorted(first) == sorted(again)
+    without, none = cat._db.run(lambda conn: rounds._first_trip(conn, qs, "", {}, args, None), tx=False)
+    assert without == (60, 20, 60, 60) and none is None
+
+
+def test_one_query_and_a_batch_get_the_same_exact_answers(open_catalog: Open) -> None:
+    cat = open_catalog()  # 300 references: exact
+    rng = np.random.default_rng(3)
+    _add(cat, unit(rng.standard_normal((30, 5, DIM))), "a", 0)
+    _add(cat, unit(rng.standard_normal((30, 5, DIM))), "b", 0)
+    assert cat.stats().index_kind == "flat"
+    q = unit(rng.standard_normal((6, DIM)))
+    for category in ("", "b"):
+        batch = cat.search(q, top_k=4, category=category)
+        for row, res in zip(q, batch, strict=True):
+            (one,) = cat.search(row, top_k=4, category=category)
+            assert [(m.product_id, m.reference_id) for m in one.matches] == [
+                (m.product_id, m.reference_id) for m in res.matches]
+            assert [m.score for m in one.matches] == pytest.approx([m.score for m in res.matches], abs=1e-6)
+
+
+def test_the_graph_walk_is_at_least_as_wide_as_a_round(open_catalog: Open) -> None:
+    cat = open_catalog(settings=CatalogSettings(hnsw_ef_search=40), exact_limit=0)
+    rounds = cat._rounds
+    hnsw = rounds._round(Shape(False, 5.0, 10_000, 10_000), 1, 10, False, {"cat": "", "labels": Jsonb({})})
+    assert hnsw.initial == 100 and hnsw.width == 40
+    assert rounds._settings(hnsw, 0, 100)[0]["hnsw.ef_search"] == 100
+    assert rounds._settings(hnsw, 1, 400)[0]["hnsw.ef_search"] == 400
+    assert rounds._settings(hnsw, 2, 30)[0]["hnsw.ef_search"] == 160
+    assert rounds._settings(hnsw, 3, 6400)[0]["hnsw.ef_search"] == HNSW_MAX_EF_SEARCH
+
+
+def test_the_width_is_tuned_on_the_product_recall_searches_get(open_catalog: Open,
+                                                               postgres_server: PgServer) -> None:
+    # clustered like catalog photos: products near their brand, five references near their product
+    rng = np.random.default_rng(4)
+    brands = rng.standard_normal((20, DIM))
+    centres = brands[rng.integers(0, 20, 400)] + 0.6 * rng.standard_normal((400, DIM))
+    refs = unit(centres[:, None, :] + 0.35 * rng.standard_normal((400, 5, DIM)))
+    settings = CatalogSettings(hnsw_m=4, hnsw_ef_construction=8, hnsw_ef_search=4, recall_queries=100)
+    writer = open_catalog(settings=settings, exact_limit=0)
+    with writer.bulk_load(expected=2000):
+        writer.add_references_many([(pid, [NewReference(r) for r in refs[p]]) for p, pid in enumerate(
+            [writer.upsert_product(f"sku-{p:03d}")[0].product_id for p in range(400)])])
+    cat = open_catalog(settings=settings, exact_limit=0)
+    st = cat.stats()
+    assert st.index_kind == "hnsw" and st.recall_at_10 is not None
+    assert st.recall_at_10 >= settings.recall_target or st.index_search_width == settings.hnsw_max_ef_search
+    stored = postgres_server.execute(f'SELECT tuned_config FROM "{cat.schema}".meta')[0][0]
+    assert '"measured": "products@10"' in stored
+    # queries like the measurement's (stored references plus noise) get that product recall, give or take
+    held = {f"sku-{p:03d}": refs[p] for p in range(400)}
+    picks = rng.choice(400 * 5, 60, replace=False)
+    q = unit(refs.reshape(-1, DIM)[picks] + 0.5 / np.sqrt(DIM) * rng.standard_normal((60, DIM)))
+    found = [len({m.product_id for m in res.matches} & set(_best(held, row, 10))) / 10
+             for row, res in zip(q, cat.search(q, top_k=10), strict=True)]
+    assert float(np.mean(found)) >= st.recall_at_10 - 0.08
