@@ -163,6 +163,25 @@ def schema(postgres_server: Any) -> Iterator[str]:
     postgres_server.drop_schemas([name])
 
 
+@pytest.fixture
+def pg_opener(postgres_server: Any, schema: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """`open_(**kw)`: a `PostgresCatalog` in the test's fresh schema for the test module's `FP` and `DIM` (keyword
+    arguments go to `PostgresCatalog.open`); every one opened is closed after the test."""
+    from skulens.catalog.postgres import PostgresCatalog
+
+    fingerprint, dim = request.module.FP, request.module.DIM
+    opened: list[Any] = []
+
+    def open_(**kw: Any) -> Any:
+        cat = PostgresCatalog.open(postgres_server.url(), fingerprint=fingerprint, dim=dim, schema=schema, **kw)
+        opened.append(cat)
+        return cat
+
+    yield open_
+    for cat in opened:
+        cat.close()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_postgres_at_session_end() -> Iterator[None]:
     """Stops the embedded PostgreSQL (by its PID, `pg_ctl stop`) when the session ends, if a test started it."""

@@ -4,8 +4,7 @@ again afterwards (also after a failure), searches answer right meanwhile and aft
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import psycopg
@@ -21,20 +20,6 @@ from skulens.catalog.postgres_bulk import BUILD_MEMORY_MAX, BUILD_MEMORY_MIN, bu
 DIM = 16
 FP = "bulk-test/16"
 Open = Callable[..., PostgresCatalog]
-
-
-@pytest.fixture
-def open_catalog(postgres_server: PgServer, schema: str) -> Iterator[Open]:
-    opened: list[PostgresCatalog] = []
-
-    def open_(**kw: Any) -> PostgresCatalog:
-        cat = PostgresCatalog.open(postgres_server.url(), fingerprint=FP, dim=DIM, schema=schema, **kw)
-        opened.append(cat)
-        return cat
-
-    yield open_
-    for cat in opened:
-        cat.close()
 
 
 def _has_index(server: PgServer, cat: PostgresCatalog) -> bool:
@@ -58,10 +43,10 @@ def test_memory_and_the_decision() -> None:
     assert not should_defer(1000, 1000) and not should_defer(0, 0)
 
 
-def test_a_bulk_load_builds_the_index_after_the_rows(open_catalog: Open, postgres_server: PgServer) -> None:
+def test_a_bulk_load_builds_the_index_after_the_rows(pg_opener: Open, postgres_server: PgServer) -> None:
     settings = CatalogSettings(hnsw_m=8, hnsw_ef_construction=32, hnsw_ef_search=16, recall_queries=50)
-    cat = open_catalog(settings=settings, exact_limit=0)  # every search through the HNSW path
-    other = open_catalog(settings=settings, exact_limit=0)  # another replica, searching meanwhile
+    cat = pg_opener(settings=settings, exact_limit=0)  # every search through the HNSW path
+    other = pg_opener(settings=settings, exact_limit=0)  # another replica, searching meanwhile
     refs = unit(np.random.default_rng(0).standard_normal((150, 4, DIM)))
     assert _has_index(postgres_server, cat)
     with cat.bulk_load(expected=600) as deferred:
@@ -93,8 +78,8 @@ def test_a_bulk_load_builds_the_index_after_the_rows(open_catalog: Open, postgre
         assert not deferred
 
 
-def test_the_index_comes_back_when_a_load_fails(open_catalog: Open, postgres_server: PgServer) -> None:
-    cat = open_catalog()
+def test_the_index_comes_back_when_a_load_fails(pg_opener: Open, postgres_server: PgServer) -> None:
+    cat = pg_opener()
     refs = unit(np.random.default_rng(1).standard_normal((4, 2, DIM)))
     with pytest.raises(NotFound), cat.bulk_load(expected=1000) as deferred:
         assert deferred
@@ -107,9 +92,9 @@ def test_the_index_comes_back_when_a_load_fails(open_catalog: Open, postgres_ser
     assert res.matches[0].product_id == "sku-0001"
 
 
-def test_open_builds_an_index_a_dead_loader_left_missing(open_catalog: Open, postgres_server: PgServer) -> None:
-    cat = open_catalog()
+def test_open_builds_an_index_a_dead_loader_left_missing(pg_opener: Open, postgres_server: PgServer) -> None:
+    cat = pg_opener()
     _load(cat, unit(np.random.default_rng(2).standard_normal((3, 2, DIM))))
     postgres_server.execute(f'DROP INDEX "{cat.schema}"."{cat.index_name()}"')  # as a loader killed mid-load
-    again = open_catalog()
+    again = pg_opener()
     assert _has_index(postgres_server, again) and again.stats().references == 6

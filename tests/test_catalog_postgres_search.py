@@ -5,7 +5,7 @@ the rows a round reads; the width is tuned on the product recall searches get.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,20 +24,6 @@ FP = "search-test/16"
 Open = Callable[..., PostgresCatalog]
 
 
-@pytest.fixture
-def open_catalog(postgres_server: PgServer, schema: str) -> Iterator[Open]:
-    opened: list[PostgresCatalog] = []
-
-    def open_(**kw: Any) -> PostgresCatalog:
-        cat = PostgresCatalog.open(postgres_server.url(), fingerprint=FP, dim=DIM, schema=schema, **kw)
-        opened.append(cat)
-        return cat
-
-    yield open_
-    for cat in opened:
-        cat.close()
-
-
 def _add(cat: PostgresCatalog, refs: np.ndarray, category: str, first: int) -> list[str]:
     pids = []
     for p in range(len(refs)):
@@ -54,8 +40,8 @@ def _best(refs: dict[str, np.ndarray], q: np.ndarray, k: int) -> list[str]:
     return sorted(scores, key=lambda p: -scores[p])[:k]
 
 
-def test_a_search_is_right_when_the_catalog_changed_shape_since_the_last(open_catalog: Open) -> None:
-    cat = open_catalog(exact_limit=20)
+def test_a_search_is_right_when_the_catalog_changed_shape_since_the_last(pg_opener: Open) -> None:
+    cat = pg_opener(exact_limit=20)
     rng = np.random.default_rng(0)
     refs = unit(rng.standard_normal((8, 5, DIM)))
     held: dict[str, np.ndarray] = {}
@@ -84,8 +70,8 @@ def test_a_search_is_right_when_the_catalog_changed_shape_since_the_last(open_ca
     assert cat._rounds.kind(cat.stats().references) == "hnsw"  # 9 + 15 live references, unfiltered: > 20
 
 
-def test_the_first_round_rides_with_the_counts(open_catalog: Open) -> None:
-    cat = open_catalog(exact_limit=0)
+def test_the_first_round_rides_with_the_counts(pg_opener: Open) -> None:
+    cat = pg_opener(exact_limit=0)
     refs = unit(np.random.default_rng(1).standard_normal((20, 3, DIM)))
     _add(cat, refs, "z", 0)
     rounds = cat._rounds
@@ -104,8 +90,8 @@ def test_the_first_round_rides_with_the_counts(open_catalog: Open) -> None:
     assert without == (60, 20, 60, 60) and none is None
 
 
-def test_one_query_and_a_batch_get_the_same_exact_answers(open_catalog: Open) -> None:
-    cat = open_catalog()  # 300 references: exact
+def test_one_query_and_a_batch_get_the_same_exact_answers(pg_opener: Open) -> None:
+    cat = pg_opener()  # 300 references: exact
     rng = np.random.default_rng(3)
     _add(cat, unit(rng.standard_normal((30, 5, DIM))), "a", 0)
     _add(cat, unit(rng.standard_normal((30, 5, DIM))), "b", 0)
@@ -120,8 +106,8 @@ def test_one_query_and_a_batch_get_the_same_exact_answers(open_catalog: Open) ->
             assert [m.score for m in one.matches] == pytest.approx([m.score for m in res.matches], abs=1e-6)
 
 
-def test_the_graph_walk_is_at_least_as_wide_as_a_round(open_catalog: Open) -> None:
-    cat = open_catalog(settings=CatalogSettings(hnsw_ef_search=40), exact_limit=0)
+def test_the_graph_walk_is_at_least_as_wide_as_a_round(pg_opener: Open) -> None:
+    cat = pg_opener(settings=CatalogSettings(hnsw_ef_search=40), exact_limit=0)
     rounds = cat._rounds
     hnsw = rounds._round(Shape(False, 5.0, 10_000, 10_000), 1, 10, False, {"cat": "", "labels": Jsonb({})})
     assert hnsw.initial == 100 and hnsw.width == 40
@@ -131,7 +117,7 @@ def test_the_graph_walk_is_at_least_as_wide_as_a_round(open_catalog: Open) -> No
     assert rounds._settings(hnsw, 3, 6400)[0]["hnsw.ef_search"] == HNSW_MAX_EF_SEARCH
 
 
-def test_the_width_is_tuned_on_the_product_recall_searches_get(open_catalog: Open,
+def test_the_width_is_tuned_on_the_product_recall_searches_get(pg_opener: Open,
                                                                postgres_server: PgServer) -> None:
     # clustered like catalog photos: products near their brand, five references near their product
     rng = np.random.default_rng(4)
@@ -139,11 +125,11 @@ def test_the_width_is_tuned_on_the_product_recall_searches_get(open_catalog: Ope
     centres = brands[rng.integers(0, 20, 400)] + 0.6 * rng.standard_normal((400, DIM))
     refs = unit(centres[:, None, :] + 0.35 * rng.standard_normal((400, 5, DIM)))
     settings = CatalogSettings(hnsw_m=4, hnsw_ef_construction=8, hnsw_ef_search=4, recall_queries=100)
-    writer = open_catalog(settings=settings, exact_limit=0)
+    writer = pg_opener(settings=settings, exact_limit=0)
     with writer.bulk_load(expected=2000):
         writer.add_references_many([(pid, [NewReference(r) for r in refs[p]]) for p, pid in enumerate(
             [writer.upsert_product(f"sku-{p:03d}")[0].product_id for p in range(400)])])
-    cat = open_catalog(settings=settings, exact_limit=0)
+    cat = pg_opener(settings=settings, exact_limit=0)
     st = cat.stats()
     assert st.index_kind == "hnsw" and st.recall_at_10 is not None
     assert st.recall_at_10 >= settings.recall_target or st.index_search_width == settings.hnsw_max_ef_search

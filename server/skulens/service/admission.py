@@ -135,6 +135,19 @@ class Admission:
                 self._drain_time(wait),
             )
 
+    def _check_deadline(self, cost_s: float, deadline: float | None) -> None:
+        if deadline is None:
+            return
+        remaining = deadline - time.monotonic()
+        expected = self.expected_wait(cost_s) + cost_s
+        if expected > remaining * self.options.deadline_headroom:
+            raise self._shed(
+                "deadline",
+                f"expected to finish in {1000 * expected:.0f} ms but the deadline leaves "
+                f"{1000 * max(0.0, remaining):.0f} ms",
+                self._drain_time(self.expected_wait(cost_s)),
+            )
+
     def admit(
         self,
         costs: CostModel,
@@ -166,16 +179,7 @@ class Admission:
             )
         cost = costs.estimate(items, npix)
         self._check_queue(cost)
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            expected = self.expected_wait(cost) + cost
-            if expected > remaining * self.options.deadline_headroom:
-                raise self._shed(
-                    "deadline",
-                    f"expected to finish in {1000 * expected:.0f} ms but the deadline leaves "
-                    f"{1000 * max(0.0, remaining):.0f} ms",
-                    self._drain_time(self.expected_wait(cost)),
-                )
+        self._check_deadline(cost, deadline)
         self._calls += 1 if new_call else 0
         self._bytes += nbytes
         self._backlog += cost
@@ -189,16 +193,7 @@ class Admission:
         self._check_calls_and_bytes(0, True)
         least = costs.estimate(1, 0)
         self._check_queue(least)
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            expected = self.expected_wait(least) + least
-            if expected > remaining * self.options.deadline_headroom:
-                raise self._shed(
-                    "deadline",
-                    f"expected to finish in {1000 * expected:.0f} ms at the least but the deadline leaves "
-                    f"{1000 * max(0.0, remaining):.0f} ms",
-                    self._drain_time(self.expected_wait(least)),
-                )
+        self._check_deadline(least, deadline)
 
     def open_call(self) -> Ticket:
         """Count a long call (a stream) against `max_calls` without booking work; raises `Shed` only on the
