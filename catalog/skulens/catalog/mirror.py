@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from skulens.catalog import postgres_feed
+from skulens.catalog.errors import CatalogUnavailable
 from skulens.catalog.index import VectorIndex, choose_kind
 from skulens.catalog.models import CacheState
 from skulens.catalog.postgres_pool import Conn, ConnectionPool, first_line
@@ -170,11 +171,11 @@ class CatalogMirror:
         with self._cond:
             was, self._reachable = self._reachable, False
             self._error = text
-        if was:
+        if not isinstance(exc, (psycopg.Error, CatalogUnavailable)):  # not the connection: a defect, with its trace
+            log.error("catalog mirror: read failed: %s", text, exc_info=exc)
+        elif was:
             log.warning("catalog mirror: the shared catalog at %s cannot be read (%s); answering from the copy at "
                         "version %d until it can", self._pool.describe, text, self.version)
-        elif not isinstance(exc, (psycopg.Error,)) and "unavailable" not in type(exc).__name__.lower():
-            log.error("catalog mirror: read failed: %s", text, exc_info=exc)
 
     # ---------------------------------------------------------------- applying a read
     def _sync(self, conn: Conn) -> None:

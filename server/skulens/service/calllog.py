@@ -232,16 +232,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             read = self._read_one(method, des)
             if handler.unary_unary:
                 behavior_uu = handler.unary_unary
-                precheck = self._precheck
 
                 async def run_uu(requests: AsyncIterable[bytes], context: grpc.aio.ServicerContext) -> Any:
-                    if precheck is not None:  # before the body is read (an auth refusal is not unary: it came first)
-                        remaining = context.time_remaining()
-                        precheck(method, None if remaining is None else time.monotonic() + float(remaining))
                     result = behavior_uu(await read(requests), context)
                     return await result if inspect.isawaitable(result) else result
 
-                return grpc.stream_unary_rpc_method_handler(self._unary(run_uu, method, rid), response_serializer=ser)
+                # the precheck runs before the body is read (an auth refusal is not unary-unary: it came first)
+                return grpc.stream_unary_rpc_method_handler(
+                    self._unary(run_uu, method, rid, self._precheck), response_serializer=ser
+                )
             behavior_us = handler.unary_stream
 
             async def run_us(requests: AsyncIterable[bytes], context: grpc.aio.ServicerContext) -> Any:
@@ -331,10 +330,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         except _CALL_GONE as gone:  # the status could not be sent: the client went away meanwhile
             _call_gone(call, gone)
 
-    def _unary(self, run: Behavior, method: str, rid: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def _unary(
+        self, run: Behavior, method: str, rid: str, precheck: Callable[[str, float | None], None] | None = None
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def wrapper(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(context, method, rid)
             try:
+                if precheck is not None:
+                    precheck(method, call.deadline)
                 result = await run(requests, context)
                 call.code = _code_name(context)
                 return result
