@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -81,15 +82,13 @@ async def embed_batch(
         if pixels is not None:
             pixels = [0 if i in too_big else p for i, p in enumerate(pixels)]
     qualities: list[ImageQuality | None] | None = [] if measure else None
-    if mirror:  # only asked of the encoder when wanted (wrappers in tests pass keywords through)
-        flat = await encoder.embed_images(contents, regions=list(boxes), deadline=deadline, caller=caller,
-                                          pixels=pixels, qualities=qualities, mirror=True)
-    elif qualities is not None:
-        flat = await encoder.embed_images(contents, regions=list(boxes), deadline=deadline, caller=caller,
-                                          pixels=pixels, qualities=qualities)
-    else:
-        flat = await encoder.embed_images(contents, regions=list(boxes), deadline=deadline, caller=caller,
-                                          pixels=pixels)
+    extra: dict[str, Any] = {}  # only what is wanted is asked of the encoder (test wrappers pass keywords through)
+    if qualities is not None:
+        extra["qualities"] = qualities
+    if mirror:
+        extra["mirror"] = True
+    flat = await encoder.embed_images(contents, regions=list(boxes), deadline=deadline, caller=caller, pixels=pixels,
+                                      **extra)
     out, k = [], 0
     for i, b in enumerate(boxes):
         n = len(b) if b is not None else 1

@@ -78,11 +78,9 @@ async def _search(
     the catalog version read just before the search (the answer reflects at least that version). `space`: the
     fingerprint of the model that embedded them (during a migration the catalog holds two models' spaces);
     `adapt`: image queries, re-scored by the catalog-adapted head when it is on (text queries are not)."""
-
-    def run() -> tuple[list[SearchResult], int]:
-        return _search_results(matcher, catalog, queries, params, unknown_threshold, space, adapt)
-
-    results, version = await asyncio.to_thread(run)
+    results, version = await asyncio.to_thread(
+        _search_results, matcher, catalog, queries, params, unknown_threshold, space, adapt
+    )
     return [recognition_pb(r) for r in results], version
 
 
