@@ -122,15 +122,9 @@ def _copy_many(target: BulkTarget, limit: int, by_product: dict[str, list[Export
 
 
 def _copy_references(target: CatalogBackend, pid: str, refs: list[ExportedReference], report: CopyReport) -> None:
-    hashes = []
-    for r in refs:
-        if r.content_sha256 is None:
-            report.hashed_from_embedding += 1
-        hashes.append(r.content_sha256 or embedding_hash(r.embedding))
-    have = target.existing_hashes(pid, hashes)
-    todo = [NewReference(embedding=r.embedding, source=r.source, image=r.image, content_sha256=h, region=r.region,
-                         request_id=r.request_id)
-            for r, h in zip(refs, hashes, strict=True) if r.region is not None or h not in have]
+    new = [_new_reference(r, report) for r in refs]
+    have = target.existing_hashes(pid, [n.content_sha256 or "" for n in new])
+    todo = [n for n in new if n.region is not None or n.content_sha256 not in have]
     report.skipped += len(refs) - len(todo)
     limit = target.settings.max_references_per_call
     for at in range(0, len(todo), limit):
