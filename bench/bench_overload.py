@@ -44,15 +44,28 @@ from bench.report import write_section  # noqa: E402
 from skulens.v1 import catalog_pb2, recognition_pb2, recognition_pb2_grpc  # noqa: E402
 
 
-def rss_mib(pid: int) -> float:
-    """Resident set of `pid` in MiB (0 when it is gone)."""
+def _children(pid: int) -> list[int]:
+    """PIDs of `pid`'s child processes (decode worker processes)."""
+    out: list[int] = []
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(c) for c in (task / "children").read_text().split()]
     except OSError:
         pass
-    return 0.0
+    return out
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set of `pid` and its child processes, in MiB (0 when it is gone)."""
+    total = 0.0
+    for p in (pid, *_children(pid)):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
 
 
 class PeakRss:

@@ -40,7 +40,8 @@ class ServeProcess:
         if not self.port or self.proc.poll() is not None:
             self._log.flush()
             raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
@@ -61,4 +62,7 @@ class ServeProcess:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+        # The server's decode worker processes share its stderr and leave within a second of it (a killed
+        # server's too): read to the end before closing the log.
+        self._drainer.join(timeout=10)
         self._log.close()

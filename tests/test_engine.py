@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -16,7 +19,7 @@ from skulens.imaging.errors import ImageTooLarge, InvalidImage, InvalidRegion
 from skulens.imaging.limits import DecodeLimits
 from skulens.imaging.quality import ImageQuality, luminance_std
 from skulens.inference.engine import Box, Engine
-from skulens.inference.errors import Cancelled, DeadlineExceeded, Overloaded, Unsupported
+from skulens.inference.errors import Cancelled, DeadlineExceeded, DecodeWorkerLost, Overloaded, Unsupported
 from skulens.inference.options import BatcherOptions, EncoderOptions, EngineOptions
 
 
@@ -30,6 +33,10 @@ def _options(**kw: object) -> EngineOptions:
     return EngineOptions(**base)  # type: ignore[arg-type]
 
 
+#: The decode-path tests run with decode threads and with decode worker processes: same results, same errors.
+DECODERS = pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+
+
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     return tiny_model_dir(tmp_path / "tiny")
@@ -40,8 +47,9 @@ def _engine_threads(before: frozenset[threading.Thread] = frozenset()) -> list[s
     return [t.name for t in threading.enumerate() if t.name.startswith("skulens-") and t not in before]
 
 
-async def test_per_image_results_and_errors(tiny: Path) -> None:
-    engine = Engine.load(tiny, _options(decode=DecodeLimits(max_pixels=200_000)))
+@DECODERS
+async def test_per_image_results_and_errors(tiny: Path, processes: bool) -> None:
+    engine = Engine.load(tiny, _options(decode=DecodeLimits(max_pixels=200_000), decode_processes=processes))
     good = [photo(64, 48, seed=i) for i in range(3)]
     images = [
         encode(good[0], "PNG"),
@@ -69,8 +77,45 @@ async def test_per_image_results_and_errors(tiny: Path) -> None:
     await engine.close()
 
 
-async def test_regions_give_one_result_per_box(tiny: Path) -> None:
-    engine = Engine.load(tiny, _options())
+def _child_cpu_ticks() -> dict[int, int]:
+    """user + system clock ticks of each decode worker process (spawned children of this one)."""
+    out: dict[int, int] = {}
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"spawn_main" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    continue  # multiprocessing's resource tracker
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[int(pid)] = int(fields[11]) + int(fields[12])
+    return out
+
+
+async def test_a_decode_worker_that_dies_fails_only_the_images_it_held(tiny: Path) -> None:
+    engine = Engine.load(tiny, _options(decode_processes=True, decode_workers=1))
+    data = encode(photo(1600, 1600, seed=3), "PNG", compress_level=1)
+    try:
+        workers = _child_cpu_ticks()
+        assert len(workers) == 1  # one worker process, started with the engine
+        call = asyncio.create_task(engine.embed_images([data] * 24))
+        while not call.done() and _child_cpu_ticks() == workers:  # wait until it is busy decoding
+            await asyncio.sleep(0.005)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        out = await call
+        lost = [r for r in out if isinstance(r, DecodeWorkerLost)]
+        assert lost and all(r.field is not None and r.field.endswith(".content") for r in lost)
+        assert all(isinstance(r, (np.ndarray, DecodeWorkerLost)) for r in out)
+        assert engine.stats().decode_worker_restarts == 1
+        again = await engine.embed_images([data, b"garbage"])  # the new worker serves the next call
+        assert isinstance(again[0], np.ndarray) and isinstance(again[1], InvalidImage)
+        assert set(_child_cpu_ticks()).isdisjoint(workers)
+    finally:
+        await engine.close()
+
+
+@DECODERS
+async def test_regions_give_one_result_per_box(tiny: Path, processes: bool) -> None:
+    engine = Engine.load(tiny, _options(decode_processes=processes))
     img = photo(200, 100, seed=9)
     data = encode(img, "PNG")
     out = await engine.embed_images(
@@ -89,8 +134,9 @@ async def test_regions_give_one_result_per_box(tiny: Path) -> None:
     await engine.close()
 
 
-async def test_qualities_are_measured_on_the_decoded_pixels_when_asked(tiny: Path) -> None:
-    engine = Engine.load(tiny, _options())
+@DECODERS
+async def test_qualities_are_measured_on_the_decoded_pixels_when_asked(tiny: Path, processes: bool) -> None:
+    engine = Engine.load(tiny, _options(decode_processes=processes))
     img = photo(200, 100, seed=9)
     data = encode(img, "PNG")
     qualities: list[ImageQuality | None] = []

@@ -7,6 +7,7 @@ checked exactly (a map key, a nested repeated region, stream messages with their
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from google.rpc import error_details_pb2, status_pb2
 from service_harness import SHARED, RunningServer, make_settings, pattern_image
 
 from skulens.errors import FIELD_PATH, Key, SkulensError, field_path, is_field_path, key_segment
+from skulens.imaging.errors import InvalidRegion
+from skulens.inference.errors import Overloaded
 from skulens.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recognition_pb2, recognition_pb2_grpc
 
 C = grpc.StatusCode
@@ -66,6 +69,17 @@ def test_in_stream_and_with_field_keep_the_error() -> None:
     assert (moved.field, moved.stream_index) == ("region", 4) and (err.field, err.stream_index) == ("content", None)
     assert moved.with_field("source").stream_index == 4
     assert str(moved) == "region: not an image"
+
+
+def test_errors_survive_pickling_with_their_class_field_and_attributes() -> None:
+    """A decode worker process sends its image errors back pickled: class, message, field, position and the
+    attributes a subclass's own constructor sets all arrive."""
+    shed = Overloaded("queue full", "images", retry_after_s=0.25).in_stream(2)
+    back = pickle.loads(pickle.dumps(shed))
+    assert type(back) is Overloaded and back.retry_after_s == 0.25 and back.stream_index == 2
+    assert (back.message, back.field, str(back)) == ("queue full", "images", "images: queue full")
+    bad = pickle.loads(pickle.dumps(InvalidRegion("region is 0x0 pixels", "images[1].regions[0]")))
+    assert type(bad) is InvalidRegion and bad.field == "images[1].regions[0]" and bad.args == ("region is 0x0 pixels",)
 
 
 # ---------------------------------------------------------------------------------------------- real calls

@@ -41,6 +41,7 @@ ROWS: list[tuple[BaseException, grpc.StatusCode]] = [
     (inf.DeadlineExceeded("deadline passed before inference"), C.DEADLINE_EXCEEDED),
     (inf.Cancelled("inference was cancelled"), C.CANCELLED),
     (inf.Unsupported("model has no text tower", "texts"), C.UNIMPLEMENTED),
+    (inf.DecodeWorkerLost("the decode worker process died; retry it", "images[0].content"), C.UNAVAILABLE),
     (eg.NotReady("still loading"), C.UNAVAILABLE),
     (eg.Draining("shutting down"), C.UNAVAILABLE),
     (cat.CatalogClosed(), C.UNAVAILABLE),

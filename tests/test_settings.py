@@ -158,9 +158,16 @@ def test_engine_and_catalog_options_follow_settings() -> None:
         max_top_k=50,
         default_top_k=3,
         ort_spinning=True,
+        decode_processes=False,
+        work_nice=3,
     )
     eo = s.engine_options()
     assert eo.encoder.spinning and not Settings().engine_options().encoder.spinning
+    assert (eo.decode_processes, eo.work_nice) == (False, 3)
+    served = Settings().engine_options()  # the server's defaults: decode processes, work 10 steps below the loop
+    assert (served.decode_processes, served.work_nice) == (True, 10)
+    with pytest.raises(SettingsError, match=r"--work-nice / SKULENS_WORK_NICE must be in 0..19, got 20"):
+        Settings(work_nice=20)
     assert (eo.batcher.max_batch, eo.batcher.max_wait_ms, eo.batcher.max_queue) == (4, 1.5, 9)
     assert eo.decode.max_bytes == 2 * 1024 * 1024 and eo.encoder.providers == ("CPUExecutionProvider",)
     cs = s.catalog_settings()

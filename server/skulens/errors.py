@@ -58,17 +58,27 @@ class SkulensError(Exception):
         return clone
 
     def _clone(self: _E) -> _E:
-        clone = type(self).__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        Exception.__init__(clone, self.message)
+        clone = _restore(type(self), self.message, self.__dict__)
         clone.__cause__ = self.__cause__
         return clone
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle class, message and attributes (an error crosses from a decode worker process intact)."""
+        return (_restore, (type(self), self.message, dict(self.__dict__)))
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, field={self.field!r})"
+
+
+def _restore(cls: type[_E], message: str, attrs: dict[str, object]) -> _E:
+    """Rebuild a pickled `SkulensError` without calling its (subclass-specific) constructor."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(attrs)
+    return error
 
 
 class ConfigError(SkulensError, ValueError):

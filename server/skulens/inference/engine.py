@@ -1,7 +1,8 @@
 """`Engine`: decode pool + micro-batchers + encoder for one model directory.
 
-Decoding and preprocessing run in a thread pool (Pillow releases the GIL while decoding and resizing); both
-towers share one inference thread, so image and text batches never compete for the CPU cores onnxruntime uses.
+Decoding and preprocessing run in a pool of threads or of worker processes (`decode_pool`), shared round-robin
+between callers (`fair_pool`); both towers share one inference thread, so image and text batches never compete
+for the CPU cores onnxruntime uses.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ import numpy as np
 
 from skulens.errors import SkulensError, field_path
 from skulens.imaging.errors import InvalidRegion
+from skulens.imaging.prepare import Prepared, prepare_image
 from skulens.imaging.preprocess import Box, Preprocessor
 from skulens.imaging.quality import ImageQuality
 from skulens.inference.batcher import BatcherStats, MicroBatcher
 from skulens.inference.cost_model import CostModel
+from skulens.inference.decode_pool import WorkerProcesses, decode_executor, is_lost_worker
 from skulens.inference.encoder import OnnxEncoder, ProviderReport
-from skulens.inference.errors import Cancelled, ModelLoadError, Unsupported
+from skulens.inference.errors import Cancelled, DecodeWorkerLost, ModelLoadError, Unsupported
 from skulens.inference.fair_pool import FairPool
 from skulens.inference.options import EngineOptions
+from skulens.inference.priority import work_threads
 from skulens.model.manifest import Manifest
 from skulens.model.preprocess_config import PreprocessConfig
 
@@ -57,6 +61,7 @@ class EngineStats:
     decode_errors: int
     image_batcher: BatcherStats
     text_batcher: BatcherStats | None
+    decode_worker_restarts: int = 0
 
 
 class Engine:
@@ -73,6 +78,7 @@ class Engine:
         preprocess_config: PreprocessConfig,
         tokenizer: ClipTokenizer | None,
         warmup_seconds: dict[int, float] | None = None,
+        infer_pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.options = options
@@ -82,13 +88,19 @@ class Engine:
         )
         self.tokenizer = tokenizer
         workers = options.decode_workers or os.cpu_count() or 1
-        self._decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skulens-decode")
+        self._decode_pool = decode_executor(workers, options.decode_processes, options.work_nice)
         self._fair_decode = FairPool(self._decode_pool, workers)
+        #: Tokenising and augmented views (closures, not worth a process hop) run on threads either way.
+        self._thread_pool = (
+            work_threads(workers, "skulens-decode", options.work_nice)
+            if options.decode_processes
+            else self._decode_pool
+        )
         self._costs = CostModel(decode_workers=workers)
         if warmup_seconds:
             size = max(warmup_seconds)
             self._costs.seed_inference(size, warmup_seconds[size])
-        self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skulens-infer")
+        self._infer_pool = infer_pool or work_threads(1, "skulens-infer", options.work_nice)
         self._image_batcher = MicroBatcher(
             encoder.embed_images,
             options.batcher,
@@ -114,7 +126,17 @@ class Engine:
         up at batch 1 and `max_batch`. Raises `ModelLoadError`."""
         options = options or EngineOptions()
         model_dir = Path(model_dir)
-        encoder = OnnxEncoder.load(model_dir, options.encoder)
+        # The session is made in the inference thread: onnxruntime's threads inherit its lower priority.
+        infer_pool = work_threads(1, "skulens-infer", options.work_nice)
+        try:
+            return cls._load(model_dir, options, infer_pool)
+        except BaseException:
+            infer_pool.shutdown(wait=False)
+            raise
+
+    @classmethod
+    def _load(cls, model_dir: Path, options: EngineOptions, infer_pool: ThreadPoolExecutor) -> Engine:
+        encoder = infer_pool.submit(OnnxEncoder.load, model_dir, options.encoder).result()
         manifest = encoder.manifest
         try:
             pre = PreprocessConfig.from_dict(json.loads((model_dir / manifest.preprocess_file).read_text()))
@@ -133,9 +155,9 @@ class Engine:
             t0 = time.perf_counter()
             sizes = sorted({1, options.batcher.max_batch})
             text_row = tokenizer.encode_batch([""])[0] if tokenizer is not None else None
-            warmup_seconds = encoder.warmup(sizes, text_row)
+            warmup_seconds = infer_pool.submit(encoder.warmup, sizes, text_row).result()
             log.info("warm-up at batch sizes %s took %.2f s", sizes, time.perf_counter() - t0)
-        return cls(model_dir, options, encoder, pre, tokenizer, warmup_seconds)
+        return cls(model_dir, options, encoder, pre, tokenizer, warmup_seconds, infer_pool)
 
     # -- properties ----------------------------------------------------------------------------------------
 
@@ -197,6 +219,9 @@ class Engine:
             decode_errors=self._decode_errors,
             image_batcher=self._image_batcher.stats(),
             text_batcher=self._text_batcher.stats() if self._text_batcher else None,
+            decode_worker_restarts=(
+                self._decode_pool.restarts if isinstance(self._decode_pool, WorkerProcesses) else 0
+            ),
         )
 
     # -- work ----------------------------------------------------------------------------------------------
@@ -214,31 +239,24 @@ class Engine:
                 self.model_dir,
             )
 
-    def _prepare(
-        self, data: bytes, boxes: Sequence[Box] | None, i: int, pixels: int,
-        qualities: list[ImageQuality | None] | None = None,
-    ) -> list[np.ndarray | SkulensError]:
-        """Decode + preprocess one image (runs in the decode pool); errors name ``images[i].content`` (the image)
-        or ``images[i].regions[j]`` (a box), as in `ImageInput`."""
-        field = field_path("images", i, "content")
-        if boxes is not None and not boxes:
-            return []  # no region asked for: no result, nothing to decode
-        t0 = time.perf_counter()
+    async def _prepare(
+        self, key: object, data: bytes, boxes: Sequence[Box] | None, i: int, pixels: int, measure: bool
+    ) -> Prepared:
+        """Decode + preprocess `images[i]` in `key`'s turn of the decode pool (`prepare_image`); a decode worker
+        process that died under it is `DecodeWorkerLost` in each of its slots."""
+        job = functools.partial(prepare_image, self.preprocessor, data, boxes, i, measure)
         try:
-            if qualities is not None:  # the same pixels, measured too (`embed_images(qualities=...)`)
-                measured = self.preprocessor.measured_inputs(data, boxes, field=field,
-                                                             field_prefix=field_path("images", i, "regions"))
-                qualities.extend(None if isinstance(r, SkulensError) else r[1] for r in measured)
-                out: list[np.ndarray | SkulensError] = [r if isinstance(r, SkulensError) else r[0] for r in measured]
-            elif boxes is None:
-                out = [self.preprocessor.image_tensor(data, field=field)]
-            else:
-                out = self.preprocessor.region_tensors(data, boxes, field=field,
-                                                       field_prefix=field_path("images", i, "regions"))
-        except SkulensError as exc:
-            return [exc] * (1 if boxes is None else len(boxes))
-        self._costs.observe_decode(pixels, time.perf_counter() - t0)
-        return out
+            prepared = await self._fair_decode.run(key, job, heavy=pixels >= HEAVY_DECODE_PIXELS)
+        except Exception as exc:
+            if not is_lost_worker(exc):
+                raise
+            n = 1 if boxes is None else len(boxes)
+            lost = DecodeWorkerLost("the decode worker process died while decoding this image; retry it",
+                                    field_path("images", i, "content"))
+            return Prepared([lost] * n, [None] * n if measure else None, 0.0)
+        if prepared.seconds:
+            self._costs.observe_decode(pixels, prepared.seconds)
+        return prepared
 
     async def embed_images(
         self,
@@ -278,22 +296,14 @@ class Engine:
             pixels = [self.preprocessor.decode_pixels(data) for data in images]  # header only
         elif len(pixels) != len(images):
             raise ValueError(f"{len(pixels)} pixel counts for {len(images)} images")
-        measured: list[list[ImageQuality | None]] | None = None if qualities is None else [[] for _ in images]
+        measure = qualities is not None
         prepared = await asyncio.gather(
-            *(
-                self._fair_decode.run(
-                    key,
-                    functools.partial(self._prepare, data, per_image[i], i, pixels[i],
-                                      None if measured is None else measured[i]),
-                    heavy=pixels[i] >= HEAVY_DECODE_PIXELS,
-                )
-                for i, data in enumerate(images)
-            )
+            *(self._prepare(key, data, per_image[i], i, pixels[i], measure) for i, data in enumerate(images))
         )
-        flat: list[np.ndarray | SkulensError] = [r for rs in prepared for r in rs]
-        if qualities is not None and measured is not None:
-            for rs, qs in zip(prepared, measured, strict=True):
-                qualities.extend(qs + [None] * (len(rs) - len(qs)))
+        flat: list[np.ndarray | SkulensError] = [r for p in prepared for r in p.inputs]
+        if qualities is not None:
+            for p in prepared:
+                qualities.extend(p.qualities or [])
         ok = [k for k, r in enumerate(flat) if isinstance(r, np.ndarray)]
         tensors = [r for r in flat if isinstance(r, np.ndarray)]
         self._decode_errors += len(flat) - len(ok)
@@ -327,7 +337,7 @@ class Engine:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         loop = asyncio.get_running_loop()
-        tokens = await loop.run_in_executor(self._decode_pool, self.tokenizer.encode_batch, list(texts))
+        tokens = await loop.run_in_executor(self._thread_pool, self.tokenizer.encode_batch, list(texts))
         ids = np.asarray(tokens, dtype=np.int64)
         futures = self._text_batcher.submit_many(list(ids), deadline=deadline)
         rows = await asyncio.gather(*futures)
@@ -351,7 +361,7 @@ class Engine:
             img = decoded.image if region is None else self.preprocessor.crop(decoded, region, "region")
             return [self.preprocessor.transform(v) for v in views(img)]
 
-        tensors = await asyncio.get_running_loop().run_in_executor(self._decode_pool, prepare)
+        tensors = await asyncio.get_running_loop().run_in_executor(self._thread_pool, prepare)
         if not tensors:
             return np.zeros((0, self.dim), dtype=np.float32)
         rows = await asyncio.gather(*self._image_batcher.submit_many(tensors, deadline=deadline))
@@ -372,6 +382,8 @@ class Engine:
             await self._text_batcher.close(drain=drain)
         self._infer_pool.shutdown(wait=True)
         self._decode_pool.shutdown(wait=True, cancel_futures=not drain)
+        if self._thread_pool is not self._decode_pool:
+            self._thread_pool.shutdown(wait=True, cancel_futures=not drain)
 
 
 def _mean_unit(a: object, b: object) -> object:

@@ -31,6 +31,10 @@ class Cancelled(InferenceError):
     """The work was cancelled (caller went away, or the engine is shutting down)."""
 
 
+class DecodeWorkerLost(InferenceError):
+    """The decode worker process holding this image died (a decoder crash, the OOM killer); retry the image."""
+
+
 class Unsupported(InferenceError):
     """The model cannot do this (e.g. text search on an image-only model)."""
 

@@ -60,6 +60,10 @@ class EngineOptions:
     `fast_decode`: decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) while the shortest side stays
     ≥ `draft_factor` × the model's input size, then resize exactly as the exact path (docs/BENCHMARKS.md
     has the measured cosine against the exact path). `decode_workers=None` means `os.cpu_count()`.
+    `decode_processes`: run the `decode_workers` decoders as worker processes instead of threads
+    (`skulens.inference.decode_pool`; they are spawned, so a script that builds an engine with them needs the
+    usual ``if __name__ == "__main__":`` guard). `work_nice`: decoders, the inference thread and onnxruntime's
+    threads run that many nice steps below the serving loop (`skulens.inference.priority`).
     """
 
     decode: DecodeLimits = field(default_factory=DecodeLimits)
@@ -69,6 +73,8 @@ class EngineOptions:
     fast_decode: bool = True
     draft_factor: float = 2.0
     decode_workers: int | None = None
+    decode_processes: bool = False
+    work_nice: int = 0
     random_weights_warn_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -76,3 +82,5 @@ class EngineOptions:
             raise ValueError(f"draft_factor must be >= 1.0, got {self.draft_factor}")
         if self.decode_workers is not None and self.decode_workers < 1:
             raise ValueError(f"decode_workers must be >= 1, got {self.decode_workers}")
+        if not 0 <= self.work_nice <= 19:
+            raise ValueError(f"work_nice must be in 0..19, got {self.work_nice}")

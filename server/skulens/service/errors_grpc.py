@@ -18,6 +18,7 @@ it becomes INTERNAL with a generic text and its traceback goes to the log only.
 | Cancelled                                                 | CANCELLED           |
 | Unsupported (e.g. text on an image-only model)            | UNIMPLEMENTED       |
 | NotReady, Draining, CatalogClosed, CatalogBehind, CatalogUnavailable | UNAVAILABLE |
+| DecodeWorkerLost (a decode worker process died)           | UNAVAILABLE         |
 | catalog CatalogCorrupt (store or snapshot damaged)        | DATA_LOSS           |
 | Unauthenticated                                           | UNAUTHENTICATED     |
 | PermissionDenied                                          | PERMISSION_DENIED   |
@@ -109,6 +110,7 @@ STATUS_TABLE: dict[type[SkulensError], grpc.StatusCode] = {
     inf.DeadlineExceeded: C.DEADLINE_EXCEEDED,
     inf.Cancelled: C.CANCELLED,
     inf.Unsupported: C.UNIMPLEMENTED,
+    inf.DecodeWorkerLost: C.UNAVAILABLE,
     NotReady: C.UNAVAILABLE,
     Draining: C.UNAVAILABLE,
     CatalogBehind: C.UNAVAILABLE,

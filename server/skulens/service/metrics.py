@@ -61,6 +61,9 @@ class _LiveCollector(Collector):
         refused = CounterMetricFamily(
             "skulens_admission_refused", "Work refused at admission, before decoding", labels=["reason"]
         )
+        restarts = CounterMetricFamily(
+            "skulens_decode_worker_restarts", "Times the decode worker processes were replaced after one died"
+        )
         try:
             if self.admission_stats is not None:
                 ad = self.admission_stats()
@@ -72,16 +75,18 @@ class _LiveCollector(Collector):
             if self.queue_depth is not None:
                 depth.add_metric([], float(self.queue_depth()))
             if self.engine_stats is not None:
-                hist = getattr(self.engine_stats().image_batcher, "batch_size_histogram", {}) or {}
+                es = self.engine_stats()
+                hist = getattr(es.image_batcher, "batch_size_histogram", {}) or {}
                 for size, count in sorted(hist.items()):
                     batches.add_metric([str(size)], float(count))
+                restarts.add_metric([], float(getattr(es, "decode_worker_restarts", 0)))
             if self.catalog_stats is not None:
                 st = self.catalog_stats()
                 products.add_metric([], float(st.products))
                 refs.add_metric([], float(st.references))
         except Exception:  # a scrape must never take the endpoint down
             log.warning("metrics collection failed", exc_info=True)
-        yield from (depth, batches, products, refs, backlog, calls, held, refused)
+        yield from (depth, batches, products, refs, backlog, calls, held, refused, restarts)
 
 
 class Metrics:

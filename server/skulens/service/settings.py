@@ -272,7 +272,15 @@ class Settings:
         1024, "images queued for the model before RESOURCE_EXHAUSTED", int, group="inference"
     )
     decode_workers: int | None = _opt(
-        None, "image decode threads (default: CPU count)", _opt_int, group="inference"
+        None, "image decoders, threads or processes (default: CPU count)", _opt_int, group="inference"
+    )
+    decode_processes: bool = _opt(
+        True, "decode in worker processes, not threads (the gRPC loop keeps its interpreter lock under overload)",
+        parse_bool, group="inference",
+    )
+    work_nice: int = _opt(
+        10, "nice steps below the gRPC loop for decode, inference and onnxruntime threads (0-19)", int,
+        group="inference",
     )
     # -- admission (server/admission.py): refuse before decoding, keep goodput under overload
     max_concurrent_calls: int = _opt(
@@ -443,6 +451,8 @@ class Settings:
 
         if not 0 <= self.port <= 65535:
             raise bad("port", "in 0..65535")
+        if not 0 <= self.work_nice <= 19:
+            raise bad("work_nice", "in 0..19")
         if not 0.0 <= self.catalog_wait_ms <= 600_000.0:
             raise bad("catalog_wait_ms", "in 0..600000")
         if not 0.01 <= self.migration_poll_seconds <= 3600.0:
@@ -660,6 +670,8 @@ class Settings:
             ),
             fast_decode=self.fast_decode,
             decode_workers=self.decode_workers,
+            decode_processes=self.decode_processes,
+            work_nice=self.work_nice,
         )
 
     def admission_options(self) -> AdmissionOptions:
