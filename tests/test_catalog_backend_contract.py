@@ -706,6 +706,9 @@ def test_filters_follow_replaced_and_deleted_products(backend: CatalogBackend) -
         (res,) = backend.search(q, top_k=6, **filters)
         assert [(m.product_id, m.display_name, m.reference_id) for m in res.matches] == [
             ("sku-002", "Renamed", ids["sku-002"][0])]
+    backend.delete_reference(ids["sku-003"][0])  # a deleted reference of a product the filter keeps
+    (res,) = backend.search(refs[3, 0], top_k=6, category="drinks")
+    assert [m.reference_id for m in res.matches if m.product_id == "sku-003"] == [ids["sku-003"][1]]
     backend.delete_product("sku-002")
     assert backend.search(q, top_k=6, category="snacks")[0].matches == []
     backend.upsert_product("sku-002", category="snacks")  # same id again, no references

@@ -244,6 +244,8 @@ class Engine:
     ) -> Prepared:
         """Decode + preprocess `images[i]` in `key`'s turn of the decode pool (`prepare_image`); a decode worker
         process that died under it is `DecodeWorkerLost` in each of its slots."""
+        if boxes is not None and not boxes:
+            return Prepared([], [] if measure else None, 0.0)  # no region asked for: nothing to decode
         job = functools.partial(prepare_image, self.preprocessor, data, boxes, i, measure)
         try:
             prepared = await self._fair_decode.run(key, job, heavy=pixels >= HEAVY_DECODE_PIXELS)
