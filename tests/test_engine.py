@@ -21,6 +21,7 @@ from skulens.imaging.quality import ImageQuality, luminance_std
 from skulens.inference.engine import Box, Engine
 from skulens.inference.errors import Cancelled, DeadlineExceeded, DecodeWorkerLost, Overloaded, Unsupported
 from skulens.inference.options import BatcherOptions, EncoderOptions, EngineOptions
+from skulens.inference.priority import thread_nice
 
 
 def _options(**kw: object) -> EngineOptions:
@@ -224,6 +225,30 @@ async def test_cancelled_request_is_dropped(tiny: Path) -> None:
     stats = engine.stats().image_batcher
     assert stats.dropped_cancelled == 2 and stats.items == 1
     await engine.close()
+
+
+def _thread_nices() -> dict[str, int]:
+    """Nice value of each thread of this process, by thread id."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            out[task.name] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    return out
+
+
+async def test_work_threads_and_onnxruntime_threads_run_below_the_caller(tiny: Path) -> None:
+    before = _thread_nices()
+    base = thread_nice()
+    engine = Engine.load(tiny, _options(work_nice=3, encoder=EncoderOptions(intra_op_threads=2)))
+    try:
+        await engine.embed_images([encode(photo(64, 48), "PNG")] * 4)  # starts the decode threads
+        new = {tid: nice for tid, nice in _thread_nices().items() if tid not in before}
+        # the inference thread, onnxruntime's second intra-op thread (made with the session, in the inference
+        # thread) and the two decode threads; the caller (the event loop's thread) keeps its priority
+        assert sum(nice == min(19, base + 3) for nice in new.values()) >= 4, new
+        assert thread_nice() == base
+    finally:
+        await engine.close()
 
 
 async def test_properties_text_unsupported_random_warning_and_close(
