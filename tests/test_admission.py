@@ -202,6 +202,7 @@ def test_server_sheds_at_once_with_pushback_when_the_queue_budget_is_spent(
         assert len(first.result(60).results) == 8
         with srv.client() as c:  # the books are clear again
             assert c.recognize([image_input(pattern_image(1))]).results[0].status.code == 0
+        assert srv.registry.get_sample_value("skulens_admission_slowdown") == 1.0  # nothing was queued behind work
     finally:
         held.open()
         srv.stop()
@@ -325,3 +326,67 @@ def test_enrolment_waits_for_room_instead_of_failing(held: GatedEngine, tmp_path
     finally:
         held.open()
         srv.stop()
+
+
+class _Clock:
+    """A hand-moved clock for the admission books."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_work_slower_than_expected_raises_the_expected_wait() -> None:
+    clock = _Clock()
+    ad = Admission(AdmissionOptions(queue_budget_s=1.0), clock=clock)
+    costs = _costs()  # 0.1 s a model input
+    assert ad.slowdown == 1.0
+    first = ad.admit(costs, items=1)  # nothing ahead: not learned from
+    with ad.admit(costs, items=1):  # one ahead: expected 0.1 s wait + 0.1 s own
+        clock.now += 0.8  # took four times as long
+    assert ad.slowdown == pytest.approx(4.0 ** Admission.SLOWDOWN_ALPHA)
+    for _ in range(200):
+        with ad.admit(costs, items=1):
+            clock.now += 0.2 * 4.0 / 1.0  # keeps taking four times the uncorrected expectation
+    ad.release(first, done=True)
+    assert ad.slowdown == pytest.approx(4.0, rel=0.05)  # converges to the real factor
+    assert ad.expected_wait(0.1) == 0.0  # nothing on the books
+    held = [ad.admit(costs, items=1) for _ in range(3)]  # the third waits 2 × 0.1 s × 4 = 0.8 s <= 1 s
+    with pytest.raises(Shed, match="expected wait 1200 ms"):
+        ad.admit(costs, items=1)  # 3 × 0.1 s × 4 = 1.2 s > 1 s: refused, where 0.3 s would have passed
+    for t in held:
+        ad.release(t)
+    assert ad.stats().slowdown == ad.slowdown
+
+
+def test_only_normally_finished_queued_work_teaches_the_slowdown() -> None:
+    clock = _Clock()
+    ad = Admission(AdmissionOptions(queue_budget_s=100.0), clock=clock)
+    costs = _costs()
+    ahead = ad.admit(costs, items=1)
+    with pytest.raises(RuntimeError), ad.admit(costs, items=1):  # failed (or cancelled): says nothing of speed
+        clock.now += 5.0
+        raise RuntimeError("decode failed")
+    ad.release(ad.admit(costs, items=1))  # released by hand without done=True
+    assert ad.slowdown == 1.0
+    with ad.admit(costs, items=1):
+        clock.now += 0.01  # much faster than expected: the factor falls, but not under its bound
+    assert ad.slowdown < 1.0
+    for _ in range(500):
+        with ad.admit(costs, items=1):
+            clock.now += 0.001
+    assert ad.slowdown == pytest.approx(Admission.SLOWDOWN_BOUNDS[0])
+    ad.release(ahead)
+
+
+async def test_enrolment_waiting_for_room_does_not_teach_the_slowdown() -> None:
+    clock = _Clock()
+    ad = Admission(AdmissionOptions(queue_budget_s=100.0), clock=clock)
+    costs = _costs()
+    ahead = ad.admit(costs, items=1)
+    with await ad.admit_waiting(costs, items=1, deadline=None):
+        clock.now += 30.0  # catalog writes take their time; not the model's speed
+    assert ad.slowdown == 1.0
+    ad.release(ahead)

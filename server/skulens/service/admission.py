@@ -18,6 +18,13 @@ asks for a `Ticket` before a byte is decoded. The checks, cheapest first:
 `precheck` runs 1, 3 and 5 for a request's least possible cost (one model input) before its body is read: an
 overloaded server refuses a call without receiving or parsing its images.
 
+The expected wait is corrected by what admitted work really took: each ticket admitted behind other work and
+released without an error compares its time from admission to release with what was expected then (wait + own
+cost), and a running
+`slowdown` factor (geometric moving average, bounded to 0.5-8) scales every later expectation. The cost model
+measures the machine's speed at its work; under overload part of the machine goes to taking calls in and refusing
+them, so work is slower than that: without the correction, calls admitted within a 1 s budget waited 1.2-1.9 s.
+
 A refusal by 1, 2, 3 or 5 is `Shed` (RESOURCE_EXHAUSTED) carrying `retry_after_s`, the time the backlog needs
 to drain to the budget, which the gRPC layer sends as the standard `grpc-retry-pushback-ms` trailer. A ticket
 adds its cost to the backlog until released. Use from one asyncio event loop.
@@ -54,13 +61,15 @@ class Ticket:
     work: bool = True
     released: bool = field(default=False)
     owner: Admission | None = field(default=None, repr=False, compare=False)
+    admitted_at: float = 0.0  # the admission clock's time at admission
+    expected_s: float = 0.0  # expected seconds to done at admission (wait + own cost); 0: not learned from
 
     def __enter__(self) -> Ticket:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if self.owner is not None:
-            self.owner.release(self)
+            self.owner.release(self, done=exc_type is None)
 
 
 @dataclass(frozen=True)
@@ -71,13 +80,20 @@ class AdmissionStats:
     inflight_bytes: int
     backlog_s: float
     refused: dict[str, int]
+    slowdown: float = 1.0
 
 
 class Admission:
     """The books of admitted work and the checks above; one per server."""
 
-    def __init__(self, options: AdmissionOptions | None = None) -> None:
+    #: Weight of one finished ticket in the slowdown factor, and the factor's bounds.
+    SLOWDOWN_ALPHA = 0.05
+    SLOWDOWN_BOUNDS = (0.5, 8.0)
+
+    def __init__(self, options: AdmissionOptions | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options or AdmissionOptions()
+        self._clock = clock
+        self._slowdown = 1.0
         self._calls = 0
         self._bytes = 0
         self._backlog = 0.0
@@ -93,7 +109,12 @@ class Admission:
 
     def stats(self) -> AdmissionStats:
         """A snapshot of the books."""
-        return AdmissionStats(self._calls, self._bytes, self.backlog_s, dict(self._refused))
+        return AdmissionStats(self._calls, self._bytes, self.backlog_s, dict(self._refused), self._slowdown)
+
+    @property
+    def slowdown(self) -> float:
+        """How much longer admitted work has been taking than the cost model expected (1.0: as expected)."""
+        return self._slowdown
 
     def _shed(self, reason: str, message: str, retry_after_s: float) -> Shed:
         self._refused[reason] = self._refused.get(reason, 0) + 1
@@ -123,7 +144,7 @@ class Admission:
         """Seconds a new piece of work of `cost_s` can expect to wait: the whole backlog if work were served
         first come first served, but decoding is shared round-robin, so at most one turn behind each piece of
         work on the books (`tickets` × its own cost) — a costly request does not make small ones wait for it."""
-        return min(self.backlog_s, self._tickets * cost_s)
+        return min(self.backlog_s, self._tickets * cost_s) * self._slowdown
 
     def _check_queue(self, cost_s: float) -> None:
         wait = self.expected_wait(cost_s)
@@ -138,8 +159,8 @@ class Admission:
     def _check_deadline(self, cost_s: float, deadline: float | None) -> None:
         if deadline is None:
             return
-        remaining = deadline - time.monotonic()
-        expected = self.expected_wait(cost_s) + cost_s
+        remaining = deadline - self._clock()
+        expected = self.expected_wait(cost_s) + cost_s * self._slowdown
         if expected > remaining * self.options.deadline_headroom:
             raise self._shed(
                 "deadline",
@@ -159,6 +180,7 @@ class Admission:
         new_call: bool = True,
         check_pixels: bool = True,
         field: str = "images",
+        learn: bool = True,
     ) -> Ticket:
         """All five checks, then book the work; raises `Shed` or `TooMany` (pixel budget, naming `field`).
 
@@ -166,6 +188,8 @@ class Admission:
         queue for the request's least possible cost, its model inputs alone) have passed.
         `new_call=False` books work of a call already counted (a stream's image). `check_pixels=False` skips
         the per-request pixel budget (enrolment chunks: each image is held to the per-image limits instead).
+        `learn=False`: the ticket's time is not compared with the expectation (work that also does other things,
+        e.g. catalog writes).
         """
         self._check_calls_and_bytes(nbytes, new_call)
         self._check_queue(costs.estimate(items, 0))
@@ -180,11 +204,13 @@ class Admission:
         cost = costs.estimate(items, npix)
         self._check_queue(cost)
         self._check_deadline(cost, deadline)
+        # learned from only when work was waiting already: how fast a queue drains is what the factor corrects
+        expected = self.expected_wait(cost) + cost * self._slowdown if learn and self._tickets else 0.0
         self._calls += 1 if new_call else 0
         self._bytes += nbytes
         self._backlog += cost
         self._tickets += 1
-        return Ticket(cost, nbytes, new_call, owner=self)
+        return Ticket(cost, nbytes, new_call, owner=self, admitted_at=self._clock(), expected_s=expected)
 
     def precheck(self, costs: CostModel, deadline: float | None = None) -> None:
         """Refuse (`Shed`) a new embedding call that even its least possible work (one model input, no pixels)
@@ -208,22 +234,28 @@ class Admission:
         Gives up with `Shed` when `deadline` passes first; `TooMany` is raised at once."""
         while True:
             try:
-                return self.admit(costs, deadline=None, **kw)  # type: ignore[arg-type]
+                return self.admit(costs, deadline=None, learn=False, **kw)  # type: ignore[arg-type]
             except Shed:
-                if deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and self._clock() >= deadline:
                     raise
             if self._changed is None:
                 self._changed = asyncio.Event()
             self._changed.clear()
-            timeout = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+            timeout = 0.25 if deadline is None else max(0.0, min(0.25, deadline - self._clock()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
-    def release(self, ticket: Ticket) -> None:
-        """Take finished (or failed, or cancelled) work off the books; idempotent."""
+    def release(self, ticket: Ticket, *, done: bool = False) -> None:
+        """Take finished (or failed, or cancelled) work off the books; idempotent. `done`: the work ended
+        normally, so its time updates the slowdown factor (a ticket used as a context manager says so itself)."""
         if ticket.released:
             return
         ticket.released = True
+        if done and ticket.work and ticket.expected_s > 0.0:
+            took = max(1e-6, self._clock() - ticket.admitted_at)
+            ratio = min(max(took / ticket.expected_s, 0.1), 10.0)
+            low, high = self.SLOWDOWN_BOUNDS
+            self._slowdown = min(high, max(low, self._slowdown * ratio**self.SLOWDOWN_ALPHA))
         self._calls -= 1 if ticket.counts_call else 0
         self._bytes -= ticket.nbytes
         self._backlog -= ticket.cost_s

@@ -58,6 +58,9 @@ class _LiveCollector(Collector):
         backlog = GaugeMetricFamily("skulens_admission_backlog_seconds", "Expected seconds of admitted work")
         calls = GaugeMetricFamily("skulens_admission_calls", "Embedding calls admitted and running")
         held = GaugeMetricFamily("skulens_admission_inflight_bytes", "Image bytes held by admitted work")
+        slowdown = GaugeMetricFamily(
+            "skulens_admission_slowdown", "How much longer admitted work takes than the cost model expects"
+        )
         refused = CounterMetricFamily(
             "skulens_admission_refused", "Work refused at admission, before decoding", labels=["reason"]
         )
@@ -70,6 +73,7 @@ class _LiveCollector(Collector):
                 backlog.add_metric([], float(ad.backlog_s))
                 calls.add_metric([], float(ad.calls))
                 held.add_metric([], float(ad.inflight_bytes))
+                slowdown.add_metric([], float(ad.slowdown))
                 for reason, n in sorted(ad.refused.items()):
                     refused.add_metric([reason], float(n))
             if self.queue_depth is not None:
@@ -86,7 +90,7 @@ class _LiveCollector(Collector):
                 refs.add_metric([], float(st.references))
         except Exception:  # a scrape must never take the endpoint down
             log.warning("metrics collection failed", exc_info=True)
-        yield from (depth, batches, products, refs, backlog, calls, held, refused, restarts)
+        yield from (depth, batches, products, refs, backlog, calls, held, slowdown, refused, restarts)
 
 
 class Metrics:
