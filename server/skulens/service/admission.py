@@ -18,12 +18,12 @@ asks for a `Ticket` before a byte is decoded. The checks, cheapest first:
 `precheck` runs 1, 3 and 5 for a request's least possible cost (one model input) before its body is read: an
 overloaded server refuses a call without receiving or parsing its images.
 
-The expected wait is corrected by what admitted work really took: each ticket admitted behind other work and
-released without an error compares its time from admission to release with what was expected then (wait + own
-cost), and a running
-`slowdown` factor (geometric moving average, bounded to 0.5-8) scales every later expectation. The cost model
-measures the machine's speed at its work; under overload part of the machine goes to taking calls in and refusing
-them, so work is slower than that: without the correction, calls admitted within a 1 s budget waited 1.2-1.9 s.
+The expected wait is corrected by what admitted work really took: each ticket admitted behind an expected wait
+of at least a quarter of the budget and released without an error compares its time from admission to release
+with what was expected then (wait + own cost), and a running `slowdown` factor (geometric moving average, bounded
+to 0.5-8) scales every later expectation. The cost model measures the machine's speed at its work; under overload
+part of the machine goes to taking calls in and refusing them, so work is slower than that: without the
+correction, calls admitted within a 1 s budget waited 1.2-1.9 s.
 
 A refusal by 1, 2, 3 or 5 is `Shed` (RESOURCE_EXHAUSTED) carrying `retry_after_s`, the time the backlog needs
 to drain to the budget, which the gRPC layer sends as the standard `grpc-retry-pushback-ms` trailer. A ticket
@@ -89,6 +89,8 @@ class Admission:
     #: Weight of one finished ticket in the slowdown factor, and the factor's bounds.
     SLOWDOWN_ALPHA = 0.05
     SLOWDOWN_BOUNDS = (0.5, 8.0)
+    #: Work admitted behind an expected wait of at least this share of the queue budget teaches the factor.
+    LEARN_FROM_BUDGET_SHARE = 0.25
 
     def __init__(self, options: AdmissionOptions | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options or AdmissionOptions()
@@ -204,8 +206,13 @@ class Admission:
         cost = costs.estimate(items, npix)
         self._check_queue(cost)
         self._check_deadline(cost, deadline)
-        # learned from only when work was waiting already: how fast a queue drains is what the factor corrects
-        expected = self.expected_wait(cost) + cost * self._slowdown if learn and self._tickets else 0.0
+        # learned from only behind a queue worth a share of the budget: that is where refusals are decided, and
+        # where one micro-batch in progress (which a call behind one or two others waits for whole) is a small
+        # part of the wait (learning from short queues too drove the factor to 3-8 and refused a closed loop
+        # of 32 callers that waited 0.4 s)
+        wait = self.expected_wait(cost)
+        learned = learn and wait >= self.LEARN_FROM_BUDGET_SHARE * self.options.queue_budget_s
+        expected = wait + cost * self._slowdown if learned else 0.0
         self._calls += 1 if new_call else 0
         self._bytes += nbytes
         self._backlog += cost
