@@ -7,7 +7,10 @@ client seconds later (docs/BENCHMARKS.md, overload section). `WorkerProcesses` r
 their own (spawned, never forked: the serving process has gRPC threads), started and warmed up at start,
 at the work threads' lower CPU priority (`skulens.inference.priority`). A worker that dies (a
 decoder crash, the OOM killer) fails only the decodes then in the pool, with `DecodeWorkerLost`, and a new
-pool is started for the next ones. Workers leave by themselves when the serving process dies.
+pool is started for the next ones (by the submit that finds the pool broken, which waits for the new workers to
+be ready: 80-170 ms for two workers started from a small script on this project's 2-core machine, more when the
+serving process's main module is heavier to import; a rare stall, not a lost server). Workers leave by themselves
+when the serving process dies.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ class WorkerProcesses(Executor):
         return pool
 
     def pids(self) -> list[int]:
-        """PIDs of the live worker processes."""
+        """PIDs of the live worker processes (the pool's own table: which worker ran the warm-up jobs is not
+        fixed)."""
         procs = getattr(self._pool, "_processes", None) or {}
         return sorted(int(pid) for pid in procs)
 
