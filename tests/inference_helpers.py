@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +111,16 @@ def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kwargs)
     return buf.getvalue()
+
+
+def decode_workers_cpu(pid: int | None = None) -> dict[int, int]:
+    """Decode worker processes of `pid` (default: this process) — its spawned children, not multiprocessing's
+    resource tracker — with the user + system clock ticks each has used."""
+    out: dict[int, int] = {}
+    for task in Path(f"/proc/{os.getpid() if pid is None else pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+                    out[int(child)] = int(fields[11]) + int(fields[12])
+    return out

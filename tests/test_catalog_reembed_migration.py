@@ -5,7 +5,6 @@ a switch, waiting for another back-filler's lease, and which catalogs take which
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -156,16 +155,14 @@ def test_waits_while_another_process_back_fills(postgres_server: Any, schema: st
         return fake_model(NEW.dim)(images)
 
     done: list[Any] = []
+    waiting = threading.Event()  # the run reports progress while it waits for the lease: it has started
     try:
         with server.backfill_lease() as mine:
             assert mine
             run = threading.Thread(target=lambda: done.append(
-                reembed_by_migration(pg, NEW, embed, wait_seconds=0.05)))
+                reembed_by_migration(pg, NEW, embed, wait_seconds=0.05, progress=lambda d, t: waiting.set())))
             run.start()
-            deadline = time.monotonic() + 30
-            while server.migration_state().candidate is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            assert waiting.wait(30)  # (filling before the run looked would count the references as resumed)
             pending = server.pending_references(NEW.fingerprint, limit=100)
             server.put_space_embeddings(NEW.fingerprint, [p.reference_id for p in pending],
                                         np.stack(fake_model(NEW.dim)([p.image for p in pending])))

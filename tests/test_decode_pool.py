@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from inference_helpers import encode, photo
+from inference_helpers import decode_workers_cpu, encode, photo
 from serve_process import ServeProcess
 
 from skulens.client.client import image_input
@@ -88,34 +87,22 @@ def test_workers_leave_when_the_serving_process_is_killed(tmp_path: Path) -> Non
     assert not any(_alive(p) for p in pids)
 
 
-def _spawned_children(pid: int) -> dict[int, int]:
-    """Decode worker processes of `pid` (spawned children; not multiprocessing's resource tracker): CPU ticks."""
-    out: dict[int, int] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-                    out[int(child)] = int(fields[11]) + int(fields[12])
-    return out
-
-
 def test_a_real_server_keeps_serving_when_its_decode_worker_dies(effnet_model_dir: Path, tmp_path: Path) -> None:
     """`skulens serve` with its defaults: one decode worker process (here), 10 nice steps below the server; killed
     in the middle of a call, the images it held come back UNAVAILABLE, the others OK, and the server goes on."""
     server = ServeProcess(effnet_model_dir, f"sqlite://{tmp_path / 'data'}", tmp_path / "serve.log",
                           "--decode-workers", "1")
     try:
-        workers = _spawned_children(server.proc.pid)
+        workers = decode_workers_cpu(server.proc.pid)
         assert len(workers) == 1
         (worker,) = workers
         assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, os.getpriority(os.PRIO_PROCESS, server.proc.pid) + 10)
         big = image_input(encode(photo(1600, 1600, seed=5), "PNG", compress_level=1))
         with server.client(timeout=120) as client, ThreadPoolExecutor(1) as caller:
             assert all(r.status.code == 0 for r in client.embed([big]).images)
-            busy_from = _spawned_children(server.proc.pid)[worker]
+            busy_from = decode_workers_cpu(server.proc.pid)[worker]
             call = caller.submit(client.embed, [big] * 24)
-            while not call.done() and _spawned_children(server.proc.pid).get(worker, busy_from) <= busy_from + 1:
+            while not call.done() and decode_workers_cpu(server.proc.pid).get(worker, busy_from) <= busy_from + 1:
                 time.sleep(0.005)
             os.kill(worker, signal.SIGKILL)
             codes = [r.status.code for r in call.result().images]
@@ -123,7 +110,7 @@ def test_a_real_server_keeps_serving_when_its_decode_worker_dies(effnet_model_di
             assert lost and set(codes) <= {0, grpc.StatusCode.UNAVAILABLE.value[0]}, codes
             again = client.embed([big, big])
             assert [r.status.code for r in again.images] == [0, 0]
-        assert set(_spawned_children(server.proc.pid)).isdisjoint({worker})
+        assert set(decode_workers_cpu(server.proc.pid)).isdisjoint({worker})
         assert server.proc.poll() is None
     finally:
         server.stop()

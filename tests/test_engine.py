@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inference_helpers import TINY_DIM, encode, photo, tiny_model_dir, tiny_reference
+from inference_helpers import TINY_DIM, decode_workers_cpu, encode, photo, tiny_model_dir, tiny_reference
 
 from skulens.imaging.errors import ImageTooLarge, InvalidImage, InvalidRegion
 from skulens.imaging.limits import DecodeLimits
@@ -78,27 +78,14 @@ async def test_per_image_results_and_errors(tiny: Path, processes: bool) -> None
     await engine.close()
 
 
-def _child_cpu_ticks() -> dict[int, int]:
-    """user + system clock ticks of each decode worker process (spawned children of this one)."""
-    out: dict[int, int] = {}
-    for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            with contextlib.suppress(OSError):
-                if b"spawn_main" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    continue  # multiprocessing's resource tracker
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[int(pid)] = int(fields[11]) + int(fields[12])
-    return out
-
-
 async def test_a_decode_worker_that_dies_fails_only_the_images_it_held(tiny: Path) -> None:
     engine = Engine.load(tiny, _options(decode_processes=True, decode_workers=1))
     data = encode(photo(1600, 1600, seed=3), "PNG", compress_level=1)
     try:
-        workers = _child_cpu_ticks()
+        workers = decode_workers_cpu()
         assert len(workers) == 1  # one worker process, started with the engine
         call = asyncio.create_task(engine.embed_images([data] * 24))
-        while not call.done() and _child_cpu_ticks() == workers:  # wait until it is busy decoding
+        while not call.done() and decode_workers_cpu() == workers:  # wait until it is busy decoding
             await asyncio.sleep(0.005)
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
@@ -109,7 +96,7 @@ async def test_a_decode_worker_that_dies_fails_only_the_images_it_held(tiny: Pat
         assert engine.stats().decode_worker_restarts == 1
         again = await engine.embed_images([data, b"garbage"])  # the new worker serves the next call
         assert isinstance(again[0], np.ndarray) and isinstance(again[1], InvalidImage)
-        assert set(_child_cpu_ticks()).isdisjoint(workers)
+        assert set(decode_workers_cpu()).isdisjoint(workers)
     finally:
         await engine.close()
 
