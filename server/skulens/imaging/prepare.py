@@ -32,8 +32,6 @@ def prepare_image(
     ``images[index].content`` (the image) or ``images[index].regions[j]`` (a box); `measure` adds qualities."""
     field = field_path("images", index, "content")
     prefix = field_path("images", index, "regions")
-    if boxes is not None and not boxes:
-        return Prepared([], [] if measure else None, 0.0)
     t0 = time.perf_counter()
     try:
         if measure:

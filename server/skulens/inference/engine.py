@@ -92,7 +92,7 @@ class Engine:
         self._fair_decode = FairPool(self._decode_pool, workers)
         #: Tokenising and augmented views (closures, not worth a process hop) run on threads either way.
         self._thread_pool = (
-            work_threads(workers, "skulens-decode", options.work_nice)
+            work_threads(workers, "skulens-prepare", options.work_nice)
             if options.decode_processes
             else self._decode_pool
         )

@@ -148,7 +148,12 @@ class Admission:
         work on the books (`tickets` × its own cost) — a costly request does not make small ones wait for it."""
         return min(self.backlog_s, self._tickets * cost_s) * self._slowdown
 
-    def _check_queue(self, cost_s: float) -> None:
+    def _expected_done(self, wait: float, cost_s: float) -> float:
+        """Seconds until work of `cost_s` expecting to wait `wait` is done (its own cost slowed down too)."""
+        return wait + cost_s * self._slowdown
+
+    def _check_queue(self, cost_s: float) -> float:
+        """Refuse work whose expected wait is over the budget; the expected wait."""
         wait = self.expected_wait(cost_s)
         if wait > self.options.queue_budget_s:
             raise self._shed(
@@ -157,12 +162,13 @@ class Admission:
                 f"expected wait {1000 * wait:.0f} ms, the budget is {1000 * self.options.queue_budget_s:.0f} ms",
                 self._drain_time(wait),
             )
+        return wait
 
     def _check_deadline(self, cost_s: float, deadline: float | None) -> None:
         if deadline is None:
             return
         remaining = deadline - self._clock()
-        expected = self.expected_wait(cost_s) + cost_s * self._slowdown
+        expected = self._expected_done(self.expected_wait(cost_s), cost_s)
         if expected > remaining * self.options.deadline_headroom:
             raise self._shed(
                 "deadline",
@@ -204,15 +210,14 @@ class Admission:
                 field=field,
             )
         cost = costs.estimate(items, npix)
-        self._check_queue(cost)
+        wait = self._check_queue(cost)
         self._check_deadline(cost, deadline)
         # learned from only behind a queue worth a share of the budget: that is where refusals are decided, and
         # where one micro-batch in progress (which a call behind one or two others waits for whole) is a small
         # part of the wait (learning from short queues too drove the factor to 3-8 and refused a closed loop
         # of 32 callers that waited 0.4 s)
-        wait = self.expected_wait(cost)
         learned = learn and wait >= self.LEARN_FROM_BUDGET_SHARE * self.options.queue_budget_s
-        expected = wait + cost * self._slowdown if learned else 0.0
+        expected = self._expected_done(wait, cost) if learned else 0.0
         self._calls += 1 if new_call else 0
         self._bytes += nbytes
         self._backlog += cost
