@@ -5,17 +5,19 @@ again afterwards (also after a failure), searches answer right meanwhile and aft
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
 from catalog_helpers import unit
 from pg_fixture import PgServer
+from psycopg import sql
 
 from skulens.catalog import CatalogSettings, NewReference
-from skulens.catalog.errors import NotFound
+from skulens.catalog.errors import InvalidArgument, NotFound
 from skulens.catalog.postgres import PostgresCatalog
-from skulens.catalog.postgres_bulk import BUILD_MEMORY_MAX, BUILD_MEMORY_MIN, build_memory, should_defer
+from skulens.catalog.postgres_bulk import BUILD_MEMORY_MIN, build_memory, should_defer
 
 DIM = 16
 FP = "bulk-test/16"
@@ -36,9 +38,13 @@ def _load(cat: PostgresCatalog, refs: np.ndarray, first: int = 0) -> None:
 
 
 def test_memory_and_the_decision() -> None:
-    assert build_memory(0, 512, 32) == BUILD_MEMORY_MIN
-    assert build_memory(100_000, 512, 32) == int(100_000 * (4 * 512 + 2 * 32 * 16 + 200) * 1.25)
-    assert build_memory(10_000_000, 512, 32) == BUILD_MEMORY_MAX
+    most = CatalogSettings().index_build_memory_mb << 20
+    assert most == 1 << 30
+    assert build_memory(0, 512, 32, most) == BUILD_MEMORY_MIN
+    assert build_memory(100_000, 512, 32, most) == int(100_000 * (4 * 512 + 2 * 32 * 16 + 200) * 1.25)
+    assert build_memory(10_000_000, 512, 32, most) == most
+    assert build_memory(1_000_000, 512, 32, 8 << 30) == int(1_000_000 * (4 * 512 + 2 * 32 * 16 + 200) * 1.25)
+    assert build_memory(0, 512, 32, 2 << 20) == 2 << 20  # the setting wins over the minimum
     assert should_defer(0, 1) and should_defer(999, 1000)
     assert not should_defer(1000, 1000) and not should_defer(0, 0)
 
@@ -98,3 +104,22 @@ def test_open_builds_an_index_a_dead_loader_left_missing(pg_opener: Open, postgr
     postgres_server.execute(f'DROP INDEX "{cat.schema}"."{cat.index_name()}"')  # as a loader killed mid-load
     again = pg_opener()
     assert _has_index(postgres_server, again) and again.stats().references == 6
+
+
+@pytest.mark.parametrize(("most_mb", "asked"), [(2, "2MB"), (1024, "64MB")])
+def test_an_index_build_asks_for_at_most_the_configured_memory(pg_opener: Open, most_mb: int, asked: str) -> None:
+    settings = CatalogSettings(index_build_memory_mb=most_mb)
+    cat = pg_opener(settings=settings, exact_limit=0)
+    cat.upsert_product("p")
+    cat.add_references("p", [NewReference(v) for v in unit(np.random.default_rng(1).standard_normal((3, DIM)))])
+
+    def rebuild(conn: Any) -> str:  # the build's transaction: the index dropped and created again in it
+        conn.execute("SET LOCAL maintenance_work_mem = '1MB'")  # under both, so that the build's own one shows
+        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(cat.schema, cat.index_name())))
+        cat._schema.create_index(conn, settings)
+        return str(conn.execute("SHOW maintenance_work_mem").fetchone()[0])
+
+    # 3 rows want less than the 64 MB floor: the build asks for the floor, or for the setting when it is lower
+    assert cat._db.run(rebuild) == asked
+    with pytest.raises(InvalidArgument, match="index_build_memory_mb must be >= 1"):
+        CatalogSettings(index_build_memory_mb=0)

@@ -76,6 +76,8 @@ def test_every_field_has_a_flag_or_is_env_only() -> None:
         ({"SKULENS_HEAD_RIDGE": "0"}, "--head-ridge / SKULENS_HEAD_RIDGE must be in (0, 1000]"),
         ({"SKULENS_HEAD_MIN_REFERENCES": "0"}, "SKULENS_HEAD_MIN_REFERENCES must be in 1..1000000"),
         ({"SKULENS_AUGMENT_QUIET_SECONDS": "-1"}, "SKULENS_AUGMENT_QUIET_SECONDS must be in [0, 3600]"),
+        ({"SKULENS_INDEX_BUILD_MEMORY_MB": "0"},
+         "--index-build-memory-mb / SKULENS_INDEX_BUILD_MEMORY_MB must be >= 1"),
         ({"SKULENS_CATALOG_CACHE": "redis"}, "--catalog-cache / SKULENS_CATALOG_CACHE must be none or faiss"),
         ({"SKULENS_CATALOG_CACHE": "faiss", "SKULENS_DATA_DIR": "/tmp/c"}, "--catalog-cache needs a shared catalog"),
         ({"SKULENS_CATALOG_CACHE": "faiss"}, "--catalog-cache needs a shared catalog"),
@@ -160,6 +162,7 @@ def test_engine_and_catalog_options_follow_settings() -> None:
         ort_spinning=True,
         decode_processes=False,
         work_nice=3,
+        index_build_memory_mb=4096,
     )
     eo = s.engine_options()
     assert eo.encoder.spinning and not Settings().engine_options().encoder.spinning
@@ -171,12 +174,14 @@ def test_engine_and_catalog_options_follow_settings() -> None:
     assert (eo.batcher.max_batch, eo.batcher.max_wait_ms, eo.batcher.max_queue) == (4, 1.5, 9)
     assert eo.decode.max_bytes == 2 * 1024 * 1024 and eo.encoder.providers == ("CPUExecutionProvider",)
     cs = s.catalog_settings()
-    assert (cs.unknown_threshold, cs.ambiguity_margin, cs.synchronous, cs.max_top_k) == (
+    assert (cs.unknown_threshold, cs.ambiguity_margin, cs.synchronous, cs.max_top_k, cs.index_build_memory_mb) == (
         0.5,
         0.1,
         "NORMAL",
         50,
+        4096,
     )
+    assert Settings().catalog_settings().index_build_memory_mb == 1024
     assert Settings().engine_options().encoder.providers is None
 
 

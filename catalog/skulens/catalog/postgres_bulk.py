@@ -32,14 +32,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUILD_MEMORY_MIN = 64 << 20  # PostgreSQL's default maintenance_work_mem
-BUILD_MEMORY_MAX = 1 << 30  # an index build never asks for more (1M 512-d vectors would want about 4 GB)
 
 
-def build_memory(rows: int, dim: int, m: int) -> int:
+def build_memory(rows: int, dim: int, m: int, most: int) -> int:
     """Bytes of `maintenance_work_mem` that pgvector's in-memory HNSW build of `rows` vectors wants (the vector and
-    up to 2m neighbour links of each, with a quarter to spare), within [BUILD_MEMORY_MIN, BUILD_MEMORY_MAX]."""
+    up to 2m neighbour links of each, with a quarter to spare), at least BUILD_MEMORY_MIN and at most `most` (the
+    settings' `index_build_memory_mb`)."""
     need = int(rows * (4 * dim + 2 * m * 16 + 200) * 1.25)
-    return max(BUILD_MEMORY_MIN, min(BUILD_MEMORY_MAX, need))
+    return min(most, max(BUILD_MEMORY_MIN, need))
 
 
 def should_defer(indexed: int, expected: int) -> bool:
@@ -68,4 +68,4 @@ def deferred_index(db: Database, schema: CatalogSchema, settings: CatalogSetting
                  time.perf_counter() - t0)
 
 
-__all__ = ["BUILD_MEMORY_MAX", "BUILD_MEMORY_MIN", "build_memory", "deferred_index", "should_defer"]
+__all__ = ["BUILD_MEMORY_MIN", "build_memory", "deferred_index", "should_defer"]

@@ -273,7 +273,7 @@ class CatalogSchema:
         rows = int(one_row(conn.execute(self.q("SELECT count(*) FROM {embeddings} WHERE fingerprint = {fp}")))[0])
         conn.execute("SELECT set_config('maintenance_work_mem', greatest(pg_size_bytes(current_setting("
                      "'maintenance_work_mem')) / 1024, %s)::text || 'kB', true)",
-                     (postgres_bulk.build_memory(rows, self.dim, m) // 1024,))
+                     (postgres_bulk.build_memory(rows, self.dim, m, settings.index_build_memory_mb << 20) // 1024,))
         conn.execute(sql.SQL(
             "CREATE INDEX IF NOT EXISTS {index} ON {embeddings} USING hnsw ((embedding::vector({dim})) "
             "vector_ip_ops) WITH (m = {m}, ef_construction = {efc}) WHERE fingerprint = {fp}").format(

@@ -37,6 +37,9 @@ class CatalogSettings:
         server runs many searches at once next to the model, and concurrent multi-threaded OpenMP teams spin
         and starve each other (4 concurrent clients: 31.7 → 104.0 images/s, docs/BENCHMARKS.md).
     build_threads: faiss OpenMP threads of an index build, recall measurement included (0 = all cores).
+    index_build_memory_mb: the most `maintenance_work_mem` a PostgreSQL HNSW build asks for (MiB; it asks for
+        what its rows need, `postgres_bulk.build_memory`, up to this). pgvector builds the graph in that memory
+        and far slower once it no longer fits: 1,000,000 512-d vectors with `hnsw_m` 32 want about 3.8 GiB.
     recall_target: after building an approximate index, its search width (HNSW efSearch / IVF nprobe, starting
         at `hnsw_ef_search` / `ivf_nprobe`) is doubled until the measured recall@10 reaches this target or the
         width reaches `hnsw_max_ef_search` / `ivf_max_nprobe`; 0 keeps the starting width.
@@ -78,6 +81,7 @@ class CatalogSettings:
     max_image_bytes: int = 32 * 1024 * 1024
     max_page_size: int = 1000
     build_chunk: int = 65_536
+    index_build_memory_mb: int = 1024
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,7 +97,8 @@ class CatalogSettings:
         for name in ("approximate_threshold", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search",
                      "ivf_nprobe", "recall_queries", "max_top_k", "max_references_per_call",
                      "max_image_bytes",
-                     "max_page_size", "build_chunk", "blas_threshold", "hnsw_max_ef_search", "ivf_max_nprobe"):
+                     "max_page_size", "build_chunk", "blas_threshold", "hnsw_max_ef_search", "ivf_max_nprobe",
+                     "index_build_memory_mb"):
             if int(getattr(self, name)) < 1:
                 raise bad(name, ">= 1")
         if self.ivf_nlist < 0:

@@ -313,6 +313,13 @@ class Settings:
         float,
         group="catalog",
     )
+    index_build_memory_mb: int = _opt(
+        1024,
+        "PostgreSQL catalogs: the most maintenance_work_mem (MiB) an HNSW index build asks for (1M 512-d "
+        "references want about 3900)",
+        int,
+        group="catalog",
+    )
     ambiguity_margin: float = _opt(
         0.02, "best-minus-second score under which the verdict is AMBIGUOUS", float, group="catalog"
     )
@@ -539,6 +546,8 @@ class Settings:
             raise bad("index_kind", "hnsw or ivf")
         if not 0.0 <= self.index_recall_target <= 1.0:
             raise bad("index_recall_target", "in [0, 1]")
+        if self.index_build_memory_mb < 1:
+            raise bad("index_build_memory_mb", ">= 1")
         if not 0.0 <= self.ambiguity_margin <= 2.0:
             raise bad("ambiguity_margin", "in [0, 2]")
         if not -1.0 <= self.near_duplicate_threshold <= 1.0:
@@ -719,6 +728,7 @@ class Settings:
             approximate_threshold=self.index_approximate_threshold,
             approximate_kind="ivf" if self.index_kind == "ivf" else "hnsw",
             recall_target=self.index_recall_target,
+            index_build_memory_mb=self.index_build_memory_mb,
         )
 
     def head_settings(self) -> HeadSettings:
