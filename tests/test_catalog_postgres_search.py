@@ -142,3 +142,31 @@ def test_the_width_is_tuned_on_the_product_recall_searches_get(pg_opener: Open,
     found = [len({m.product_id for m in res.matches} & set(_best(held, row, 10))) / 10
              for row, res in zip(q, cat.search(q, top_k=10), strict=True)]
     assert float(np.mean(found)) >= st.recall_at_10 - 0.08
+
+
+@pytest.mark.parametrize("per_product", [1.0, 30.0])
+def test_the_width_measurement_knows_the_exact_products_as_the_exact_search_does(pg_opener: Open,
+                                                                                 per_product: float) -> None:
+    # the measurement reads every live vector once and compares here; the exact search rounds compare in SQL
+    rng = np.random.default_rng(9)
+    centres = unit(rng.standard_normal((30, DIM)))
+    refs = unit(centres[:, None, :] + 0.05 * rng.standard_normal((30, 30, DIM)))  # 30 close references a product
+    cat = pg_opener(exact_limit=0)
+    added = {}
+    for p in range(30):
+        cat.upsert_product(f"sku-{p:02d}")
+        added[p] = cat.add_references(f"sku-{p:02d}", [NewReference(r) for r in refs[p]])
+    cat.delete_product("sku-07")  # deleted: in neither answer
+    for ref in added[11][:6]:
+        cat.delete_reference(ref.reference_id)
+    probes = unit(refs.reshape(-1, DIM)[rng.choice(900, 40, replace=False)] + 0.1 * rng.standard_normal((40, DIM)))
+    tuning, rounds = cat._tuning, cat._rounds
+    # per_product 1 keeps 64 references a probe, about two products' worth here: every probe needs the wider
+    # pass; 30 keeps 1,200, more than there are
+    got = cat._db.run(lambda conn: tuning._exact(conn, probes, 10, per_product), tx=False)
+    live = 29 * 30 - 6
+    want = cat._db.run(lambda conn: rounds.hits(
+        conn, rounds._round(Shape(True, 30.0, live, live), 40, 10, False, {"cat": "", "labels": Jsonb({})}),
+        [Vector(x) for x in probes], 10, None, 0.0, {}), tx=False)
+    assert got == [{h.product_pk for h in row[:10]} for row in want]
+    assert all(len(g) == 10 for g in got)

@@ -23,7 +23,8 @@ snapshot. Query vectors travel in pgvector's binary form (`postgres_binary`: no 
   freshly filled catalog lacks until autovacuum analyses it; unpinned plans were 2-20x slower then).
 
 The width (`HnswTuning`): `recall_queries` stored vectors plus noise (as the embedded index's tuning) are searched
-for their top-10 *products*, exactly and through HNSW (the same rounds a search runs); the width starts at
+for their top-10 *products*, exactly (every live vector read once, for all of them, and compared in this process:
+`_exact`) and through HNSW (the same rounds a search runs); the width starts at
 `hnsw_ef_search` and doubles until that product recall@10 reaches `recall_target` or `min(hnsw_max_ef_search,
 1000)` (pgvector's limit); stats report it (`index_search_width`, `recall_at_10`). Product recall, not the
 reference recall@10 of the index, because a top-10 product search reads some 100 references (10 products x
@@ -51,6 +52,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from skulens.catalog.errors import CatalogError
+from skulens.catalog.exact_top import BestReferences
 from skulens.catalog.matching import ProductHit, decide, search_products
 from skulens.catalog.models import Match, SearchResult
 from skulens.catalog.postgres_binary import Vector, VectorParams, unpack
@@ -75,6 +77,7 @@ _PLAN_HNSW = {"enable_sort": "off", "enable_seqscan": "off", "enable_bitmapscan"
 _PLAN_INDEX_LOOKUPS = {"enable_hashjoin": "off", "enable_mergejoin": "off", "enable_material": "off"}
 _PLAN_SCAN_ALL = {"enable_nestloop": "off", "enable_mergejoin": "off"}
 _MAX_SHAPES = 256  # filters whose last search shape a RoundSearch remembers
+_EXACT_CHUNK = 16_384  # vectors a step of the width measurement's exact search reads and compares
 _MEASURED = "products@10"  # what the stored recall is of (a width measured otherwise is measured again)
 
 #: product key -> (product id, display name), filled by the rounds of one search.
@@ -408,7 +411,7 @@ class HnswTuning:
                             exc)
             return recall
 
-    def _probes(self, conn: Conn, live: int) -> list[Vector]:
+    def _probes(self, conn: Conn, live: int) -> np.ndarray:
         """The measurement's queries: stored vectors plus noise (cosine about 0.9: another photo of the same
         product), as the embedded index measures its recall (`VectorIndex._recall_probe`)."""
         s, schema = self._settings, self._schema
@@ -419,7 +422,7 @@ class HnswTuning:
             (int(s.seed), n))], schema.dim)
         rng = np.random.default_rng(s.seed + 1)
         noisy = stored + rng.standard_normal(stored.shape).astype(np.float32) * (0.5 / math.sqrt(schema.dim))
-        return [Vector(x) for x in noisy / np.linalg.norm(noisy, axis=1, keepdims=True)]
+        return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
     def _measure(self, conn: Conn) -> tuple[int, float | None]:
         """(width, recall@10): the narrowest width from `hnsw_ef_search` up, doubling, at which the product search
@@ -431,13 +434,12 @@ class HnswTuning:
             "SELECT live_refs, live_products, indexed_refs FROM {meta}"))))
         if rounds.kind(live) != "hnsw" or live == 0:
             return start, None
-        probes = self._probes(conn, live)
+        vectors = self._probes(conn, live)
+        probes = [Vector(x) for x in vectors]
         top = min(10, max(1, products))
         args: dict[str, Any] = {"cat": "", "labels": Jsonb({})}
         per_product = max(1.0, live / max(1, products))
-        exact = rounds.hits(conn, rounds._round(Shape(True, per_product, live, indexed), len(probes), top, False,
-                                                args), probes, top, None, 0.0, {})
-        wanted = [{h.product_pk for h in row[:top]} for row in exact]
+        wanted = self._exact(conn, vectors, top, per_product)
         approx = rounds._round(Shape(False, per_product, live, indexed), len(probes), top, False, args)
         approx = dataclasses.replace(approx, width=start)
         cap = max_width(s)
@@ -448,6 +450,43 @@ class HnswTuning:
             if recall >= s.recall_target or approx.width >= cap:
                 return approx.width, recall
             approx = dataclasses.replace(approx, width=min(cap, approx.width * 2))
+
+    def _exact(self, conn: Conn, probes: np.ndarray, top: int, per_product: float) -> list[set[int]]:
+        """Each probe's `top` best products (keys), exactly: every live vector of the model read once for all
+        probes and compared here (`exact_top.BestReferences`, each probe keeping four times the references `top`
+        products hold on average); the rare probes whose kept references hold fewer products are measured again,
+        keeping eight times as many. The exact search rounds in SQL compared each probe with a materialised copy
+        of every vector, which spilled to disk past about 100,000 references and was read again per probe."""
+        keep = max(64, 4 * top * math.ceil(per_product))
+        wanted: list[set[int]] = [set() for _ in range(len(probes))]
+        rows = np.arange(len(probes))
+        while len(rows):
+            best = BestReferences(probes[rows], keep)
+            self._read_vectors(conn, best)
+            found, short = best.top_products(top)
+            for j, products in zip(rows.tolist(), found, strict=True):
+                wanted[j] = set(products)
+            rows, keep = rows[short], keep * 8
+        return wanted
+
+    def _read_vectors(self, conn: Conn, best: BestReferences) -> None:
+        """Every live vector of the model, with its product key, into `best`: one snapshot, a server-side cursor
+        fetching `_EXACT_CHUNK` rows (binary) a step."""
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        try:
+            _set(conn, _plan(_PLAN_SCAN_ALL))
+            with conn.cursor(name="skulens_exact_recall", binary=True) as cur:
+                cur.execute(self._schema.q(
+                    "SELECT r.product_pk, vector_send(e.embedding) FROM {embeddings} e JOIN {refs} r "
+                    "ON r.reference_id = e.reference_id WHERE e.fingerprint = {fp} AND r.deleted_at IS NULL"))
+                while chunk := cur.fetchmany(_EXACT_CHUNK):
+                    best.add(unpack([bytes(r[1]) for r in chunk], self._schema.dim),
+                             np.asarray([int(r[0]) for r in chunk], dtype=np.int64))
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.closed and not conn.broken:
+                conn.execute("ROLLBACK")
+            raise
 
 
 __all__ = ["HNSW_MAX_EF_SEARCH", "HnswTuning", "Round", "RoundSearch", "Shape", "max_width"]
