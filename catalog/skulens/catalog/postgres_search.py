@@ -470,23 +470,16 @@ class HnswTuning:
         return wanted
 
     def _read_vectors(self, conn: Conn, best: BestReferences) -> None:
-        """Every live vector of the model, with its product key, into `best`: one snapshot, a server-side cursor
-        fetching `_EXACT_CHUNK` rows (binary) a step."""
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        try:
+        """Every live vector of the model, with its product key, into `best`: one statement (one snapshot) through a
+        server-side cursor, `_EXACT_CHUNK` rows (binary) a fetch."""
+        with conn.transaction(), conn.cursor(name="skulens_exact_recall", binary=True) as cur:
             _set(conn, _plan(_PLAN_SCAN_ALL))
-            with conn.cursor(name="skulens_exact_recall", binary=True) as cur:
-                cur.execute(self._schema.q(
-                    "SELECT r.product_pk, vector_send(e.embedding) FROM {embeddings} e JOIN {refs} r "
-                    "ON r.reference_id = e.reference_id WHERE e.fingerprint = {fp} AND r.deleted_at IS NULL"))
-                while chunk := cur.fetchmany(_EXACT_CHUNK):
-                    best.add(unpack([bytes(r[1]) for r in chunk], self._schema.dim),
-                             np.asarray([int(r[0]) for r in chunk], dtype=np.int64))
-            conn.execute("COMMIT")
-        except BaseException:
-            if not conn.closed and not conn.broken:
-                conn.execute("ROLLBACK")
-            raise
+            cur.execute(self._schema.q(
+                "SELECT r.product_pk, vector_send(e.embedding) FROM {embeddings} e JOIN {refs} r "
+                "ON r.reference_id = e.reference_id WHERE e.fingerprint = {fp} AND r.deleted_at IS NULL"))
+            while chunk := cur.fetchmany(_EXACT_CHUNK):
+                best.add(unpack([bytes(r[1]) for r in chunk], self._schema.dim),
+                         np.asarray([int(r[0]) for r in chunk], dtype=np.int64))
 
 
 __all__ = ["HNSW_MAX_EF_SEARCH", "HnswTuning", "Round", "RoundSearch", "Shape", "max_width"]

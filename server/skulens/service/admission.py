@@ -164,17 +164,18 @@ class Admission:
             )
         return wait
 
-    def _check_deadline(self, cost_s: float, deadline: float | None) -> None:
+    def _check_deadline(self, cost_s: float, wait: float, deadline: float | None) -> None:
+        """Refuse work of `cost_s`, expected to wait `wait` (`_check_queue`), that would finish past `deadline`."""
         if deadline is None:
             return
         remaining = deadline - self._clock()
-        expected = self._expected_done(self.expected_wait(cost_s), cost_s)
+        expected = self._expected_done(wait, cost_s)
         if expected > remaining * self.options.deadline_headroom:
             raise self._shed(
                 "deadline",
                 f"expected to finish in {1000 * expected:.0f} ms but the deadline leaves "
                 f"{1000 * max(0.0, remaining):.0f} ms",
-                self._drain_time(self.expected_wait(cost_s)),
+                self._drain_time(wait),
             )
 
     def admit(
@@ -211,7 +212,7 @@ class Admission:
             )
         cost = costs.estimate(items, npix)
         wait = self._check_queue(cost)
-        self._check_deadline(cost, deadline)
+        self._check_deadline(cost, wait, deadline)
         # learned from only behind a queue worth a share of the budget: that is where refusals are decided, and
         # where one micro-batch in progress (which a call behind one or two others waits for whole) is a small
         # part of the wait (learning from short queues too drove the factor to 3-8 and refused a closed loop
@@ -230,8 +231,7 @@ class Admission:
         read, so an overloaded server refuses a call without receiving or parsing it; books nothing."""
         self._check_calls_and_bytes(0, True)
         least = costs.estimate(1, 0)
-        self._check_queue(least)
-        self._check_deadline(least, deadline)
+        self._check_deadline(least, self._check_queue(least), deadline)
 
     def open_call(self) -> Ticket:
         """Count a long call (a stream) against `max_calls` without booking work; raises `Shed` only on the
