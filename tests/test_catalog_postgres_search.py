@@ -5,6 +5,7 @@ the rows a round reads; the width is tuned on the product recall searches get.""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -170,3 +171,27 @@ def test_the_width_measurement_knows_the_exact_products_as_the_exact_search_does
         [Vector(x) for x in probes], 10, None, 0.0, {}), tx=False)
     assert got == [{h.product_pk for h in row[:10]} for row in want]
     assert all(len(g) == 10 for g in got)
+
+
+def test_a_recall_below_the_target_at_the_widest_search_is_a_warning(pg_opener: Open,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # a graph of 2 links searched at most 2 wide cannot find all of 10 products among 300 random references
+    sparse = CatalogSettings(hnsw_m=2, hnsw_ef_construction=4, hnsw_ef_search=2, hnsw_max_ef_search=2,
+                             recall_target=0.99, recall_queries=50)
+    rng = np.random.default_rng(11)
+    writer = pg_opener(settings=sparse, exact_limit=0)
+    _add(writer, unit(rng.standard_normal((100, 3, DIM))), "r", 0)
+    with caplog.at_level("WARNING", logger="skulens.catalog.postgres_search"):
+        caplog.clear()
+        recall = writer.tune()
+        assert recall is not None and recall < 0.99, recall
+        assert any("stays below the target 0.990" in r.getMessage() and r.levelname == "WARNING"
+                   for r in caplog.records)
+        caplog.clear()
+        reader = pg_opener(settings=sparse, exact_limit=0)  # reuses the stored width and recall: warns too
+        assert reader.stats().recall_at_10 == pytest.approx(recall)
+        assert any("stays below the target" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        met = dataclasses.replace(sparse, recall_target=0.0)  # any recall meets it: no warning
+        assert pg_opener(settings=met, exact_limit=0).tune() is not None
+        assert not any("stays below the target" in r.getMessage() for r in caplog.records)

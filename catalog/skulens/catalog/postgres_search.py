@@ -397,6 +397,7 @@ class HnswTuning:
             if (reuse and rounds.kind(int(live)) == "hnsw" and stored_config == config and stored_refs
                     and stored_refs / 2 <= live <= stored_refs * 2):
                 rounds.width, self.recall = int(stored_width), float(stored_recall)
+                self._warn_low_recall()
                 return self.recall
             width, recall = self._db.run(self._measure, tx=False)
             rounds.width, self.recall = width, recall
@@ -404,12 +405,23 @@ class HnswTuning:
                 return None
             log.info("shared catalog: hnsw.ef_search %d gives recall@10 %.3f over %d references (%.2fs)", width,
                      recall, live, time.perf_counter() - t0)
+            self._warn_low_recall()
             try:  # not a catalog write: the version stays
                 self._db.run(lambda conn: self._schema.store_tuning(conn, config, int(live), width, recall))
             except CatalogError as exc:
                 log.warning("could not store the measured HNSW search width (%s); each replica measures its own",
                             exc)
             return recall
+
+    def _warn_low_recall(self) -> None:
+        """A WARNING when the widest search allowed stays below the recall target (searches still run, less
+        accurately than configured; stats report the recall)."""
+        s = self._settings
+        if self.recall is not None and self.recall < s.recall_target:
+            log.warning("shared catalog: HNSW product recall@10 %.3f stays below the target %.3f at the widest "
+                        "search allowed (hnsw.ef_search %d): the graph (hnsw_m / hnsw_ef_construction, fixed when "
+                        "the index is built) is too sparse for this catalog; where recall matters, answer from a "
+                        "local copy (--catalog-cache faiss)", self.recall, s.recall_target, self._rounds.width)
 
     def _probes(self, conn: Conn, live: int) -> np.ndarray:
         """The measurement's queries: stored vectors plus noise (cosine about 0.9: another photo of the same
