@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from catalog_helpers import unit
 
-from skulens.catalog.exact_top import BestReferences
+from skulens.catalog.exact_top import BestReferences, exact_products
 
 
 def _brute(queries: np.ndarray, vecs: np.ndarray, products: np.ndarray, top: int) -> list[list[int]]:
@@ -54,3 +54,26 @@ def test_too_few_kept_references_say_which_queries_need_a_wider_pass() -> None:
     assert alone.top_products(10)[1].tolist() == [] and all(len(f) == 4 for f in alone.top_products(10)[0])
     with pytest.raises(ValueError, match="keep must be >= 1"):
         BestReferences(queries, keep=0)
+
+
+def test_exact_products_reads_again_for_the_queries_that_came_up_short() -> None:
+    rng = np.random.default_rng(4)
+    centres = unit(rng.standard_normal((10, 16)))
+    big = unit(np.repeat(centres, 60, axis=0) + 0.1 * rng.standard_normal((600, 16)))  # 10 products of 60, tight
+    vecs = np.concatenate([big, unit(rng.standard_normal((300, 16)))]).astype(np.float32)
+    products = np.concatenate([np.arange(600) // 60, 10 + np.arange(300)])  # and 300 of one reference
+    queries = unit(np.concatenate([centres[rng.integers(0, 10, 15)] + 0.1 * rng.standard_normal((15, 16)),
+                                   rng.standard_normal((10, 16))])).astype(np.float32)
+    passes: list[int] = []
+
+    def read(best: BestReferences) -> None:  # in chunks of 128, as a cursor would hand them over
+        passes.append(len(best.queries))
+        for at in range(0, 900, 128):
+            best.add(vecs[at:at + 128], products[at:at + 128])
+
+    # per_product 1 keeps 64 references a query: near the big products that is too few for 10 products
+    got = exact_products(queries, 10, 1.0, read)
+    assert [sorted(g) for g in got] == [sorted(b) for b in _brute(queries, vecs, products, 10)]
+    assert passes[0] == 25 and len(passes) >= 2 and all(p < 25 for p in passes[1:])
+    passes.clear()
+    assert exact_products(queries, 10, 30.0, read) == got and passes == [25]  # 1,200 kept: one pass

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
-from catalog_helpers import clustered, unit
+from catalog_helpers import branded_refs, clustered, exact_top_products, unit
 
 from skulens.catalog.index import VectorIndex, choose_kind, gpu_available, ivf_nlist, omp_threads
+from skulens.catalog.matching import RefMap, first_round_k, search_products
 from skulens.catalog.settings import CatalogSettings
 
 DIM = 64
@@ -216,3 +218,45 @@ def test_gpu_path_falls_back_to_cpu_and_mirror_logic(data) -> None:  # type: ign
 def test_blas_threshold_comes_from_settings() -> None:
     VectorIndex.empty(8, CatalogSettings(blas_threshold=16))
     assert faiss.cvar.distance_compute_blas_threshold == 16
+
+
+def _product_recall(idx: VectorIndex, q: np.ndarray, ids: np.ndarray, vecs: np.ndarray, pks: np.ndarray) -> float:
+    """Top-10 product recall of the catalog's product search over `idx` at its width, against brute force."""
+    refs = RefMap()
+    refs.set(ids, pks)
+    got = search_products(lambda x, k, depth: idx.search(x, k, depth=depth), refs.lookup, q, top_k=10,
+                          initial_k=first_round_k(10, len(ids) / len(np.unique(pks)), idx.ntotal), max_k=idx.ntotal,
+                          min_score=None, ambiguity_margin=0.0)
+    want = exact_top_products(q, vecs, pks, 10)
+    return sum(len(w & {h.product_pk for h in hits[:10]}) for w, hits in zip(want, got, strict=True)) / (10 * len(q))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_the_width_is_tuned_on_the_product_recall_searches_get(kind: str) -> None:
+    # a sparse graph: the product search at the narrow start finds too few of the exact products
+    ids, vecs, pks = branded_refs(1200, 32, seed=5)
+    s = CatalogSettings(hnsw_m=4, hnsw_ef_construction=8, hnsw_ef_search=4, ivf_nlist=64, ivf_nprobe=1,
+                        recall_target=0.9)
+    idx = VectorIndex.build(32, ids, vecs, s, kind, products=pks)
+    probes = idx._probe_queries(ids, vecs)  # the measurement's queries
+    assert idx.recall_at_10 is not None and idx.recall_at_10 >= 0.9
+    # what it reports is the product recall of its probes at the width it chose, and half that width was short
+    assert idx.recall_at_10 == pytest.approx(_product_recall(idx, probes, ids, vecs, pks), abs=1e-9)
+    if kind == "hnsw":  # (IVF's product search probes enough lists at any width here: 8 x the k it reads)
+        chosen = idx.search_width
+        assert chosen > 4
+        idx.search_width = chosen // 2
+        assert _product_recall(idx, probes, ids, vecs, pks) < 0.9
+        idx.search_width = chosen
+    # other queries like them get about that recall
+    rng = np.random.default_rng(7)
+    others = unit(vecs[rng.choice(len(vecs), 200, replace=False)] + 0.5 / np.sqrt(32) * rng.standard_normal((200, 32)))
+    assert _product_recall(idx, others, ids, vecs, pks) >= idx.recall_at_10 - 0.08
+    # references without a product (-1) take no part; without products the recall is the references'
+    half = np.where(pks < 600, pks, -1)
+    part = VectorIndex.build(32, ids, vecs, dataclasses.replace(s, recall_target=0.0), kind, products=half)
+    sub = half >= 0
+    assert part.recall_at_10 == pytest.approx(_product_recall(
+        part, part._probe_queries(ids[sub], vecs[sub]), ids[sub], vecs[sub], pks[sub]), abs=1e-9)
+    plain = VectorIndex.build(32, ids, vecs, dataclasses.replace(s, recall_target=0.0), kind)
+    assert plain.recall_at_10 == pytest.approx(plain.measure_recall(ids, vecs), abs=1e-9)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from skulens.catalog.matching import ProductHit, RefMap, aggregate, decide, search_products
+from skulens.catalog.matching import ProductHit, RefMap, aggregate, decide, first_round_k, search_products
 from skulens.catalog.models import Verdict
 
 
@@ -93,3 +93,12 @@ def test_search_products_stops_when_exhausted() -> None:
     out = search_products(_brute_searcher(ids, vecs, calls), m.lookup, vecs[:1], top_k=5, initial_k=2,
                           max_k=4, min_score=None, ambiguity_margin=0.02)
     assert [h.product_pk for h in out[0]] == [0, 1] and calls == [2, 4]
+
+
+def test_first_round_k_reads_twice_the_references_of_the_products_asked_for() -> None:
+    assert first_round_k(10, 5.0, 10_000) == 100  # ten products of five references, twice
+    assert first_round_k(1, 5.0, 10_000) == 20  # at least two products: the verdict's runner-up
+    assert first_round_k(10, 5.0, 10_000, dead=1.5) == 150  # HNSW tombstones read too
+    assert first_round_k(10, 2.5, 10_000) == 50 and first_round_k(10, 2.01, 10_000) == 41  # rounded up
+    assert first_round_k(1, 1.0, 10_000) == 16  # at least 16
+    assert first_round_k(10, 5.0, 60) == 60 and first_round_k(10, 5.0, 8) == 16  # at most `most`, never below 16

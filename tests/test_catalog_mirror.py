@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from catalog_helpers import unit
+from catalog_helpers import branded_refs, recalls_of, unit
 
 from skulens.catalog import CatalogSettings, NewReference
 from skulens.catalog.errors import CatalogUnavailable, InvalidArgument
@@ -214,4 +214,26 @@ def test_a_schema_5_catalog_gets_its_change_feed_at_open(postgres_server: Any, s
         assert _top(b, x[1])[0] == "new"
     finally:
         b.close()
+        a.close()
+
+
+def test_an_approximate_copy_reports_the_product_recall_searches_get(postgres_server: Any, schema: str) -> None:
+    _, vecs, pks = branded_refs(240, DIM, seed=5)
+    a = PostgresCatalog.open(postgres_server.url(), schema=schema, fingerprint=FP, dim=DIM)
+    sparse = CatalogSettings(approximate_threshold=1000, approximate_kind="hnsw", hnsw_m=4, hnsw_ef_construction=8,
+                             hnsw_ef_search=4, recall_target=0.0)
+    try:
+        a.add_references_many([(a.upsert_product(f"p{p}")[0].product_id,
+                                [NewReference(v) for v in vecs[pks == p]]) for p in range(240)])
+        b = MirroredCatalog.open(PostgresCatalog.open(postgres_server.url(), schema=schema, fingerprint=FP, dim=DIM,
+                                                      settings=sparse), poll_seconds=0.2)
+        try:  # 1,200 references: the copy is an HNSW index, its width measured on the product search
+            st = b.stats()
+            assert st.index_kind == "hnsw" and st.recall_at_10 is not None
+            product_recall, reference_recall = recalls_of(b.mirror.view(), lambda q: b.search(q, top_k=10))
+            assert st.recall_at_10 == pytest.approx(product_recall, abs=0.02)
+            assert abs(reference_recall - product_recall) > 0.05
+        finally:
+            b.close()
+    finally:
         a.close()

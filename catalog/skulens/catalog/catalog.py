@@ -195,7 +195,7 @@ class Catalog(BackendState):
                 all_ids, vectors = snap.embeddings(view.dim, self.settings.build_chunk)
                 kind = choose_kind(len(all_ids), self.settings)
                 index = VectorIndex.build(view.dim, all_ids, vectors, self.settings, kind,
-                                          gpu_factory=self._gpu_factory)
+                                          gpu_factory=self._gpu_factory, products=view.refs.lookup(all_ids))
                 log.info("built %s index over %d references in %.2fs", index.kind, index.ntotal,
                          index.build_seconds)
             view.install(index)
@@ -587,7 +587,8 @@ class Catalog(BackendState):
             with self._view.rw.read():
                 ids, vectors = self._view.spaces[fingerprint].stored_vectors()
             index = VectorIndex.build(new.serving.dim, ids, vectors, self.settings,
-                                      choose_kind(len(ids), self.settings), gpu_factory=self._gpu_factory)
+                                      choose_kind(len(ids), self.settings), gpu_factory=self._gpu_factory,
+                                      products=self._view.refs.lookup(ids))
             with self._view.rw.write():  # the version moves last: a reader that sees it sees the new model
                 previous = self._view.index
                 if previous is not None:

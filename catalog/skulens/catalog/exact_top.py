@@ -4,12 +4,16 @@ A product scores its best reference, so the products in order of score are the r
 first appearance: the `top` best products of a query are the first `top` distinct products among its best
 references, provided those references hold `top` distinct products. `BestReferences` keeps, per query, the `keep`
 best (score, product) pairs seen so far; `products(top)` answers for the queries whose kept references hold
-enough products (or hold every reference there is), and says which queries need a wider pass. Used to measure
-exactly what an approximate search should find, one read of the vectors for all queries
-(`postgres_search.HnswTuning`), where a search per query would read them once each.
+enough products (or hold every reference there is), and says which queries need a wider pass; `exact_products`
+runs those passes. Used to measure exactly what an approximate search should find, one read of the vectors for
+all queries (`postgres_search.HnswTuning`, `index.VectorIndex.tune`), where a search per query would read them once
+each.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -60,4 +64,23 @@ class BestReferences:
         return out, np.asarray(short, dtype=np.int64)
 
 
-__all__ = ["BestReferences"]
+def exact_products(queries: np.ndarray, top: int, per_product: float,
+                   read: Callable[[BestReferences], None]) -> list[set[int]]:
+    """Each query's `top` best products (keys), exactly, from `read` (which `add`s every reference to the
+    `BestReferences` it is given, in chunks): each query keeps four times the references `top` products hold on
+    average (`per_product` a product, at least 64); the rare queries whose kept references hold fewer products are
+    read again, keeping eight times as many."""
+    keep = max(64, 4 * top * math.ceil(per_product))
+    wanted: list[set[int]] = [set() for _ in range(len(queries))]
+    rows = np.arange(len(queries))
+    while len(rows):
+        best = BestReferences(queries[rows], keep)
+        read(best)
+        found, short = best.top_products(top)
+        for j, products in zip(rows.tolist(), found, strict=True):
+            wanted[j] = set(products)
+        rows, keep = rows[short], keep * 8
+    return wanted
+
+
+__all__ = ["BestReferences", "exact_products"]

@@ -5,6 +5,7 @@ Pure functions over numpy arrays and a search callable, so they are tested witho
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,6 +90,14 @@ def aggregate(scores: np.ndarray, ref_ids: np.ndarray, pks: np.ndarray) -> list[
     first.sort()  # back in best-first order
     return [ProductHit(pk, s, rid) for pk, s, rid in zip(pks[first].tolist(), np.asarray(scores)[first].tolist(),
                                                          np.asarray(ref_ids)[first].tolist(), strict=True)]
+
+
+def first_round_k(top_k: int, per_product: float, most: int, dead: float = 1.0) -> int:
+    """References the first round of a top-`top_k` product search reads: twice the references `top_k` products
+    (at least 2, for the verdict's runner-up) hold, `per_product` references a product, scaled by `dead` (index
+    entries a live reference, HNSW tombstones included); at most `most` (the index size), but never below 16
+    (`search_products` caps k at its `max_k`)."""
+    return max(16, min(math.ceil(max(top_k, 2) * per_product * 2 * dead), most))
 
 
 def search_products(search: Searcher, lookup: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, *,

@@ -203,7 +203,8 @@ class CatalogMirror:
             view.put_product(row)
         view.refs.set(state.ids, state.pks)
         kind = choose_kind(len(state.ids), self.settings)
-        view.install(VectorIndex.build(state.dim, state.ids, state.vectors, self.settings, kind) if len(state.ids)
+        view.install(VectorIndex.build(state.dim, state.ids, state.vectors, self.settings, kind,
+                                       products=state.pks) if len(state.ids)
                      else VectorIndex.empty(state.dim, self.settings))
         view.generation = state.version
         if state.fingerprint != self._schema.fingerprint or state.dim != self._schema.dim:

@@ -52,8 +52,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from skulens.catalog.errors import CatalogError
-from skulens.catalog.exact_top import BestReferences
-from skulens.catalog.matching import ProductHit, decide, search_products
+from skulens.catalog.exact_top import BestReferences, exact_products
+from skulens.catalog.matching import ProductHit, decide, first_round_k, search_products
 from skulens.catalog.models import Match, SearchResult
 from skulens.catalog.postgres_binary import Vector, VectorParams, unpack
 from skulens.catalog.postgres_pool import Conn, Database, one_row
@@ -259,7 +259,7 @@ class RoundSearch:
 
     def _round(self, shape: Shape, n: int, top_k: int, filtered: bool, args: dict[str, Any]) -> Round:
         """The rounds of a search of `n` queries over a catalog of this shape."""
-        initial = max(16, min(math.ceil(max(top_k, 2) * shape.per_product * 2), shape.max_k))
+        initial = first_round_k(top_k, shape.per_product, shape.max_k)
         return Round(self.statement(shape.exact, bool(args["cat"]), bool(args["labels"].obj), n == 1),
                      shape.exact, filtered, shape.max_k, shape.indexed, args, self.width, initial)
 
@@ -464,22 +464,11 @@ class HnswTuning:
             approx = dataclasses.replace(approx, width=min(cap, approx.width * 2))
 
     def _exact(self, conn: Conn, probes: np.ndarray, top: int, per_product: float) -> list[set[int]]:
-        """Each probe's `top` best products (keys), exactly: every live vector of the model read once for all
-        probes and compared here (`exact_top.BestReferences`, each probe keeping four times the references `top`
-        products hold on average); the rare probes whose kept references hold fewer products are measured again,
-        keeping eight times as many. The exact search rounds in SQL compared each probe with a materialised copy
-        of every vector, which spilled to disk past about 100,000 references and was read again per probe."""
-        keep = max(64, 4 * top * math.ceil(per_product))
-        wanted: list[set[int]] = [set() for _ in range(len(probes))]
-        rows = np.arange(len(probes))
-        while len(rows):
-            best = BestReferences(probes[rows], keep)
-            self._read_vectors(conn, best)
-            found, short = best.top_products(top)
-            for j, products in zip(rows.tolist(), found, strict=True):
-                wanted[j] = set(products)
-            rows, keep = rows[short], keep * 8
-        return wanted
+        """Each probe's `top` best products (keys), exactly (`exact_top.exact_products`): every live vector of the
+        model read once a pass, for all probes, and compared here. The exact search rounds in SQL compared each
+        probe with a materialised copy of every vector, which spilled to disk past about 100,000 references and
+        was read again per probe."""
+        return exact_products(probes, top, per_product, lambda best: self._read_vectors(conn, best))
 
     def _read_vectors(self, conn: Conn, best: BestReferences) -> None:
         """Every live vector of the model, with its product key, into `best`: one statement (one snapshot) through a

@@ -14,6 +14,7 @@ import logging
 import threading
 
 from skulens.catalog.index import BuildCancelled, GpuFactory, VectorIndex, choose_kind
+from skulens.catalog.matching import RefMap
 from skulens.catalog.settings import CatalogSettings
 from skulens.catalog.store import Store
 from skulens.catalog.view import CatalogView
@@ -72,11 +73,13 @@ class RebuildWorker:
             try:
                 gen = snap.generation
                 ids, vectors = snap.embeddings(dim, self._settings.build_chunk)
+                refs = RefMap()  # each reference's product at the snapshot: the recall measured is the product search's
+                refs.set(*snap.reference_map())
             finally:
                 snap.close()
             kind = choose_kind(len(ids), self._settings, current)
             new = VectorIndex.build(dim, ids, vectors, self._settings, kind, cancel=self._closing.is_set,
-                                    gpu_factory=self._gpu_factory)
+                                    gpu_factory=self._gpu_factory, products=refs.lookup(ids))
             del vectors
             with view.rw.write():
                 if not self._swap_in(new, gen, epoch):

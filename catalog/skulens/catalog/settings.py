@@ -41,8 +41,9 @@ class CatalogSettings:
         what its rows need, `postgres_bulk.build_memory`, up to this). pgvector builds the graph in that memory
         and far slower once it no longer fits: 1,000,000 512-d vectors with `hnsw_m` 32 want about 3.8 GiB.
     recall_target: after building an approximate index, its search width (HNSW efSearch / IVF nprobe, starting
-        at `hnsw_ef_search` / `ivf_nprobe`) is doubled until the measured recall@10 reaches this target or the
-        width reaches `hnsw_max_ef_search` / `ivf_max_nprobe`; 0 keeps the starting width.
+        at `hnsw_ef_search` / `ivf_nprobe`) is doubled until the measured recall@10 of the product search (top-10
+        products against exact search, as the PostgreSQL catalog measures its HNSW width) reaches this target or
+        the width reaches `hnsw_max_ef_search` / `ivf_max_nprobe`; 0 keeps the starting width.
     near_duplicate_threshold, unusable_min_side, unusable_min_luminance_std: when an enrolled reference is
         flagged as a near-duplicate of another product's reference (cosine), or unusable (shortest side in
         pixels, luminance standard deviation 0..255); `skulens.catalog.confusability`, measured in

@@ -22,7 +22,7 @@ from skulens.catalog.store import Store, StoreSnapshot
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: the search width is tuned on product recall (format 1's on reference recall: rebuilt)
 
 
 class SnapshotFile:

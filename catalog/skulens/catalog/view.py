@@ -9,12 +9,10 @@ index vectors and maps go together) and a search never sees half of it.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from skulens.catalog.index import VectorIndex
-from skulens.catalog.matching import ProductHit, RefMap, decide, search_products
+from skulens.catalog.matching import ProductHit, RefMap, decide, first_round_k, search_products
 from skulens.catalog.models import Match, SearchResult
 from skulens.catalog.rwlock import RWLock
 from skulens.catalog.store import ProductRow, StoreSnapshot
@@ -159,8 +157,7 @@ class CatalogView:
             return [[] for _ in range(len(q))]
         per_product = max(1.0, candidates / products)
         dead = idx.ntotal / max(1, self.refs.live) if idx.kind == "hnsw" else 1.0
-        initial = math.ceil(max(top_k, 2) * per_product * 2 * dead)
-        initial = max(16, min(initial, idx.ntotal))
+        initial = first_round_k(top_k, per_product, idx.ntotal, dead)
 
         def searcher(queries: np.ndarray, k: int, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return idx.search(queries, k, allowed=allowed, depth=depth)
