@@ -309,7 +309,8 @@ class Settings:
     index_kind: str = _opt("hnsw", "approximate index: hnsw or ivf", group="catalog")
     index_recall_target: float = _opt(
         0.95,
-        "recall@10 an approximate index is tuned to at build time (search width doubled until reached; 0 = off)",
+        "product recall@10 an approximate index is tuned to at build time (search width doubled until reached; "
+        "0 = off)",
         float,
         group="catalog",
     )
