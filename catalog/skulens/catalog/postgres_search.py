@@ -425,7 +425,7 @@ class HnswTuning:
 
     def _probes(self, conn: Conn, live: int) -> np.ndarray:
         """The measurement's queries: stored vectors plus noise (cosine about 0.9: another photo of the same
-        product), as the embedded index measures its recall (`VectorIndex._recall_probe`)."""
+        product), as the embedded index measures its recall (`VectorIndex._probe_queries`)."""
         s, schema = self._settings, self._schema
         n = min(s.recall_queries, live)
         stored = unpack([r[0] for r in conn.cursor(binary=True).execute(schema.q(

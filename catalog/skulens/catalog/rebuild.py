@@ -86,7 +86,6 @@ class RebuildWorker:
                     return
             log.info("index rebuilt as %s over %d references in %.2fs (recall@10 %s, search width %d)", new.kind,
                      new.ntotal, new.build_seconds, new.recall_at_10, new.search_width)
-            self._warn_low_recall(new)
         except BuildCancelled:
             pass
         except Exception:
@@ -111,10 +110,3 @@ class RebuildWorker:
                 new.remove(jids)
         view.install(new)
         return True
-
-    def _warn_low_recall(self, new: VectorIndex) -> None:
-        target = self._settings.recall_target
-        if new.recall_at_10 is not None and new.recall_at_10 < target:
-            log.warning("approximate index recall@10 %.3f stays below the target %.3f at the widest allowed "
-                        "search (%d): raise hnsw_max_ef_search / ivf_max_nprobe, or the approximate "
-                        "threshold to keep exact search longer", new.recall_at_10, target, new.search_width)
