@@ -118,6 +118,26 @@ def test_the_graph_walk_is_at_least_as_wide_as_a_round(pg_opener: Open) -> None:
     assert rounds._settings(hnsw, 3, 6400)[0]["hnsw.ef_search"] == HNSW_MAX_EF_SEARCH
 
 
+def test_a_filtered_scan_may_visit_enough_tuples_for_the_rows_it_reads(pg_opener: Open) -> None:
+    cat = pg_opener(exact_limit=10)  # products are counted up to 11: the filter's 20 references are known
+    rng = np.random.default_rng(6)
+    _add(cat, unit(rng.standard_normal((4, 5, DIM))), "few", 0)  # 20 of 100 references: a share of 0.2
+    _add(cat, unit(rng.standard_normal((16, 5, DIM))), "many", 0)
+    cat.search(unit(rng.standard_normal(DIM)), top_k=3, category="few")
+    (shape,) = [v for k, v in cat._rounds._shapes.items() if "few" in k]
+    assert not shape.exact and shape.share == pytest.approx(0.2)
+    rounds = cat._rounds
+    plain = rounds._round(Shape(False, 5.0, 100_000, 100_000), 1, 10, False, {"cat": "", "labels": Jsonb({})})
+    narrow = rounds._round(Shape(False, 5.0, 100_000, 100_000, 0.05), 1, 10, True, {"cat": "c", "labels": Jsonb({})})
+    wide = rounds._round(Shape(False, 5.0, 100_000, 100_000, 0.9), 1, 10, True, {"cat": "c", "labels": Jsonb({})})
+    assert narrow.initial == 100 and narrow.share == 0.05
+    assert rounds._settings(plain, 0, 100)[1] == 20_000  # pgvector's default
+    plan, cap = rounds._settings(narrow, 0, 100)  # 40 visits a row x 100 rows / 0.05
+    assert cap == 80_000 == plan["hnsw.max_scan_tuples"]
+    assert rounds._settings(narrow, 1, 400)[1] == 320_000 and rounds._settings(plain, 1, 400)[1] == 80_000
+    assert rounds._settings(wide, 0, 100)[1] == 20_000  # a filter that keeps most rows needs no more
+
+
 def test_the_width_is_tuned_on_the_product_recall_searches_get(pg_opener: Open,
                                                                postgres_server: PgServer) -> None:
     # clustered like catalog photos: products near their brand, five references near their product
