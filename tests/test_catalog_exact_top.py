@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from catalog_helpers import unit
 
-from skulens.catalog.exact_top import BestReferences, exact_products
+from skulens.catalog.exact_top import BestReferences, exact_products, product_recall
 
 
 def _brute(queries: np.ndarray, vecs: np.ndarray, products: np.ndarray, top: int) -> list[list[int]]:
@@ -77,3 +77,10 @@ def test_exact_products_reads_again_for_the_queries_that_came_up_short() -> None
     assert passes[0] == 25 and len(passes) >= 2 and all(p < 25 for p in passes[1:])
     passes.clear()
     assert exact_products(queries, 10, 30.0, read) == got and passes == [25]  # 1,200 kept: one pass
+
+
+def test_product_recall_counts_the_exact_products_found() -> None:
+    assert product_recall([{1, 2, 3, 4}, {5, 6}], [[1, 2, 9, 8], [6, 5]]) == pytest.approx(4 / 6)
+    assert product_recall([set()], [[]]) == 0.0  # nothing to find: no division by zero
+    with pytest.raises(ValueError):
+        product_recall([{1}], [])  # a query without an answer is an error, not a miss

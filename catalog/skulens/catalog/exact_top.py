@@ -83,4 +83,11 @@ def exact_products(queries: np.ndarray, top: int, per_product: float,
     return wanted
 
 
-__all__ = ["BestReferences", "exact_products"]
+def product_recall(wanted: list[set[int]], found: list[list[int]]) -> float:
+    """Share of the exact products (`exact_products`) that the product keys `found` per query (best first, cut to
+    the same top) hold: product recall@top."""
+    hits = sum(len(w & set(f)) for w, f in zip(wanted, found, strict=True))
+    return hits / max(1, sum(len(w) for w in wanted))
+
+
+__all__ = ["BestReferences", "exact_products", "product_recall"]

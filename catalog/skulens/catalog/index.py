@@ -37,7 +37,7 @@ import faiss
 import numpy as np
 
 from skulens.catalog.errors import CatalogCorrupt, CatalogError
-from skulens.catalog.exact_top import BestReferences, exact_products
+from skulens.catalog.exact_top import BestReferences, exact_products, product_recall
 from skulens.catalog.matching import RefMap, first_round_k, search_products
 from skulens.catalog.settings import CatalogSettings
 
@@ -265,8 +265,7 @@ class VectorIndex:
         def measure() -> float:
             got = search_products(lambda x, k, depth: self.search(x, k, depth=depth), refs.lookup, q, top_k=top,
                                   initial_k=initial, max_k=self.ntotal, min_score=None, ambiguity_margin=0.0)
-            found = sum(len(w & {h.product_pk for h in row[:top]}) for w, row in zip(wanted, got, strict=True))
-            return found / max(1, sum(len(w) for w in wanted))
+            return product_recall(wanted, [[h.product_pk for h in row[:top]] for row in got])
 
         return measure
 

@@ -54,7 +54,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from skulens.catalog.errors import CatalogError
-from skulens.catalog.exact_top import BestReferences, exact_products
+from skulens.catalog.exact_top import BestReferences, exact_products, product_recall
 from skulens.catalog.matching import ProductHit, decide, first_round_k, search_products
 from skulens.catalog.models import Match, SearchResult
 from skulens.catalog.postgres_binary import Vector, VectorParams, unpack
@@ -470,8 +470,7 @@ class HnswTuning:
         cap = max_width(s)
         while True:
             got = rounds.hits(conn, approx, probes, top, None, 0.0, {})
-            found = sum(len(w & {h.product_pk for h in row[:top]}) for w, row in zip(wanted, got, strict=True))
-            recall = found / max(1, sum(len(w) for w in wanted))
+            recall = product_recall(wanted, [[h.product_pk for h in row[:top]] for row in got])
             if recall >= s.recall_target or approx.width >= cap:
                 return approx.width, recall
             approx = dataclasses.replace(approx, width=min(cap, approx.width * 2))
