@@ -3,6 +3,8 @@ own product), search, catalog stats/list/get/delete; offline reembed and calibra
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -43,10 +45,20 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.fixture(scope="module")
+def enrolled(server: RunningServer, folder: Path) -> tuple[int, str, str]:
+    """`skulens enroll FOLDER` into the module's server, once: (exit code, stdout, stderr). Every test that needs
+    the folder's products asks for it, so each also passes alone (`-k`)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["enroll", str(folder), "--addr", server.addr])
+    return code, out.getvalue(), err.getvalue()
+
+
 def test_enroll_folder_then_recognize_each_image(
-    server: RunningServer, folder: Path, capsys: pytest.CaptureFixture[str]
+    server: RunningServer, folder: Path, enrolled: tuple[int, str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(capsys, "enroll", str(folder), "--addr", server.addr)
+    code, out, err = enrolled
     assert code == EXIT_OK, err
     assert (
         f"products: {N_PRODUCTS} ({N_PRODUCTS} new); images: {2 * N_PRODUCTS}; already enrolled: 0; "
@@ -62,7 +74,9 @@ def test_enroll_folder_then_recognize_each_image(
         assert result["recognition"]["matches"][0]["product_id"] == path.parent.name
 
 
-def test_enroll_is_resumable(server: RunningServer, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_enroll_is_resumable(
+    server: RunningServer, folder: Path, enrolled: tuple[int, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(capsys, "enroll", str(folder), "--addr", server.addr, "--no-progress")
     assert code == EXIT_OK and f"already enrolled: {2 * N_PRODUCTS}; added: 0" in out
     with server.client() as c:  # lose one reference: a re-run sends exactly that one again
@@ -106,7 +120,8 @@ def test_parse_labels() -> None:
 
 
 def test_recognize_table_and_bad_image(
-    server: RunningServer, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: RunningServer, folder: Path, enrolled: tuple[int, str, str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
@@ -120,7 +135,7 @@ def test_recognize_table_and_bad_image(
     assert "RANDOM WEIGHTS" in err
 
 
-def test_search(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_search(server: RunningServer, enrolled: tuple[int, str, str], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "search", "oat drink", "--top-k", "2", "--json", "--addr", server.addr)
     assert code == EXIT_OK
     assert len(json.loads(out)["results"][0]["recognition"]["matches"]) == 2
@@ -141,7 +156,9 @@ def test_search_modes(server: RunningServer, capsys: pytest.CaptureFixture[str])
             c.delete_product("kw-1")
 
 
-def test_catalog_commands(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_catalog_commands(
+    server: RunningServer, enrolled: tuple[int, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(capsys, "catalog", "stats", "--json", "--addr", server.addr)
     stats = json.loads(out)
     assert code == EXIT_OK and int(stats["product_count"]) >= N_PRODUCTS and stats["dim"] == 512
@@ -161,7 +178,8 @@ def test_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_reembed_and_calibrate_offline(
-    server: RunningServer, effnet_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: RunningServer, enrolled: tuple[int, str, str], effnet_model_dir: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Copy the CLI catalog (ViT-B/32 space) and re-embed it with EfficientNet-Lite0, then calibrate it."""
     import shutil
