@@ -242,8 +242,12 @@ def _rss_mib() -> float:
 
 def test_refused_calls_are_not_read(secured: RunningServer, tmp_path: Path) -> None:
     """6 concurrent 40 MiB Recognize calls without a good token (4 without any, 2 with a token lacking the
-    scope) are refused without their bodies being received: the server's RSS (this process) grows by far less
-    than even two bodies (it grew by all six, and more, when refusals came after reading the request)."""
+    scope) are refused without their bodies being received: the server's RSS (this process) grows by less than
+    half of the six bodies (it grew by all six, and more, when refusals came after reading the request).
+
+    Not less than two bodies: HTTP/2 flow control lets gRPC buffer part of each stream before the refusal
+    reaches its client (BDP probing widens the window on loopback), and this process's other threads allocate
+    too; a clean CI clone once measured +81.4 MiB from 2102 MiB."""
     import os
     import subprocess
     import sys
@@ -278,5 +282,5 @@ def test_refused_calls_are_not_read(secured: RunningServer, tmp_path: Path) -> N
         sampler.join(5)
     assert out == ["UNAUTHENTICATED"] * 4 + ["PERMISSION_DENIED"] * 2
     growth = peak[0] - baseline
-    assert growth < 2 * mib, f"server RSS grew by {growth:.0f} MiB from {baseline:.0f} MiB"
+    assert growth < 3 * mib, f"server RSS grew by {growth:.0f} MiB from {baseline:.0f} MiB"
     print(f"RSS baseline {baseline:.0f} MiB, peak {peak[0]:.0f} MiB (+{growth:.1f}) for 6 refused {mib} MiB calls")
