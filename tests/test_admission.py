@@ -388,6 +388,30 @@ def test_only_normally_finished_queued_work_teaches_the_slowdown() -> None:
     ad.release(ahead)
 
 
+@pytest.mark.parametrize("expectile", [0.5, 0.9])
+def test_a_higher_slowdown_expectile_covers_the_slow_tail(expectile: float) -> None:
+    """Queued work taking 1× or 3× its expectation in turn: at 0.5 the factor settles at their geometric mean
+    (√3), so half of that work ends later than expected; at 0.9 it settles high enough that the 3× work is
+    nearly covered (an expectile of the ratios' log: 3 ** 0.9 ≈ 2.69)."""
+    clock = _Clock()
+    ad = Admission(AdmissionOptions(queue_budget_s=1.0, slowdown_expectile=expectile), clock=clock)
+    costs = _costs()
+    ahead = [ad.admit(costs, items=1) for _ in range(3)]  # three ahead: each later one expects 0.3 s + 0.1 s
+    seen = []
+    for i in range(2000):
+        t = ad.admit(costs, items=1)
+        uncorrected = t.expected_s / ad.slowdown
+        clock.now += uncorrected * (3.0 if i % 2 else 1.0)
+        ad.release(t, done=True)
+        seen.append(ad.slowdown)
+    settled = sum(seen[-200:]) / 200
+    assert settled == pytest.approx(3.0 ** expectile, rel=0.05)
+    for t in ahead:
+        ad.release(t)
+    with pytest.raises(ValueError, match="slowdown_expectile"):
+        AdmissionOptions(slowdown_expectile=1.0)
+
+
 async def test_enrolment_waiting_for_room_does_not_teach_the_slowdown() -> None:
     clock = _Clock()
     ad = Admission(AdmissionOptions(queue_budget_s=100.0), clock=clock)

@@ -20,8 +20,11 @@ overloaded server refuses a call without receiving or parsing its images.
 
 The expected wait is corrected by what admitted work really took: each ticket admitted behind an expected wait
 of at least a quarter of the budget and released without an error compares its time from admission to release
-with what was expected then (wait + own cost), and a running `slowdown` factor (geometric moving average, bounded
-to 0.5-8) scales every later expectation. The cost model measures the machine's speed at its work; under overload
+with what was expected then (wait + own cost), and a running `slowdown` factor (bounded to 0.5-8) scales every
+later expectation. Each ratio moves the factor by that ratio to a small power, e ÷ (1 - e) times larger for a
+slow ratio than for a fast one (e = `slowdown_expectile`): at 0.5 the factor is the ratios' geometric moving
+average; towards 1 it tracks an upper expectile of them, so the expected wait covers the slow tail of queued work
+instead of its middle. The cost model measures the machine's speed at its work; under overload
 part of the machine goes to taking calls in and refusing them, so work is slower than that: without the
 correction, calls admitted within a 1 s budget waited 1.2-1.9 s.
 
@@ -266,8 +269,10 @@ class Admission:
         if done and ticket.work and ticket.expected_s > 0.0:
             took = max(1e-6, self._clock() - ticket.admitted_at)
             ratio = min(max(took / ticket.expected_s, 0.1), 10.0)
+            e = self.options.slowdown_expectile
+            step = self.SLOWDOWN_ALPHA * 2 * (e if ratio > 1.0 else 1.0 - e)
             low, high = self.SLOWDOWN_BOUNDS
-            self._slowdown = min(high, max(low, self._slowdown * ratio**self.SLOWDOWN_ALPHA))
+            self._slowdown = min(high, max(low, self._slowdown * ratio**step))
         self._calls -= 1 if ticket.counts_call else 0
         self._bytes -= ticket.nbytes
         self._backlog -= ticket.cost_s
