@@ -527,6 +527,8 @@ class Settings:
         for name in ("max_inflight_mb", "queue_budget_ms", "max_request_megapixels"):
             if not getattr(self, name) > 0:
                 raise bad(name, "> 0")
+        if not 0 < self.slowdown_expectile < 1:
+            raise bad("slowdown_expectile", "in (0, 1)")
         if self.grace_seconds < 0 or self.max_wait_ms < 0 or self.intra_op_threads < 0:
             raise bad(
                 "grace_seconds"
