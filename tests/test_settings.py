@@ -78,8 +78,6 @@ def test_every_field_has_a_flag_or_is_env_only() -> None:
         ({"SKULENS_AUGMENT_QUIET_SECONDS": "-1"}, "SKULENS_AUGMENT_QUIET_SECONDS must be in [0, 3600]"),
         ({"SKULENS_INDEX_BUILD_MEMORY_MB": "0"},
          "--index-build-memory-mb / SKULENS_INDEX_BUILD_MEMORY_MB must be >= 1"),
-        ({"SKULENS_SLOWDOWN_EXPECTILE": "1"},
-         "--slowdown-expectile / SKULENS_SLOWDOWN_EXPECTILE must be in (0, 1)"),
         ({"SKULENS_CATALOG_CACHE": "redis"}, "--catalog-cache / SKULENS_CATALOG_CACHE must be none or faiss"),
         ({"SKULENS_CATALOG_CACHE": "faiss", "SKULENS_DATA_DIR": "/tmp/c"}, "--catalog-cache needs a shared catalog"),
         ({"SKULENS_CATALOG_CACHE": "faiss"}, "--catalog-cache needs a shared catalog"),

@@ -18,15 +18,17 @@ asks for a `Ticket` before a byte is decoded. The checks, cheapest first:
 `precheck` runs 1, 3 and 5 for a request's least possible cost (one model input) before its body is read: an
 overloaded server refuses a call without receiving or parsing its images.
 
-The expected wait is corrected by what admitted work really took: each ticket admitted behind an expected wait
-of at least a quarter of the budget and released without an error compares its time from admission to release
-with what was expected then (wait + own cost), and a running `slowdown` factor (bounded to 0.5-8) scales every
-later expectation. Each ratio moves the factor by that ratio to a small power, e ÷ (1 - e) times larger for a
-slow ratio than for a fast one (e = `slowdown_expectile`): at 0.5 the factor is the ratios' geometric moving
-average; towards 1 it tracks an upper expectile of them, so the expected wait covers the slow tail of queued work
-instead of its middle. The cost model measures the machine's speed at its work; under overload
-part of the machine goes to taking calls in and refusing them, so work is slower than that: without the
-correction, calls admitted within a 1 s budget waited 1.2-1.9 s.
+The expected wait is corrected by how fast the books really drain: in busy periods (from the moment model work
+expected to take a quarter of the budget is on the books until none is left) the admission clock sums the time that
+passes and the expected seconds of the work released done in it, both decayed over the last `DRAIN_TAU_S` seconds;
+their ratio is a `slowdown` factor (bounded to 0.5-8) that scales every expectation. It is Little's law for the
+books: whatever order work is served in (micro-batches, round-robin decoding, a crowd of callers in a closed loop),
+work of E expected seconds on the books takes E × slowdown to drain. The cost model measures the machine's speed at
+its work; under overload part of the machine goes to taking calls in and refusing them, so work is slower than that:
+without the correction, calls admitted within a 1 s budget waited 1.2-1.9 s. (An earlier correction compared each
+ticket's own time to done with its expectation; in a closed loop a call waits for a whole micro-batch in progress
+that its expectation does not hold, and that drove the factor up until a steady crowd within the budget was mostly
+refused.)
 
 A refusal by 1, 2, 3 or 5 is `Shed` (RESOURCE_EXHAUSTED) carrying `retry_after_s`, the time the backlog needs
 to drain to the budget, which the gRPC layer sends as the standard `grpc-retry-pushback-ms` trailer. A ticket
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,8 +67,7 @@ class Ticket:
     work: bool = True
     released: bool = field(default=False)
     owner: Admission | None = field(default=None, repr=False, compare=False)
-    admitted_at: float = 0.0  # the admission clock's time at admission
-    expected_s: float = 0.0  # expected seconds to done at admission (wait + own cost); 0: not learned from
+    teaches: bool = False  # model work alone: its release counts towards the drain rate
 
     def __enter__(self) -> Ticket:
         return self
@@ -89,11 +91,15 @@ class AdmissionStats:
 class Admission:
     """The books of admitted work and the checks above; one per server."""
 
-    #: Weight of one finished ticket in the slowdown factor, and the factor's bounds.
-    SLOWDOWN_ALPHA = 0.05
+    #: The slowdown factor's bounds.
     SLOWDOWN_BOUNDS = (0.5, 8.0)
-    #: Work admitted behind an expected wait of at least this share of the queue budget teaches the factor.
+    #: The drain rate is measured while model work expected to take at least this share of the queue budget is
+    #: on the books (the machine is saturated then; a lone call also waits for micro-batching, not for work).
     LEARN_FROM_BUDGET_SHARE = 0.25
+    #: Seconds of saturated time over which the drain rate is averaged (older time decays by e per DRAIN_TAU_S).
+    DRAIN_TAU_S = 1.0
+    #: The factor is first set from the drain rate after this much saturated time.
+    DRAIN_MIN_S = 0.25
 
     def __init__(self, options: AdmissionOptions | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options or AdmissionOptions()
@@ -103,6 +109,12 @@ class Admission:
         self._bytes = 0
         self._backlog = 0.0
         self._tickets = 0
+        self._teaching = 0.0  # expected seconds of model work alone on the books
+        self._mark = clock()  # when the books last changed
+        self._busy_s = 0.0  # decayed saturated seconds
+        self._drained_s = 0.0  # decayed expected seconds of work released done in them
+        self._seen_busy_s = 0.0  # saturated seconds seen in all (not decayed)
+        self._draining = False  # in a busy period (see `_changed_books`)
         self._refused: dict[str, int] = {}
         self._changed: asyncio.Event | None = None
 
@@ -200,8 +212,8 @@ class Admission:
         queue for the request's least possible cost, its model inputs alone) have passed.
         `new_call=False` books work of a call already counted (a stream's image). `check_pixels=False` skips
         the per-request pixel budget (enrolment chunks: each image is held to the per-image limits instead).
-        `learn=False`: the ticket's time is not compared with the expectation (work that also does other things,
-        e.g. catalog writes).
+        `learn=False`: the work does not count towards the drain rate (work that also does other things, e.g.
+        catalog writes, which would read as a slow model).
         """
         self._check_calls_and_bytes(nbytes, new_call)
         self._check_queue(costs.estimate(items, 0))
@@ -216,17 +228,14 @@ class Admission:
         cost = costs.estimate(items, npix)
         wait = self._check_queue(cost)
         self._check_deadline(cost, wait, deadline)
-        # learned from only behind a queue worth a share of the budget: that is where refusals are decided, and
-        # where one micro-batch in progress (which a call behind one or two others waits for whole) is a small
-        # part of the wait (learning from short queues too drove the factor to 3-8 and refused a closed loop
-        # of 32 callers that waited 0.4 s)
-        learned = learn and wait >= self.LEARN_FROM_BUDGET_SHARE * self.options.queue_budget_s
-        expected = self._expected_done(wait, cost) if learned else 0.0
+        self._account()
         self._calls += 1 if new_call else 0
         self._bytes += nbytes
         self._backlog += cost
         self._tickets += 1
-        return Ticket(cost, nbytes, new_call, owner=self, admitted_at=self._clock(), expected_s=expected)
+        self._teaching += cost if learn else 0.0
+        self._changed_books()
+        return Ticket(cost, nbytes, new_call, owner=self, teaches=learn)
 
     def precheck(self, costs: CostModel, deadline: float | None = None) -> None:
         """Refuse (`Shed`) a new embedding call that even its least possible work (one model input, no pixels)
@@ -260,24 +269,53 @@ class Admission:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
+    def _saturated(self) -> bool:
+        return self._teaching * self._slowdown >= self.LEARN_FROM_BUDGET_SHARE * self.options.queue_budget_s
+
+    def _account(self) -> None:
+        """Before the books change: add the time since they last changed to the drain rate's saturated time
+        if the books were draining through it (older time and work decay)."""
+        now = self._clock()
+        dt = max(0.0, now - self._mark)
+        self._mark = now
+        if dt > 0.0 and self._draining:
+            decay = math.exp(-dt / self.DRAIN_TAU_S)
+            self._busy_s = self._busy_s * decay + dt
+            self._drained_s *= decay
+            self._seen_busy_s += dt
+
+    def _changed_books(self) -> None:
+        """After the books change: a busy period is measured from the moment it saturates until no model work
+        is left on the books (its tail included, so that the work and the time drained in it match)."""
+        if self._teaching <= 1e-12:
+            self._draining = False
+        elif not self._draining:
+            self._draining = self._saturated()
+
+    def _drained(self, cost_s: float) -> None:
+        """Work of `cost_s` expected seconds was released done during a busy period."""
+        self._drained_s += cost_s
+        if self._seen_busy_s >= self.DRAIN_MIN_S and self._drained_s > 0.0:
+            low, high = self.SLOWDOWN_BOUNDS
+            self._slowdown = min(high, max(low, self._busy_s / self._drained_s))
+
     def release(self, ticket: Ticket, *, done: bool = False) -> None:
         """Take finished (or failed, or cancelled) work off the books; idempotent. `done`: the work ended
-        normally, so its time updates the slowdown factor (a ticket used as a context manager says so itself)."""
+        normally, so it counts towards the drain rate (a ticket used as a context manager says so itself)."""
         if ticket.released:
             return
         ticket.released = True
-        if done and ticket.work and ticket.expected_s > 0.0:
-            took = max(1e-6, self._clock() - ticket.admitted_at)
-            ratio = min(max(took / ticket.expected_s, 0.1), 10.0)
-            e = self.options.slowdown_expectile
-            step = self.SLOWDOWN_ALPHA * 2 * (e if ratio > 1.0 else 1.0 - e)
-            low, high = self.SLOWDOWN_BOUNDS
-            self._slowdown = min(high, max(low, self._slowdown * ratio**step))
+        self._account()
+        if done and ticket.teaches and self._draining:
+            self._drained(ticket.cost_s)
         self._calls -= 1 if ticket.counts_call else 0
         self._bytes -= ticket.nbytes
         self._backlog -= ticket.cost_s
         self._tickets -= 1 if ticket.work else 0
+        self._teaching -= ticket.cost_s if ticket.teaches else 0.0
         if self._tickets == 0:
             self._backlog = 0.0  # no float drift when idle
+            self._teaching = 0.0
+        self._changed_books()
         if self._changed is not None:
             self._changed.set()

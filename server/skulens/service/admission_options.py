@@ -16,14 +16,9 @@ class AdmissionOptions:
     queue_budget_s: float = 1.0
     max_request_pixels: int = 1_000_000_000
     deadline_headroom: float = 0.9
-    #: Which expectile of (real ÷ expected) time of queued work the slowdown factor tracks: 0.5 its typical
-    #: value, towards 1 its slow tail (accepted calls end within the budget more often; more are refused).
-    slowdown_expectile: float = 0.5
 
     def __post_init__(self) -> None:
         if self.max_calls < 1 or self.max_inflight_bytes < 1 or self.max_request_pixels < 1:
             raise ValueError("max_calls, max_inflight_bytes and max_request_pixels must be >= 1")
         if self.queue_budget_s <= 0 or not 0 < self.deadline_headroom <= 1:
             raise ValueError("queue_budget_s must be > 0 and deadline_headroom in (0, 1]")
-        if not 0 < self.slowdown_expectile < 1:
-            raise ValueError("slowdown_expectile must be in (0, 1)")

@@ -295,11 +295,6 @@ class Settings:
         1000.0, "longest expected queue wait (ms) a call is admitted into; past it RESOURCE_EXHAUSTED at once",
         float, group="admission",
     )
-    slowdown_expectile: float = _opt(
-        0.5, "how cautious the expected wait is, in (0, 1): 0.5 expects queued work to take what it typically "
-        "took, towards 1 what its slow tail took (accepted calls end within the queue budget more often, more "
-        "calls are refused)", float, group="admission",
-    )
     max_request_megapixels: float = _opt(
         1000.0, "decoded megapixels per request (all its images together)", float, group="admission"
     )
@@ -527,8 +522,6 @@ class Settings:
         for name in ("max_inflight_mb", "queue_budget_ms", "max_request_megapixels"):
             if not getattr(self, name) > 0:
                 raise bad(name, "> 0")
-        if not 0 < self.slowdown_expectile < 1:
-            raise bad("slowdown_expectile", "in (0, 1)")
         if self.grace_seconds < 0 or self.max_wait_ms < 0 or self.intra_op_threads < 0:
             raise bad(
                 "grace_seconds"
@@ -697,7 +690,6 @@ class Settings:
             max_calls=self.max_concurrent_calls,
             max_inflight_bytes=max(1, int(self.max_inflight_mb * MIB)),
             queue_budget_s=self.queue_budget_ms / 1000.0,
-            slowdown_expectile=self.slowdown_expectile,
             max_request_pixels=max(1, int(self.max_request_megapixels * 1_000_000)),
         )
 
