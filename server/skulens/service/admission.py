@@ -25,10 +25,10 @@ their ratio is a `slowdown` factor (bounded to 0.5-8) that scales every expectat
 books: whatever order work is served in (micro-batches, round-robin decoding, a crowd of callers in a closed loop),
 work of E expected seconds on the books takes E × slowdown to drain. The cost model measures the machine's speed at
 its work; under overload part of the machine goes to taking calls in and refusing them, so work is slower than that:
-without a correction, 1-photo calls admitted within a 1 s budget waited 1.9-2.1 s at p99 (docs/BENCHMARKS.md). (An earlier correction compared each
-ticket's own time to done with its expectation; in a closed loop a call waits for a whole micro-batch in progress
-that its expectation does not hold, and that drove the factor up until a steady crowd within the budget was mostly
-refused.)
+without a correction, 1-photo calls admitted within a 1 s budget waited 1.9-2.1 s at p99 (docs/BENCHMARKS.md). (An
+earlier correction compared each ticket's own time to done with its expectation; in a closed loop a call waits for
+a whole micro-batch in progress that its expectation does not hold, and that drove the factor up until a steady
+crowd within the budget was mostly refused.)
 
 A refusal by 1, 2, 3 or 5 is `Shed` (RESOURCE_EXHAUSTED) carrying `retry_after_s`, the time the backlog needs
 to drain to the budget, which the gRPC layer sends as the standard `grpc-retry-pushback-ms` trailer. A ticket
