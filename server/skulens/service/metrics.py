@@ -59,7 +59,8 @@ class _LiveCollector(Collector):
         calls = GaugeMetricFamily("skulens_admission_calls", "Embedding calls admitted and running")
         held = GaugeMetricFamily("skulens_admission_inflight_bytes", "Image bytes held by admitted work")
         slowdown = GaugeMetricFamily(
-            "skulens_admission_slowdown", "How much longer admitted work takes than the cost model expects"
+            "skulens_admission_slowdown",
+            "How much slower than the cost model expects admitted work drains while the books are busy",
         )
         refused = CounterMetricFamily(
             "skulens_admission_refused", "Work refused at admission, before decoding", labels=["reason"]
