@@ -98,7 +98,7 @@ class Admission:
     LEARN_FROM_BUDGET_SHARE = 0.25
     #: Seconds of saturated time over which the drain rate is averaged (older time decays by e per DRAIN_TAU_S).
     DRAIN_TAU_S = 1.0
-    #: The factor is first set from the drain rate after this much saturated time.
+    #: The factor is first set from the drain rate once the (decayed) busy time reaches this many seconds.
     DRAIN_MIN_S = 0.25
 
     def __init__(self, options: AdmissionOptions | None = None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -113,7 +113,6 @@ class Admission:
         self._mark = clock()  # when the books last changed
         self._busy_s = 0.0  # decayed saturated seconds
         self._drained_s = 0.0  # decayed expected seconds of work released done in them
-        self._seen_busy_s = 0.0  # saturated seconds seen in all (not decayed)
         self._draining = False  # in a busy period (see `_changed_books`)
         self._refused: dict[str, int] = {}
         self._changed: asyncio.Event | None = None
@@ -282,7 +281,6 @@ class Admission:
             decay = math.exp(-dt / self.DRAIN_TAU_S)
             self._busy_s = self._busy_s * decay + dt
             self._drained_s *= decay
-            self._seen_busy_s += dt
 
     def _changed_books(self) -> None:
         """After the books change: a busy period is measured from the moment it saturates until no model work
@@ -295,7 +293,8 @@ class Admission:
     def _drained(self, cost_s: float) -> None:
         """Work of `cost_s` expected seconds was released done during a busy period."""
         self._drained_s += cost_s
-        if self._seen_busy_s >= self.DRAIN_MIN_S and self._drained_s > 0.0:
+        # the busy time never falls (a decayed sum that gains each interval's whole length), so once is for good
+        if self._busy_s >= self.DRAIN_MIN_S and self._drained_s > 0.0:
             low, high = self.SLOWDOWN_BOUNDS
             self._slowdown = min(high, max(low, self._busy_s / self._drained_s))
 
