@@ -293,7 +293,8 @@ class Admission:
     def _drained(self, cost_s: float) -> None:
         """Work of `cost_s` expected seconds was released done during a busy period."""
         self._drained_s += cost_s
-        # the busy time never falls (a decayed sum that gains each interval's whole length), so once is for good
+        # once the busy time (a decayed sum that gains each interval's whole length) reaches the minimum (< TAU),
+        # it stays at or above it
         if self._busy_s >= self.DRAIN_MIN_S and self._drained_s > 0.0:
             low, high = self.SLOWDOWN_BOUNDS
             self._slowdown = min(high, max(low, self._busy_s / self._drained_s))
